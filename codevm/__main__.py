@@ -1,0 +1,3 @@
+from codevm.cli import main
+
+main()

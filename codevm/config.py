@@ -1,0 +1,61 @@
+"""Settings: defaults < [tool.codevm] in pyproject.toml < .codevm.toml < CODEVM_* environment."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from codevm.errors import InvalidArgument
+
+
+@dataclass
+class Settings:
+    max_file_bytes: int = 1024 * 1024  # larger files are skipped
+    max_line_chars: int = 2000  # a file with a longer line counts as minified/generated
+    max_chunk_tokens: int = 384
+    min_chunk_tokens: int = 32  # smaller neighbours are merged
+    workers: int = 0  # parser processes; 0 = one per core
+    batch_files: int = 400  # files committed per transaction
+    ignore: list[str] = field(default_factory=list)  # extra gitignore-style patterns
+
+    @classmethod
+    def load(cls, root: Path | None, env: dict[str, str] | None = None) -> Settings:
+        values: dict[str, object] = {}
+        if root is not None:
+            pyproject = root / "pyproject.toml"
+            if pyproject.is_file():
+                values.update(_read_toml(pyproject).get("tool", {}).get("codevm", {}))
+            local = root / ".codevm.toml"
+            if local.is_file():
+                values.update(_read_toml(local))
+        environ = os.environ if env is None else env
+        known = {f.name: f for f in fields(cls)}
+        for name in known:
+            raw = environ.get(f"CODEVM_{name.upper()}")
+            if raw is not None:
+                values[name] = raw.split(",") if name == "ignore" else raw
+        settings = cls()
+        for name, value in values.items():
+            if name not in known:
+                continue  # unknown keys belong to later versions or other tools
+            default = getattr(settings, name)
+            try:
+                if isinstance(default, list):
+                    value = [str(v) for v in (value if isinstance(value, list) else [value])]
+                else:
+                    value = type(default)(value)
+            except (TypeError, ValueError):
+                raise InvalidArgument(
+                    f"setting {name!r} must be a {type(default).__name__}, got {value!r}"
+                ) from None
+            setattr(settings, name, value)
+        return settings
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise InvalidArgument(f"cannot read settings from {path}: {e}") from None

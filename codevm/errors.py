@@ -1,0 +1,27 @@
+"""Domain errors. Each edge (CLI, LSP, MCP) turns them into its own form of one clear line."""
+
+from __future__ import annotations
+
+
+class CodevmError(Exception):
+    """Base of every error codevm reports to a user; the message says what to do."""
+
+
+class ProjectNotFound(CodevmError):
+    pass
+
+
+class NotIndexed(CodevmError):
+    pass
+
+
+class InvalidArgument(CodevmError):
+    pass
+
+
+class PathOutsideProject(InvalidArgument):
+    pass
+
+
+class IndexBusy(CodevmError):
+    pass

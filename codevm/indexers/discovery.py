@@ -1,0 +1,171 @@
+"""Which files of a project are indexed, and why the others are not.
+
+Honours `.gitignore` at every level, `.git/info/exclude` and `.codevmignore`, plus default
+excludes for dependency, build and cache folders and lock files. Symlinks are followed
+only while they stay inside the project, and never around a loop.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pathspec
+
+DEFAULT_EXCLUDED_DIRS = frozenset({
+    ".git", ".hg", ".svn", ".bzr", ".codevm", "node_modules", "bower_components",
+    "__pycache__", ".venv", "venv", ".tox", ".nox", ".mypy_cache", ".pytest_cache",
+    ".ruff_cache", ".hypothesis", ".eggs", "site-packages", "dist", "build", "target",
+    "out", ".gradle", ".idea", ".next", ".nuxt", ".svelte-kit", ".parcel-cache",
+    ".cache", "coverage", "htmlcov", ".terraform", "vendor", "Pods", "DerivedData",
+    ".dart_tool", ".stack-work", "_build", "elm-stuff", ".bundle",
+})
+
+LOCK_FILES = frozenset({
+    "package-lock.json", "yarn.lock", "pnpm-lock.yaml", "npm-shrinkwrap.json", "bun.lockb",
+    "Cargo.lock", "poetry.lock", "Pipfile.lock", "uv.lock", "pdm.lock", "composer.lock",
+    "Gemfile.lock", "go.sum", "mix.lock", "flake.lock", "Podfile.lock", "pubspec.lock",
+    "packages.lock.json", "gradle.lockfile", "conda-lock.yml",
+})
+
+# Extensions that are never text: skipped without reading them.
+BINARY_EXTENSIONS = frozenset(
+    """png jpg jpeg gif bmp ico icns webp tiff tif psd svgz mp3 mp4 m4a wav ogg flac avi mov
+    mkv webm pdf zip gz tgz bz2 xz zst 7z rar tar jar war ear class dll so dylib exe o a lib
+    obj pyc pyo pyd whl egg bin dat db sqlite sqlite3 duckdb wasm ttf otf woff woff2 eot
+    npy npz pkl pickle parquet feather h5 hdf5 onnx pt pth ckpt safetensors""".split()
+)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A file to index: path relative to the root (with '/'), its size and mtime."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    reason: str
+
+
+class IgnoreRules:
+    """gitignore semantics over a tree: deeper files override shallower ones."""
+
+    def __init__(self, root: str, extra_patterns: list[str]):
+        self.root = root
+        self._specs: dict[str, pathspec.GitIgnoreSpec | None] = {}
+        top: list[str] = list(extra_patterns)
+        for name in (os.path.join(".git", "info", "exclude"), ".codevmignore"):
+            top.extend(_read_lines(os.path.join(root, name)))
+        self._top = pathspec.GitIgnoreSpec.from_lines(top) if top else None
+
+    def _spec_for(self, rel_dir: str) -> pathspec.GitIgnoreSpec | None:
+        if rel_dir not in self._specs:
+            lines = _read_lines(os.path.join(self.root, rel_dir, ".gitignore"))
+            self._specs[rel_dir] = pathspec.GitIgnoreSpec.from_lines(lines) if lines else None
+        return self._specs[rel_dir]
+
+    def ignored(self, rel_path: str, is_dir: bool) -> bool:
+        """Whether `rel_path` (relative to the root, '/'-separated) is ignored."""
+        probe = rel_path + "/" if is_dir else rel_path
+        parts = rel_path.split("/")
+        # deepest .gitignore first: the first one that has an opinion decides
+        for depth in range(len(parts) - 1, -1, -1):
+            rel_dir = "/".join(parts[:depth])
+            spec = self._spec_for(rel_dir)
+            if spec is None:
+                continue
+            sub = probe[len(rel_dir) + 1 :] if rel_dir else probe
+            result = spec.check_file(sub).include
+            if result is not None:
+                return result
+        if self._top is not None:
+            result = self._top.check_file(probe).include
+            if result is not None:
+                return result
+        return False
+
+
+def _read_lines(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read().splitlines()
+    except OSError:
+        return []
+
+
+def walk_project(root: str, extra_ignores: list[str] | None = None,
+                 max_file_bytes: int = 1 << 20) -> Iterator[Candidate | Skipped]:
+    """Yield every candidate file under `root` and every file skipped with its reason.
+
+    Vanishing or unreadable directories are reported as skipped and the walk goes on.
+    """
+    root = os.path.realpath(root)
+    rules = IgnoreRules(root, extra_ignores or [])
+    seen_dirs: set[tuple[int, int]] = set()
+    try:
+        st = os.stat(root)
+        seen_dirs.add((st.st_dev, st.st_ino))
+    except OSError:
+        return
+    stack: list[str] = [""]
+    while stack:
+        rel_dir = stack.pop()
+        abs_dir = os.path.join(root, rel_dir) if rel_dir else root
+        try:
+            entries = sorted(os.scandir(abs_dir), key=lambda e: e.name)
+        except OSError as e:
+            yield Skipped(rel_dir or ".", f"unreadable folder: {e.strerror or e}")
+            continue
+        subdirs: list[str] = []
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            is_link = False
+            try:
+                is_link = entry.is_symlink()
+                st = os.stat(entry.path)  # follows links
+            except OSError as e:
+                yield Skipped(rel, "broken symlink" if is_link else f"unreadable: {e.strerror or e}")
+                continue
+            if is_link:
+                target = os.path.realpath(entry.path)
+                if target != root and not target.startswith(root + os.sep):
+                    yield Skipped(rel, "symlink to outside the project")
+                    continue
+            if stat.S_ISDIR(st.st_mode):
+                if entry.name in DEFAULT_EXCLUDED_DIRS or rules.ignored(rel, True):
+                    continue
+                if os.path.exists(os.path.join(entry.path, "pyvenv.cfg")):
+                    continue  # a virtual environment under any name
+                key = (st.st_dev, st.st_ino)
+                if key in seen_dirs:
+                    yield Skipped(rel, "symlink loop or duplicate folder")
+                    continue
+                seen_dirs.add(key)
+                subdirs.append(rel)
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue  # sockets, fifos, devices
+            if rules.ignored(rel, False):
+                continue
+            name = entry.name
+            if name in LOCK_FILES or name.endswith(".lock"):
+                continue
+            if is_link:  # the target inside the project is indexed under its own path
+                yield Skipped(rel, "symlink to a file of the project")
+                continue
+            ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+            if ext in BINARY_EXTENSIONS or name.endswith((".min.js", ".min.css", ".map")):
+                yield Skipped(rel, "binary" if ext in BINARY_EXTENSIONS else "minified")
+                continue
+            if st.st_size > max_file_bytes:
+                yield Skipped(rel, f"too large ({st.st_size} bytes > {max_file_bytes})")
+                continue
+            yield Candidate(rel, st.st_size, st.st_mtime_ns)
+        stack.extend(reversed(subdirs))

@@ -1,0 +1,189 @@
+"""Incremental indexing of a project: walk, decide what changed, parse in parallel, commit.
+
+mtime+size is the fast path; a file whose mtime moved is hashed and only re-parsed when
+its content changed. Parsing runs in one process per core; the main process loads their
+output into DuckDB in batches, each one transaction.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from codevm.config import Settings
+from codevm.indexers.discovery import Candidate, Skipped, walk_project
+from codevm.indexers.languages import EXTRACTOR_VERSION
+from codevm.indexers.worker import Limits, TaskFile, TaskResult, run_task
+from codevm.memory.store import Store
+
+TASK_FILES = 24  # files per worker task: small enough to balance the cores
+IN_PROCESS_MAX = 8  # fewer changed files than this are parsed without worker processes
+
+
+@dataclass
+class Progress:
+    phase: str  # "scanning", "indexing", "done"
+    done: int = 0
+    total: int = 0
+    chunks: int = 0
+    skipped: int = 0
+    errors: int = 0
+
+
+@dataclass
+class IndexReport:
+    files_seen: int = 0
+    parsed: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    errors: int = 0
+    deleted: int = 0
+    chunks: int = 0
+    seconds: float = 0.0
+    messages: list[str] = field(default_factory=list)
+
+
+def _run_task_args(args: tuple[str, list[TaskFile], Limits, str]) -> TaskResult:
+    return run_task(*args)
+
+
+class Indexer:
+    def __init__(self, root: Path, store: Store, settings: Settings):
+        self.root = root
+        self.store = store
+        self.settings = settings
+        self.limits = Limits(settings.max_file_bytes, settings.max_line_chars,
+                             settings.max_chunk_tokens, settings.min_chunk_tokens)
+
+    def _tmp_dir(self) -> Path:
+        tmp = self.store.path.parent / "tmp" / f"run-{os.getpid()}-{time.monotonic_ns()}"
+        tmp.mkdir(parents=True, exist_ok=True)
+        return tmp
+
+    def run(self, only: list[str] | None = None,
+            progress: Callable[[Progress], None] | None = None) -> IndexReport:
+        """Bring the index up to date with the files on disk (or just `only` paths)."""
+        started = time.perf_counter()
+        report = IndexReport()
+        notify = progress or (lambda p: None)
+        notify(Progress("scanning"))
+        known = self.store.known_files()
+        todo: list[TaskFile] = []
+        skipped: list[tuple[str, str]] = []
+        seen: set[str] = set()
+        prefixes = tuple(p.rstrip("/") for p in only) if only else None
+
+        def wanted(path: str) -> bool:
+            return prefixes is None or any(path == p or path.startswith(p + "/") for p in prefixes)
+
+        for item in walk_project(str(self.root), self.settings.ignore, self.settings.max_file_bytes):
+            if not wanted(item.path):
+                continue
+            seen.add(item.path)
+            report.files_seen += 1
+            old = known.get(item.path)
+            if isinstance(item, Skipped):
+                report.skipped += 1
+                if old is None or old[4] != "skipped":
+                    skipped.append((item.path, item.reason))
+                continue
+            assert isinstance(item, Candidate)
+            current = old is not None and old[3] == EXTRACTOR_VERSION
+            if current and old[0] == item.size and old[1] == item.mtime_ns and old[4] != "error":
+                if old[4] == "skipped":
+                    report.skipped += 1
+                else:
+                    report.unchanged += 1
+                continue
+            known_hash = old[2] if current and old[4] == "indexed" else None
+            todo.append(TaskFile(item.path, item.size, item.mtime_ns, known_hash))
+        deleted = [p for p in known if p not in seen and wanted(p)]
+        report.deleted = len(deleted)
+        self._index(todo, deleted, skipped, report, notify)
+        report.seconds = time.perf_counter() - started
+        self.store.set_meta("last_indexed_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        notify(Progress("done", len(todo), len(todo), report.chunks, report.skipped, report.errors))
+        return report
+
+    def update_texts(self, texts: dict[str, str | None]) -> IndexReport:
+        """Re-index a few files now: path -> unsaved text, or None to read it from disk."""
+        started = time.perf_counter()
+        report = IndexReport()
+        todo: list[TaskFile] = []
+        deleted: list[str] = []
+        for path, text in texts.items():
+            if text is None and not (self.root / path).is_file():
+                deleted.append(path)
+                continue
+            try:
+                st = (self.root / path).stat()
+                size, mtime = st.st_size, st.st_mtime_ns
+            except OSError:
+                size, mtime = 0, 0
+            # unsaved text gets mtime 0 so that the next scan re-reads the file on disk
+            todo.append(TaskFile(path, size, mtime if text is None else 0, None, text))
+        report.files_seen = len(texts)
+        report.deleted = len(deleted)
+        self._index(todo, deleted, [], report, lambda p: None)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _index(self, todo: list[TaskFile], deleted: list[str], skipped: list[tuple[str, str]],
+               report: IndexReport, notify: Callable[[Progress], None]) -> None:
+        tmp = self._tmp_dir()
+        try:
+            pending: list[TaskResult] = []
+            pending_files = 0
+            first = True
+            done = 0
+            for result in self._results(todo, tmp):
+                done += result.n_files
+                report.parsed += result.n_files - result.n_unchanged - result.n_skipped - result.n_errors
+                report.unchanged += result.n_unchanged
+                report.skipped += result.n_skipped
+                report.errors += result.n_errors
+                report.chunks += result.n_chunks
+                report.messages.extend(result.messages)
+                pending.append(result)
+                pending_files += result.n_files
+                notify(Progress("indexing", done, len(todo), report.chunks, report.skipped,
+                                report.errors))
+                if pending_files >= self.settings.batch_files:
+                    self._commit(pending, deleted if first else [], skipped if first else [])
+                    first = False
+                    pending, pending_files = [], 0
+            if pending or first:
+                self._commit(pending, deleted if first else [], skipped if first else [])
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _commit(self, results: list[TaskResult], deleted: list[str],
+                skipped: list[tuple[str, str]]) -> None:
+        self.store.load_batch([r.files for r in results], [r.chunks for r in results],
+                              [r.symbols for r in results], [r.refs for r in results],
+                              deleted, skipped)
+        for r in results:
+            for name in (r.files, r.chunks, r.symbols, r.refs):
+                try:
+                    os.unlink(name)
+                except OSError:
+                    pass
+
+    def _results(self, todo: list[TaskFile], tmp: Path) -> Iterator[TaskResult]:
+        root = str(self.root)
+        tasks = [(root, todo[i : i + TASK_FILES], self.limits, str(tmp / f"t{i}"))
+                 for i in range(0, len(todo), TASK_FILES)]
+        workers = self.settings.workers or os.cpu_count() or 1
+        if len(todo) < IN_PROCESS_MAX or workers == 1:
+            for task in tasks:
+                yield run_task(*task)
+            return
+        # spawn, not fork: the parent holds a DuckDB connection and threads
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(min(workers, len(tasks))) as pool:
+            yield from pool.imap_unordered(_run_task_args, tasks)

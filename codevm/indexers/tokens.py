@@ -1,0 +1,70 @@
+"""Code-aware terms: identifiers kept whole and split into camelCase/snake_case/digit parts.
+
+The same functions turn chunk text into index terms and a query into query terms, so both
+sides always agree.
+"""
+
+from __future__ import annotations
+
+import re
+
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PARTS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+
+# Words too common in code or prose to tell chunks apart; dropping them keeps postings small.
+STOPWORDS = frozenset(
+    """a an and are as at be been but by can could did do does for from had has have he
+    her his i if in into is it its me my no not of on or our she so such than that the
+    their them then there these they this those to was we were what when where which who
+    will with would you your self def return end var let const""".split()
+)
+
+_cache: dict[str, tuple[str, ...]] = {}
+
+
+def _stem(word: str) -> str:
+    # A light plural stemmer: "hooks" and "hook" must meet; no more than that.
+    if len(word) > 3 and word[-1] == "s" and word[-2] not in "sui":
+        if word.endswith("ies") and len(word) > 4:
+            return word[:-3] + "y"
+        return word[:-1]
+    return word
+
+
+def expand_identifier(ident: str) -> tuple[str, ...]:
+    """Terms for one identifier: the whole name (lowercased) and its parts."""
+    cached = _cache.get(ident)
+    if cached is not None:
+        return cached
+    whole = ident.lower()
+    terms: list[str] = []
+    if len(whole) > 1 and whole not in STOPWORDS:
+        terms.append(whole)
+    if "_" in ident or not (ident.islower() or ident.isupper()) or any(c.isdigit() for c in ident):
+        for part in _PARTS.findall(ident):
+            p = _stem(part.lower())
+            if len(p) > 1 and p != whole and p not in STOPWORDS and p not in terms:
+                terms.append(p)
+    elif terms:
+        stemmed = _stem(whole)
+        if stemmed != whole:
+            terms.append(stemmed)
+    result = tuple(terms)
+    if len(_cache) < 500_000:
+        _cache[ident] = result
+    return result
+
+
+def text_terms(text: str) -> list[str]:
+    """All terms of a text, with repetition (term frequency matters)."""
+    out: list[str] = []
+    extend = out.extend
+    for ident in IDENTIFIER.findall(text):
+        extend(expand_identifier(ident))
+    return out
+
+
+def path_terms(path: str) -> list[str]:
+    """Terms of a file path: folders, file stem and extension-less name."""
+    stem = path.rsplit(".", 1)[0] if "." in path.rsplit("/", 1)[-1] else path
+    return text_terms(stem.replace("/", " "))

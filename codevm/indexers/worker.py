@@ -1,0 +1,156 @@
+"""The per-file work of indexing, run in parser processes.
+
+A task is a list of files; the worker reads, checks, hashes, parses and chunks each one
+and writes the rows as newline-delimited JSON that DuckDB loads in bulk (row-by-row
+inserts from Python are about a thousand times slower).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+from codevm.indexers.chunker import Extraction, chunk_terms_counts, content_hash, extract
+from codevm.indexers.languages import EXTRACTOR_VERSION, detect_language
+
+
+@dataclass(frozen=True)
+class TaskFile:
+    path: str  # relative to the root, '/'-separated
+    size: int
+    mtime_ns: int
+    known_hash: str | None  # content hash already indexed (None: parse whatever it is)
+    text: str | None = None  # unsaved buffer text, instead of the file on disk
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_file_bytes: int
+    max_line_chars: int
+    max_chunk_tokens: int
+    min_chunk_tokens: int
+
+
+@dataclass
+class TaskResult:
+    files: str  # paths of the NDJSON files written
+    chunks: str
+    symbols: str
+    refs: str
+    n_files: int = 0
+    n_chunks: int = 0
+    n_skipped: int = 0
+    n_errors: int = 0
+    n_unchanged: int = 0
+    messages: list[str] = field(default_factory=list)
+
+
+def _file_row(t: TaskFile, status: str, reason: str, language: str = "", digest: str = "",
+              n_chunks: int = 0, changed: bool = True) -> dict:
+    return {"path": t.path, "language": language, "size": t.size, "mtime_ns": t.mtime_ns,
+            "hash": digest, "status": status, "reason": reason, "n_chunks": n_chunks,
+            "extractor": EXTRACTOR_VERSION, "changed": changed}
+
+
+def _read(root: str, t: TaskFile) -> bytes:
+    if t.text is not None:
+        return t.text.encode("utf-8", "surrogatepass").decode("utf-8", "replace").encode("utf-8")
+    with open(os.path.join(root, t.path), "rb") as f:
+        return f.read()
+
+
+def process_file(root: str, t: TaskFile, limits: Limits) -> tuple[dict, Extraction | None]:
+    """One file -> its `files` row and, when it is (re)indexed, its extraction."""
+    try:
+        data = _read(root, t)
+    except FileNotFoundError:
+        return _file_row(t, "vanished", "file vanished during indexing"), None
+    except IsADirectoryError:
+        return _file_row(t, "vanished", "became a folder during indexing"), None
+    except OSError as e:
+        return _file_row(t, "error", f"unreadable: {e.strerror or e}"), None
+    t = TaskFile(t.path, len(data), t.mtime_ns, t.known_hash, t.text)
+    if len(data) > limits.max_file_bytes:
+        return _file_row(t, "skipped", f"too large ({len(data)} bytes > {limits.max_file_bytes})"), None
+    if b"\0" in data[:8192]:
+        return _file_row(t, "skipped", "binary"), None
+    digest = content_hash(data)
+    if digest == t.known_hash:
+        return _file_row(t, "indexed", "", digest=digest, changed=False), None
+    reason = ""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", "replace")
+        data = text.encode("utf-8")
+        reason = "invalid UTF-8 replaced"
+    longest = max(map(len, text.split("\n"))) if text else 0
+    if longest > limits.max_line_chars:
+        return _file_row(t, "skipped", f"minified or generated (a line of {longest} chars)",
+                         digest=digest), None
+    language = detect_language(t.path, data[:256])
+    try:
+        ex = extract(t.path, text, language, data, limits.max_chunk_tokens, limits.min_chunk_tokens)
+    except Exception as e:  # a grammar or extractor bug must not lose the file: index as text
+        reason = f"parser failed ({type(e).__name__}: {e}); indexed as text"
+        ex = extract(t.path, text, "text", data, limits.max_chunk_tokens, limits.min_chunk_tokens)
+    return _file_row(t, "indexed", reason, language, digest, len(ex.chunks)), ex
+
+
+def _ident_counts(counter: Counter[str]) -> str:
+    return " ".join([f"{i}:{c}" for i, c in counter.items()])
+
+
+def run_task(root: str, files: list[TaskFile], limits: Limits, out_prefix: str) -> TaskResult:
+    """Process `files` and write their rows to files named after `out_prefix`."""
+    result = TaskResult(f"{out_prefix}.files.jsonl", f"{out_prefix}.chunks.jsonl",
+                        f"{out_prefix}.symbols.tsv", f"{out_prefix}.refs.tsv")
+    dumps = json.dumps
+    with (
+        open(result.files, "w", encoding="utf-8") as f_files,
+        open(result.chunks, "w", encoding="utf-8") as f_chunks,
+        open(result.symbols, "w", encoding="utf-8") as f_symbols,
+        open(result.refs, "w", encoding="utf-8") as f_refs,
+    ):
+        for t in files:
+            row, ex = process_file(root, t, limits)
+            f_files.write(dumps(row) + "\n")
+            status = row["status"]
+            if status == "skipped":
+                result.n_skipped += 1
+            elif status in ("error", "vanished"):
+                result.n_errors += 1
+                result.messages.append(f"{t.path}: {row['reason']}")
+            elif not row["changed"]:
+                result.n_unchanged += 1
+            result.n_files += 1
+            if ex is None:
+                continue
+            language = row["language"]
+            path_words = t.path.rsplit(".", 1)[0].replace("/", " ")
+            lines = []
+            for ordinal, c in enumerate(ex.chunks):
+                lines.append(dumps({
+                    "path": t.path, "ord": ordinal, "language": language, "kind": c.kind,
+                    "name": c.name, "qualified_name": c.qualified_name,
+                    "start_line": c.start_line, "end_line": c.end_line,
+                    "signature": c.signature, "docstring": c.docstring, "text": c.text,
+                    "hash": content_hash(c.text.encode("utf-8")), "tokens": c.tokens,
+                    "idents": _ident_counts(chunk_terms_counts(path_words, c)),
+                }))
+            if lines:
+                f_chunks.write("\n".join(lines) + "\n")
+            result.n_chunks += len(ex.chunks)
+            # names and signatures hold no tab or newline (signatures are whitespace-collapsed)
+            prefix = f"{t.path}\t{language}\t"
+            if ex.symbols:
+                f_symbols.write("".join(
+                    f"{prefix}{n}\t{q}\t{k}\t{s}\t{e}\t{sig}\n" for n, q, k, s, e, sig in ex.symbols))
+            if ex.refs:
+                f_refs.write("".join(f"{prefix}{n}\t{k}\t{line}\t{c}\n" for n, k, line, c in ex.refs))
+    return result
+
+
+__all__ = ["TaskFile", "Limits", "TaskResult", "run_task", "process_file"]

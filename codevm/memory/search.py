@@ -1,0 +1,155 @@
+"""Code-aware lexical search: BM25 over the incremental postings, exact symbols first.
+
+Identifiers in the query are kept whole and split like the indexed code; field weights
+(names, paths, docstrings) were applied to term frequencies at indexing time.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+import duckdb
+
+from codevm.errors import InvalidArgument
+from codevm.indexers.tokens import IDENTIFIER, expand_identifier
+
+K1 = 1.2
+B = 0.75
+MAX_QUERY_TERMS = 256
+_CODE_LIKE = re.compile(r"[a-z][A-Z]|_|[A-Za-z][0-9]|^[A-Z][a-z]+[A-Z]")
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+
+
+@dataclass
+class SearchHit:
+    id: int
+    path: str
+    start_line: int
+    end_line: int
+    symbol: str  # qualified name ('' for module code, windows)
+    kind: str
+    language: str
+    score: float
+    snippet: str
+    signature: str = ""
+
+
+@dataclass
+class QueryTerms:
+    terms: dict[str, float]  # term -> query weight
+    names: set[str]  # lowercased identifiers and dotted names, for exact symbol matches
+    short: bool  # a few identifiers: exact symbol matches go first
+
+
+def analyse_query(query: str) -> QueryTerms:
+    idents = IDENTIFIER.findall(query)
+    counts: Counter[str] = Counter()
+    for ident in idents:
+        expanded = expand_identifier(ident)
+        for i, term in enumerate(expanded):
+            # an identifier written like code (snake_case, camelCase) weighs more whole
+            counts[term] += 2.0 if i == 0 and _CODE_LIKE.search(ident) else 1.0
+    names = {i.lower() for i in idents if len(i) > 1}
+    names.update(d.lower() for d in _DOTTED.findall(query))
+    terms = dict(counts.most_common(MAX_QUERY_TERMS))
+    # repeated words matter, but sub-linearly
+    weights = {t: 1.0 + 0.5 * (c - 1) ** 0.5 if c > 1 else 1.0 for t, c in terms.items()}
+    return QueryTerms(weights, names, short=len(idents) <= 3)
+
+
+_SEARCH_SQL = f"""
+WITH q AS (SELECT unnest($terms) AS term, unnest($weights) AS w),
+qt AS (SELECT t.id, q.w FROM terms t JOIN q ON t.term = q.term),
+stats AS (SELECT greatest(count(*), 1)::DOUBLE AS n, greatest(avg(n_terms), 1) AS avgdl FROM chunks),
+hits AS MATERIALIZED (
+    SELECT p.term_id, p.chunk_id, p.tf FROM postings p WHERE p.term_id IN (SELECT id FROM qt)),
+df AS (SELECT term_id, count(*) AS df FROM hits GROUP BY 1),
+scored AS (
+    SELECT h.chunk_id, sum(
+        qt.w * ln(1 + (stats.n - df.df + 0.5) / (df.df + 0.5))
+        * h.tf * {K1 + 1} / (h.tf + {K1} * ({1 - B} + {B} * c.n_terms / stats.avgdl))
+    ) AS score
+    FROM hits h JOIN qt ON qt.id = h.term_id JOIN df ON df.term_id = h.term_id
+    JOIN chunks c ON c.id = h.chunk_id, stats
+    WHERE {{filters}}
+    GROUP BY h.chunk_id),
+exact AS (
+    SELECT c.id AS chunk_id FROM chunks c
+    WHERE (lower(c.name) IN (SELECT unnest($names)) OR lower(c.qualified_name) IN (SELECT unnest($names)))
+      AND {{filters}}
+    LIMIT 200)
+SELECT c.id, c.path, c.start_line, c.end_line, c.qualified_name, c.kind, c.language,
+       coalesce(s.score, 0) AS score, e.chunk_id IS NOT NULL AS exact, c.text, c.signature, c.name
+FROM (SELECT chunk_id FROM scored UNION SELECT chunk_id FROM exact) ids
+JOIN chunks c ON c.id = ids.chunk_id
+LEFT JOIN scored s ON s.chunk_id = ids.chunk_id
+LEFT JOIN exact e ON e.chunk_id = ids.chunk_id
+ORDER BY score DESC
+LIMIT $limit
+"""
+
+
+def search(con: duckdb.DuckDBPyConnection, query: str, k: int = 10, language: str | None = None,
+           path_glob: str | None = None, kind: str | None = None) -> list[SearchHit]:
+    if not query or not query.strip():
+        raise InvalidArgument("the search query is empty")
+    if k < 1 or k > 1000:
+        raise InvalidArgument(f"k must be between 1 and 1000, got {k}")
+    q = analyse_query(query)
+    if not q.terms:
+        return []
+    filters = ["TRUE"]
+    params: dict[str, object] = {
+        "terms": list(q.terms), "weights": list(q.terms.values()), "names": sorted(q.names),
+        "limit": max(k * 4, 50),
+    }
+    if language:
+        filters.append("c.language = $language")
+        params["language"] = language
+    if path_glob:
+        filters.append("(c.path GLOB $glob OR c.path GLOB $glob_any)")
+        params["glob"] = path_glob
+        params["glob_any"] = "*/" + path_glob.lstrip("/") if not path_glob.startswith("*") else path_glob
+    if kind:
+        filters.append("c.kind = $kind")
+        params["kind"] = kind
+    sql = _SEARCH_SQL.replace("{filters}", " AND ".join(filters))
+    rows = con.execute(sql, params).fetchall()
+    if not rows:
+        return []
+    top = max(r[7] for r in rows) or 1.0
+    hits = []
+    for cid, path, start, end, qual, knd, lang, score, exact, text, sig, name in rows:
+        if exact:
+            # exact symbol matches first for identifier queries; a strong boost otherwise
+            score = score + (top * 10 if q.short else top * 0.5)
+        hits.append((score, SearchHit(cid, path, start, end, qual or "", knd, lang, score,
+                                      _snippet(text, start, end, q.terms), sig or "")))
+    hits.sort(key=lambda h: (-h[0], h[1].path, h[1].start_line))
+    result = [h for _, h in hits[:k]]
+    for hit in result:
+        hit.score = round(hit.score, 4)
+    return result
+
+
+def _snippet(text: str, start_line: int, end_line: int, terms: dict[str, float],
+             width: int = 3) -> str:
+    """The few lines of a chunk that hold the most query terms (numbered when verbatim)."""
+    lines = text.split("\n")
+    best, best_row = -1.0, 0
+    for row, line in enumerate(lines):
+        score = 0.0
+        for ident in IDENTIFIER.findall(line):
+            for term in expand_identifier(ident):
+                score += terms.get(term, 0.0)
+        if score > best:
+            best, best_row = score, row
+    lo = max(0, min(best_row - 1, len(lines) - width))
+    # split symbols and class outlines are not a verbatim slice of the file: no numbers
+    verbatim = len(lines) == end_line - start_line + 1
+    return "\n".join(
+        f"{start_line + row}: {lines[row][:200]}" if verbatim else lines[row][:200]
+        for row in range(lo, min(len(lines), lo + width))
+    )
