@@ -421,21 +421,28 @@ class _FileChunker:
         return Chunk(kind, name, qual, start + 1, end + 1, text[: budget + len(head)])
 
     def _merge_tiny(self, pieces: list[Chunk]) -> list[Chunk]:
-        """Merge runs of tiny neighbouring chunks while they stay under the cap."""
+        """Merge tiny loose fragments (module code, sections) into their neighbours.
+
+        Two definitions are never merged: a chunk names one symbol, so that search hits
+        and citations stay exact.
+        """
         out: list[Chunk] = []
-        for piece in pieces:
+        for i, piece in enumerate(pieces):
             prev = out[-1] if out else None
+            # a loose fragment (a constant, a comment) belongs with what follows it
+            follows = i + 1 < len(pieces) and not piece.symbols and prev is not None and prev.symbols
             if (
                 prev is not None
+                and not follows
                 and (prev.tokens < self.min_tokens or piece.tokens < self.min_tokens)
+                and not (prev.symbols and piece.symbols)
                 and prev.tokens + piece.tokens <= self.max_tokens
                 and piece.start_line > prev.end_line
-                and prev.tokens < self.max_tokens // 2
-                and piece.tokens < self.max_tokens // 2
             ):
-                gap = "\n".join(self.lines[prev.end_line : piece.start_line - 1])
-                merged_text = prev.text + ("\n" + gap if gap.strip() else "") + "\n" + piece.text
-                primary = prev if prev.kind != "module" or piece.kind == "module" else piece
+                # keep the lines between them so the text stays a verbatim slice of the file
+                gap = self.lines[prev.end_line : piece.start_line - 1]
+                merged_text = "\n".join([prev.text, *gap, piece.text])
+                primary = piece if piece.symbols else prev
                 out[-1] = Chunk(
                     primary.kind, primary.name, primary.qualified_name, prev.start_line,
                     piece.end_line, merged_text, primary.signature, primary.docstring,
@@ -479,12 +486,18 @@ def _markdown_chunks(path: str, text: str, max_tokens: int, min_tokens: int) -> 
     chunks: list[Chunk] = []
     for i, (row, title) in enumerate(sections):
         end = sections[i + 1][0] - 1 if i + 1 < len(sections) else len(fc.lines) - 1
+        while row <= end and not fc.lines[row].strip():
+            row += 1
+        if row > end:
+            continue
         name = title.rsplit(" > ", 1)[-1] if title else path.rsplit("/", 1)[-1]
-        for c in fc._loose_lines(row, end, None):
-            c.kind, c.name, c.qualified_name, c.signature = "section", name, title, title
-            if c is not chunks and c.start_line - 1 != row and title:
-                c.text = f"{title} ...\n{c.text}"
-            chunks.append(c)
+        # continuation windows of a long section repeat its heading path as a header
+        parts = fc._windows(row, end, "section", name, title, title)
+        if title:
+            parts[0].text = parts[0].text[len(title) + 5 :]
+        for c in parts:
+            c.signature = title
+        chunks.extend(parts)
     return fc._merge_tiny(chunks)
 
 

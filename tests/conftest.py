@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from codevm.memory.engine import Engine
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # settings and data locations come from the project under test, never from the machine
+    for key in list(os.environ):
+        if key.startswith("CODEVM_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A copy of the polyglot fixture: one small source file per supported language."""
+    root = tmp_path / "project"
+    shutil.copytree(FIXTURES / "polyglot", root)
+    (root / ".git").mkdir()
+    return root
+
+
+def add_bad_files(root: Path) -> dict[str, str]:
+    """Files of every bad kind; returns path -> expected skip reason prefix."""
+    (root / "bad").mkdir()
+    (root / "bad/image.bin").write_bytes(b"\x89PNG\0\0\0" + bytes(range(256)))
+    (root / "bad/blob.py").write_bytes(b"x = 1\n\0\0\0binary\n")
+    (root / "bad/latin1.py").write_bytes(b"def caf\xe9_menu():\n    return 'cr\xe8me'\n")
+    (root / "bad/huge.txt").write_text("word " * 300_000)
+    (root / "bad/bundle.js").write_text("var a=1;" * 1000 + "\n")
+    (root / "bad/app.min.js").write_text("var b=2;\n")
+    (root / "bad/loop").symlink_to(root / "bad")
+    outside = root.parent / "outside_secret.py"
+    outside.write_text("def outside_secret():\n    pass\n")
+    (root / "bad/escape.py").symlink_to(outside)
+    (root / "bad/dangling.py").symlink_to(root / "nowhere.py")
+    return {
+        "bad/image.bin": "binary",
+        "bad/blob.py": "binary",
+        "bad/huge.txt": "too large",
+        "bad/bundle.js": "minified or generated",
+        "bad/app.min.js": "minified",
+        "bad/escape.py": "symlink to outside the project",
+        "bad/dangling.py": "broken symlink",
+        "bad/loop": "symlink loop",
+    }
+
+
+@pytest.fixture
+def engine(project: Path):
+    with Engine(project) as eng:
+        eng.index()
+        yield eng

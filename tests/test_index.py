@@ -1,0 +1,180 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from codevm.config import Settings
+from codevm.indexers import languages, pipeline, worker
+from codevm.indexers.worker import Limits, TaskFile, process_file
+from codevm.memory.engine import Engine
+from tests.conftest import add_bad_files
+
+LIMITS = Limits(1 << 20, 2000, 384, 32)
+
+
+def test_first_index_covers_every_language(engine: Engine) -> None:
+    st = engine.status()
+    for language in ["python", "javascript", "typescript", "tsx", "go", "rust", "java", "c",
+                     "cpp", "csharp", "ruby", "php", "kotlin", "swift", "scala", "bash", "lua",
+                     "markdown", "text"]:
+        assert st.languages.get(language, 0) >= 1, language
+    assert st.chunks > 20 and st.symbols > 40 and st.refs > 40
+    assert st.database_bytes > 0 and st.last_indexed_at
+    assert (engine.root / ".codevm/.gitignore").read_text() == "*\n"
+
+
+def test_bad_files_are_recorded_and_the_rest_indexed(project: Path) -> None:
+    expected = add_bad_files(project)
+    with Engine(project) as engine:
+        report = engine.index()
+        rows = dict(engine.store.cursor().execute(
+            "SELECT path, reason FROM files WHERE status = 'skipped'").fetchall())
+        for rel, reason in expected.items():
+            assert rows[rel].startswith(reason), (rel, rows.get(rel))
+        assert report.errors == 0
+        # invalid UTF-8 is indexed with replacement characters, and says so
+        latin = engine.store.cursor().execute(
+            "SELECT status, reason FROM files WHERE path = 'bad/latin1.py'").fetchone()
+        assert latin == ("indexed", "invalid UTF-8 replaced")
+        assert engine.symbol("caf\ufffd_menu") or engine.search("menu")
+        assert engine.status().skipped["binary"] == 2
+        assert engine.search("total_area")  # the good files are all there
+
+
+def test_unreadable_and_vanishing_files_are_reported(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("not a folder")
+    row, ex = process_file(str(tmp_path), TaskFile("plain/inner.py", 1, 1, None), LIMITS)
+    assert row["status"] == "error" and row["reason"].startswith("unreadable:") and ex is None
+    row, ex = process_file(str(tmp_path), TaskFile("gone.py", 1, 1, None), LIMITS)
+    assert row["status"] == "vanished" and ex is None
+
+
+def test_vanished_file_during_a_run_is_reported_and_the_run_goes_on(
+        project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = worker._read
+
+    def vanishing_read(root: str, t: TaskFile) -> bytes:
+        if t.path == "src/py/app.py":
+            os.unlink(os.path.join(root, t.path))
+        return real(root, t)
+
+    monkeypatch.setattr(worker, "_read", vanishing_read)
+    monkeypatch.setattr(pipeline, "IN_PROCESS_MAX", 10_000)  # keep the patch in this process
+    with Engine(project) as engine:
+        report = engine.index()
+        assert report.errors == 1
+        assert any("src/py/app.py" in m and "vanished" in m for m in report.messages)
+        assert engine.search("CounterWidget")
+        assert not engine.store.cursor().execute(
+            "SELECT * FROM files WHERE path = 'src/py/app.py'").fetchall()
+
+
+def test_incremental_changes_deletions_and_renames(project: Path) -> None:
+    with Engine(project) as engine:
+        engine.index()
+        again = engine.index()
+        assert again.parsed == 0 and again.unchanged > 15
+
+        shapes = project / "src/py/shapes.py"
+        shapes.write_text(shapes.read_text() + "\n\ndef perimeter_of_square(side):\n    return 4 * side\n")
+        (project / "src/web/widget.js").unlink()
+        (project / "src/native/parser.rs").rename(project / "src/native/lexer.rs")
+        report = engine.index()
+        assert report.parsed == 2 and report.deleted == 2
+        assert [s.path for s in engine.symbol("perimeter_of_square")] == ["src/py/shapes.py"]
+        assert engine.symbol("CounterWidget") == []
+        assert [s.path for s in engine.symbol("tokenize_input")] == ["src/native/lexer.rs"]
+        con = engine.store.cursor()
+        for table in ("files", "chunks", "symbols", "refs"):
+            assert not con.execute(
+                f"SELECT * FROM {table} WHERE path IN ('src/web/widget.js', 'src/native/parser.rs')"
+            ).fetchall(), table
+        # no posting points at a chunk that is gone
+        assert con.execute("SELECT count(*) FROM postings WHERE chunk_id NOT IN "
+                           "(SELECT id FROM chunks)").fetchone() == (0,)
+
+        # touched but unchanged: hashed, not re-parsed
+        os.utime(shapes, ns=(1, 1))
+        report = engine.index()
+        assert report.parsed == 0 and report.unchanged >= 1
+
+
+def test_extractor_version_change_reindexes(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with Engine(project) as engine:
+        first = engine.index()
+        monkeypatch.setattr(pipeline, "IN_PROCESS_MAX", 10_000)  # keep the patch in this process
+        for module in (languages, pipeline, worker):
+            monkeypatch.setattr(module, "EXTRACTOR_VERSION", "test-next")
+        report = engine.index()
+        assert report.parsed == first.parsed
+        assert engine.store.cursor().execute(
+            "SELECT DISTINCT extractor FROM files WHERE status = 'indexed'").fetchall() == [("test-next",)]
+
+
+def test_unsaved_text_is_searchable_and_disk_wins_on_next_scan(engine: Engine) -> None:
+    text = (engine.root / "src/py/app.py").read_text() + "\ndef unsaved_helper_zebra():\n    pass\n"
+    engine.update_file("src/py/app.py", text)
+    assert [h.symbol for h in engine.search("unsaved_helper_zebra", k=1)] == ["unsaved_helper_zebra"]
+    engine.index()  # the file on disk never had it
+    assert engine.symbol("unsaved_helper_zebra") == []
+
+
+def test_settings_from_pyproject_and_environment(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text("[tool.codevm]\nmax_chunk_tokens = 200\nignore = ['*.gen']\n")
+    settings = Settings.load(tmp_path, env={"CODEVM_MAX_FILE_BYTES": "1000"})
+    assert settings.max_chunk_tokens == 200 and settings.ignore == ["*.gen"]
+    assert settings.max_file_bytes == 1000
+
+
+def test_kill_9_mid_index_leaves_a_consistent_index_and_the_next_run_finishes(tmp_path: Path) -> None:
+    root = tmp_path / "big"
+    (root / ".git").mkdir(parents=True)
+    for i in range(400):
+        (root / f"mod_{i:03d}.py").write_text(textwrap.dedent(f"""
+            def function_number_{i}(x):
+                '''Doubles x for module {i}.'''
+                return x * 2 + {i}
+            """) * 3)
+    script = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from codevm.config import Settings
+        from codevm.memory.engine import Engine
+        def main():
+            settings = Settings(batch_files=24, workers=2)
+            with Engine(Path({str(root)!r}), settings) as engine:
+                engine.index(progress=lambda p: print(p.phase, p.done, flush=True))
+        if __name__ == "__main__":
+            main()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True, cwd=Path(__file__).parent.parent)
+    assert proc.stdout is not None
+    seen = 0
+    for line in proc.stdout:
+        if line.startswith("indexing"):
+            seen += 1
+            if seen == 6:  # several batches committed, more under way
+                break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+    con = duckdb.connect(str(root / ".codevm/index.duckdb"))
+    indexed = {r[0] for r in con.execute("SELECT path FROM files WHERE status = 'indexed'").fetchall()}
+    with_chunks = {r[0] for r in con.execute("SELECT DISTINCT path FROM chunks").fetchall()}
+    assert 0 < len(indexed) < 400
+    assert indexed == with_chunks  # every committed file whole, nothing half-written
+    con.close()
+
+    with Engine(root) as engine:
+        report = engine.index()
+        assert report.parsed == 400 - len(indexed)
+        assert engine.status().files == 400
+        assert [h.symbol for h in engine.search("function_number_399", k=1)] == ["function_number_399"]

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import pytest
+
+from codevm.errors import InvalidArgument, NotIndexed, PathOutsideProject
+from codevm.memory.engine import Engine
+from codevm.memory.search import analyse_query
+
+
+def test_identifiers_are_kept_whole_and_split() -> None:
+    q = analyse_query("why does parseHTTPResponse call read_chunk_size?")
+    for term in ["parsehttpresponse", "parse", "http", "response", "read_chunk_size", "read",
+                 "chunk", "size", "call"]:
+        assert term in q.terms, term
+    assert "does" not in q.terms  # stopword
+    assert q.terms["read_chunk_size"] > q.terms["call"]  # code-like identifiers weigh more
+
+
+def test_exact_symbol_first_with_hit_fields(engine: Engine) -> None:
+    hits = engine.search("total_area")
+    top = hits[0]
+    assert (top.path, top.symbol, top.kind, top.language) == ("src/py/shapes.py", "total_area",
+                                                             "function", "python")
+    assert top.start_line <= 21 <= top.end_line
+    assert "total_area" in top.snippet and top.score > 0
+    assert top.id > 0
+
+
+def test_natural_words_find_code(engine: Engine) -> None:
+    assert engine.search("sum the areas of many shapes", k=3)[0].path == "src/py/shapes.py"
+    assert engine.search("stock levels inventory", k=1)[0].path == "src/jvm/Inventory.java"
+    assert engine.search("answers health checks", k=1)[0].path == "src/native/server.go"
+
+
+def test_split_parts_match_across_naming_styles(engine: Engine) -> None:
+    # camelCase in the code, words in the query
+    assert engine.search("greet loudly", k=1)[0].symbol == "Greeter.greetLoudly"
+    # snake_case in the code, camelCase in the query
+    assert engine.search("publishRelease", k=1)[0].symbol == "Deploy.Release.publish_release"
+
+
+def test_filters(engine: Engine) -> None:
+    assert {h.language for h in engine.search("add", k=20, language="java")} == {"java"}
+    assert all(h.path.startswith("src/web/") for h in engine.search("todo", path_glob="src/web/*"))
+    assert all(h.path.endswith(".ts") for h in engine.search("todo", path_glob="*.ts"))
+    assert {h.kind for h in engine.search("add todo item", k=20, kind="method")} == {"method"}
+    assert engine.search("todo", language="cobol") == []
+
+
+def test_markdown_and_text_are_searchable(engine: Engine) -> None:
+    assert engine.search("flux capacitor", k=1)[0].path == "docs/guide.md"
+    assert engine.search("quasar calibration", k=1)[0].path == "notes.txt"
+
+
+def test_symbol_and_refs(engine: Engine) -> None:
+    (d,) = engine.symbol("Circle.area")
+    assert (d.path, d.kind, d.start_line, d.end_line) == ("src/py/shapes.py", "method", 13, 15)
+    assert {s.path for s in engine.symbol("trace")} == {"src/native/matrix.cpp"}
+    refs = engine.refs("total_area")
+    assert {(r.path, r.kind) for r in refs} == {("src/py/app.py", "import"), ("src/py/app.py", "call")}
+    assert any(r.caller == "main" for r in refs)
+
+
+def test_bad_arguments(engine: Engine) -> None:
+    with pytest.raises(InvalidArgument):
+        engine.search("   ")
+    with pytest.raises(InvalidArgument):
+        engine.search("x", k=0)
+    with pytest.raises(PathOutsideProject):
+        engine.read("../outside.py")
+    with pytest.raises(PathOutsideProject):
+        engine.read("/etc/passwd")
+    with pytest.raises(InvalidArgument):
+        engine.read("src/py/shapes.py", 10, 5)
+    assert engine.search("!!! ???") == []
+
+
+def test_read_lines(engine: Engine) -> None:
+    code = engine.read("src/py/shapes.py", 13, 15)
+    assert code.text.splitlines()[0].strip() == "def area(self) -> float:"
+    assert code.total_lines >= 23
+
+
+def test_search_before_indexing_says_what_to_do(project) -> None:
+    with Engine(project) as engine, pytest.raises(NotIndexed, match="codevm index"):
+        engine.search("anything")
