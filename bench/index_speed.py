@@ -1,0 +1,133 @@
+"""Index speed on a corpus (default: this interpreter's standard library). Prints one JSON object.
+
+Measured in one run: a bare single-threaded tree-sitter parse of the same files (the
+baseline), the cold index, a no-change re-index, one changed file searchable, and search
+latency over 100+ queries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import statistics
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tree_sitter_language_pack import get_parser  # noqa: E402
+
+from codevm.config import Settings  # noqa: E402
+from codevm.indexers.discovery import Candidate, walk_project  # noqa: E402
+from codevm.indexers.languages import LANGUAGES, detect_language  # noqa: E402
+from codevm.memory.engine import Engine  # noqa: E402
+
+
+def bare_parse_seconds(root: Path) -> tuple[float, int, int]:
+    """Parse every file the indexer would parse, one thread, nothing else."""
+    files = []
+    for item in walk_project(str(root)):
+        if isinstance(item, Candidate):
+            data = (root / item.path).read_bytes()
+            language = detect_language(item.path, data[:256])
+            if language in LANGUAGES:
+                files.append((LANGUAGES[language].name, data))
+    parsers = {name: get_parser(name) for name, _ in files}
+    started = time.perf_counter()
+    for name, data in files:
+        parsers[name].parse(data)
+    return time.perf_counter() - started, len(files), sum(d.count(b"\n") for _, d in files)
+
+
+def peak_rss_mib() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return round(max(own, children) / 1024, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("path", nargs="?", default=sysconfig.get_paths()["stdlib"])
+    parser.add_argument("--queries", type=int, default=120)
+    args = parser.parse_args()
+    source = Path(args.path).resolve()
+
+    work = Path(tempfile.mkdtemp(prefix="codevm-bench-"))
+    os.environ["CODEVM_HOME"] = str(work / "home")
+    try:
+        # copy so that the one-file change does not touch the real corpus
+        root = work / "corpus"
+        shutil.copytree(source, root, symlinks=True,
+                        ignore=shutil.ignore_patterns("site-packages", "__pycache__"))
+        (root / ".git").mkdir(exist_ok=True)
+        bare, n_parsed_files, n_lines = bare_parse_seconds(root)
+
+        engine = Engine(root, Settings())
+        started = time.perf_counter()
+        report = engine.index()
+        cold = time.perf_counter() - started
+
+        started = time.perf_counter()
+        again = engine.index()
+        no_change = time.perf_counter() - started
+
+        # one changed file: the engine is told about it (as the LSP/watcher does)
+        target = next(p for p in sorted(root.rglob("*.py")) if p.stat().st_size > 2000)
+        rel = target.relative_to(root).as_posix()
+        target.write_text(target.read_text() + "\n\ndef freshly_added_bench_marker():\n    return 1\n")
+        started = time.perf_counter()
+        engine.update_file(rel)
+        found = engine.search("freshly_added_bench_marker", k=1)
+        one_file = time.perf_counter() - started
+        assert found and found[0].symbol == "freshly_added_bench_marker", found
+
+        rng = random.Random(7)
+        symbols = [r[0] for r in engine.store.cursor().execute(
+            "SELECT DISTINCT name FROM symbols ORDER BY name").fetchall()]
+        words = ["parse header", "open file for reading", "thread lock acquire", "decode utf-8",
+                 "socket timeout", "http request headers", "json encoder", "temporary directory",
+                 "regular expression compile", "date time format", "zip archive", "email message"]
+        queries = [rng.choice(symbols) for _ in range(args.queries // 2)]
+        queries += [rng.choice(words) for _ in range(args.queries - len(queries))]
+        engine.search(queries[0])  # warm
+        latencies = []
+        for q in queries:
+            t = time.perf_counter()
+            engine.search(q, k=10)
+            latencies.append((time.perf_counter() - t) * 1000)
+        latencies.sort()
+        status = engine.status()
+        engine.close()
+        print(json.dumps({
+            "corpus": str(source),
+            "files_indexed": status.files,
+            "files_parsed_by_tree_sitter": n_parsed_files,
+            "lines_parsed": n_lines,
+            "chunks": status.chunks,
+            "bare_parse_single_thread_s": round(bare, 2),
+            "cold_index_s": round(cold, 2),
+            "cold_over_bare_parse": round(cold / bare, 2),
+            "lines_per_s": round(n_lines / cold),
+            "peak_rss_mib": peak_rss_mib(),
+            "no_change_reindex_s": round(no_change, 3),
+            "no_change_parsed": again.parsed,
+            "one_changed_file_searchable_ms": round(one_file * 1000, 1),
+            "search_queries": len(latencies),
+            "search_p50_ms": round(statistics.median(latencies), 1),
+            "search_p95_ms": round(latencies[int(len(latencies) * 0.95) - 1], 1),
+            "database_mb": round(status.database_bytes / 1e6, 1),
+            "index_errors": report.errors,
+        }))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

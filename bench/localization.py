@@ -1,0 +1,174 @@
+"""SWE-bench Lite localization from the issue text. Prints one JSON object.
+
+For each instance the repository is checked out at its base commit and indexed; the
+issue text is the query; files are ranked by their best chunk and functions by the chunks
+that define them. Acc@k counts an instance when all its gold items are in the top k.
+
+One index per repository is moved from commit to commit (`git read-tree` updates only the
+files that differ), so each instance re-parses just what changed: the incremental indexer
+at work. Repositories come from bare mirrors (`--mirrors`, default /work/.mirror,
+folders named owner+name, with swe-bench/owner__name for django, scikit-learn and
+matplotlib). Per-instance results are cached in bench/.cache/localization.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from codevm.config import Settings  # noqa: E402
+from codevm.memory.engine import Engine  # noqa: E402
+
+DATA = HERE.parent.parent / "shared" / "bench" / "swebench_lite.jsonl"
+SWE_BENCH_MIRRORS = {"django/django", "scikit-learn/scikit-learn", "matplotlib/matplotlib"}
+FILE_KS = (1, 3, 5, 10)
+FUNCTION_KS = (5, 10)
+
+
+def mirror_for(mirrors: Path, repo: str) -> Path:
+    owner, name = repo.split("/")
+    folder = f"swe-bench+{owner}__{name}" if repo in SWE_BENCH_MIRRORS else f"{owner}+{name}"
+    return mirrors / folder / "repo"
+
+
+def checkout(git_dir: Path, tree: Path, index_file: Path, commit: str) -> None:
+    tree.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, GIT_INDEX_FILE=str(index_file))
+    subprocess.run(["git", f"--git-dir={git_dir}", f"--work-tree={tree}", "read-tree", "--reset",
+                    "-u", commit], check=True, env=env, capture_output=True)
+    (tree / ".git").mkdir(exist_ok=True)  # marks the project root for codevm
+
+
+def rank(engine: Engine, query: str) -> tuple[list[str], list[str]]:
+    hits = engine.search(query, k=400)
+    files: list[str] = []
+    functions: list[str] = []
+    for h in hits:
+        if h.path not in files:
+            files.append(h.path)
+        if h.symbol and h.kind in ("function", "method", "class"):
+            key = f"{h.path}::{h.symbol}"
+            if key not in functions:
+                functions.append(key)
+    return files, functions
+
+
+def first_rank(ranked: list[str], gold: list[str]) -> int | None:
+    """Rank (1-based) at which all gold items have appeared, or None."""
+    positions = [ranked.index(g) + 1 if g in ranked else None for g in gold]
+    return None if any(p is None for p in positions) else max(positions)  # type: ignore[type-var]
+
+
+def evaluate(instance: dict, engine: Engine) -> dict:
+    started = time.perf_counter()
+    files, functions = rank(engine, instance["query"])
+    search_ms = (time.perf_counter() - started) * 1000
+    gold_files = instance["gold_files"]
+    gold_functions = instance["gold_functions"]
+    file_rank = first_rank(files, gold_files)
+    return {
+        "id": instance["id"],
+        "file_rank": file_rank,
+        "file_rr": 1 / min(files.index(g) + 1 for g in gold_files if g in files)
+        if any(g in files for g in gold_files) else 0.0,
+        "function_rank": first_rank(functions, gold_functions) if gold_functions else None,
+        "has_functions": bool(gold_functions),
+        "search_ms": round(search_ms, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--mirrors", type=Path, default=Path("/work/.mirror"))
+    parser.add_argument("--cache", type=Path, default=HERE / ".cache")
+    parser.add_argument("--limit", type=int, help="only the first N instances")
+    parser.add_argument("--repo", action="append", help="only this repository (repeatable)")
+    parser.add_argument("--id", action="append", dest="ids", help="only this instance")
+    parser.add_argument("--fresh", action="store_true", help="ignore cached results")
+    args = parser.parse_args()
+
+    instances = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
+    if args.repo:
+        instances = [i for i in instances if i["repo"] in args.repo]
+    if args.ids:
+        instances = [i for i in instances if i["id"] in args.ids]
+    if args.limit:
+        instances = instances[: args.limit]
+
+    args.cache.mkdir(parents=True, exist_ok=True)
+    results_file = args.cache / "localization.jsonl"
+    cached: dict[str, dict] = {}
+    if results_file.exists() and not args.fresh:
+        for line in results_file.read_text().splitlines():
+            row = json.loads(line)
+            cached[row["id"]] = row
+    os.environ["CODEVM_HOME"] = str(args.cache / "home")
+
+    by_repo: dict[str, list[dict]] = defaultdict(list)
+    for inst in instances:
+        by_repo[inst["repo"]].append(inst)
+    results: list[dict] = []
+    index_seconds = 0.0
+    missing: list[str] = []
+    with results_file.open("a") as out:
+        for repo, items in by_repo.items():
+            todo = [i for i in items if i["id"] not in cached]
+            results.extend(cached[i["id"]] for i in items if i["id"] in cached)
+            if not todo:
+                continue
+            git_dir = mirror_for(args.mirrors, repo)
+            if not git_dir.exists():
+                missing.append(repo)
+                continue
+            slug = repo.replace("/", "__")
+            tree = args.cache / "trees" / slug
+            engine: Engine | None = None
+            for inst in todo:
+                checkout(git_dir, tree, args.cache / f"{slug}.gitindex", inst["commit"])
+                if engine is None:
+                    engine = Engine(tree, Settings())
+                started = time.perf_counter()
+                engine.index()
+                index_seconds += time.perf_counter() - started
+                row = evaluate(inst, engine)
+                results.append(row)
+                out.write(json.dumps(row) + "\n")
+                out.flush()
+                print(f"{inst['id']}: file rank {row['file_rank']}, function rank "
+                      f"{row['function_rank']}", file=sys.stderr)
+            if engine is not None:
+                engine.close()
+
+    n = len(results)
+    with_functions = [r for r in results if r["has_functions"]]
+    summary: dict[str, object] = {"instances": n, "missing_repositories": missing}
+    for k in FILE_KS:
+        summary[f"file_acc@{k}"] = round(
+            sum(1 for r in results if r["file_rank"] and r["file_rank"] <= k) / max(n, 1), 4)
+    summary["file_mrr"] = round(sum(r["file_rr"] for r in results) / max(n, 1), 4)
+    for k in FUNCTION_KS:
+        summary[f"function_acc@{k}"] = round(
+            sum(1 for r in with_functions if r["function_rank"] and r["function_rank"] <= k)
+            / max(len(with_functions), 1), 4)
+    summary["instances_with_gold_functions"] = len(with_functions)
+    latencies = sorted(r["search_ms"] for r in results)
+    if latencies:
+        summary["search_p50_ms"] = latencies[len(latencies) // 2]
+        summary["search_p95_ms"] = latencies[max(0, int(len(latencies) * 0.95) - 1)]
+    summary["index_seconds_this_run"] = round(index_seconds, 1)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
