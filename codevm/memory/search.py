@@ -39,7 +39,7 @@ class SearchHit:
 @dataclass
 class QueryTerms:
     terms: dict[str, float]  # term -> query weight
-    names: set[str]  # lowercased identifiers and dotted names, for exact symbol matches
+    names: set[str]  # identifiers and dotted names, for exact symbol matches
     short: bool  # a few identifiers: exact symbol matches go first
 
 
@@ -51,8 +51,8 @@ def analyse_query(query: str) -> QueryTerms:
         for i, term in enumerate(expanded):
             # an identifier written like code (snake_case, camelCase) weighs more whole
             counts[term] += 2.0 if i == 0 and _CODE_LIKE.search(ident) else 1.0
-    names = {i.lower() for i in idents if len(i) > 1}
-    names.update(d.lower() for d in _DOTTED.findall(query))
+    names = {i for i in idents if len(i) > 1}
+    names.update(_DOTTED.findall(query))
     terms = dict(counts.most_common(MAX_QUERY_TERMS))
     # repeated words matter, but sub-linearly
     weights = {t: 1.0 + 0.5 * (c - 1) ** 0.5 if c > 1 else 1.0 for t, c in terms.items()}
@@ -60,8 +60,7 @@ def analyse_query(query: str) -> QueryTerms:
 
 
 _SEARCH_SQL = f"""
-WITH q AS (SELECT unnest($terms) AS term, unnest($weights) AS w),
-qt AS (SELECT t.id, q.w FROM terms t JOIN q ON t.term = q.term),
+WITH qt AS (SELECT unnest($ids) AS id, unnest($weights) AS w),
 stats AS (SELECT greatest(count(*), 1)::DOUBLE AS n, greatest(avg(n_terms), 1) AS avgdl FROM chunks),
 hits AS MATERIALIZED (
     SELECT p.term_id, p.chunk_id, p.tf FROM postings p WHERE p.term_id IN (SELECT id FROM qt)),
@@ -77,7 +76,7 @@ scored AS (
     GROUP BY h.chunk_id),
 exact AS (
     SELECT c.id AS chunk_id FROM chunks c
-    WHERE (lower(c.name) IN (SELECT unnest($names)) OR lower(c.qualified_name) IN (SELECT unnest($names)))
+    WHERE (c.name IN (SELECT unnest($names)) OR c.qualified_name IN (SELECT unnest($names)))
       AND {{filters}}
     LIMIT 200)
 SELECT c.id, c.path, c.start_line, c.end_line, c.qualified_name, c.kind, c.language,
@@ -91,8 +90,32 @@ LIMIT $limit
 """
 
 
+class TermIds:
+    """term -> id, kept in memory: looking terms up in SQL scans the whole dictionary.
+
+    Terms are only ever added, so a cached id stays right; a term missing from the cache
+    is looked up again (it may have been indexed since).
+    """
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+        self.loaded = False
+
+    def lookup(self, con: duckdb.DuckDBPyConnection, terms: list[str]) -> dict[str, int]:
+        if not self.loaded:
+            self.ids = dict(con.execute("SELECT term, id FROM terms").fetchall())
+            self.loaded = True
+        missing = [t for t in terms if t not in self.ids]
+        if missing:
+            self.ids.update(con.execute(
+                "SELECT term, id FROM terms WHERE term IN (SELECT unnest(?::VARCHAR[]))",
+                [missing]).fetchall())
+        return {t: self.ids[t] for t in terms if t in self.ids}
+
+
 def search(con: duckdb.DuckDBPyConnection, query: str, k: int = 10, language: str | None = None,
-           path_glob: str | None = None, kind: str | None = None) -> list[SearchHit]:
+           path_glob: str | None = None, kind: str | None = None,
+           term_ids: TermIds | None = None) -> list[SearchHit]:
     if not query or not query.strip():
         raise InvalidArgument("the search query is empty")
     if k < 1 or k > 1000:
@@ -100,10 +123,11 @@ def search(con: duckdb.DuckDBPyConnection, query: str, k: int = 10, language: st
     q = analyse_query(query)
     if not q.terms:
         return []
+    ids = (term_ids or TermIds()).lookup(con, list(q.terms))
     filters = ["TRUE"]
     params: dict[str, object] = {
-        "terms": list(q.terms), "weights": list(q.terms.values()), "names": sorted(q.names),
-        "limit": max(k * 4, 50),
+        "ids": list(ids.values()), "weights": [q.terms[t] for t in ids],
+        "names": sorted(q.names), "limit": max(k * 4, 50),
     }
     if language:
         filters.append("c.language = $language")
