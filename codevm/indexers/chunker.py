@@ -19,7 +19,7 @@ from functools import lru_cache
 from tree_sitter import Node, Parser, Query, QueryCursor
 from tree_sitter_language_pack import get_language, get_parser
 
-from codevm.indexers.languages import CONTAINER_KINDS, FUNCTION_KINDS, LANGUAGES, LanguageSpec
+from codevm.indexers.languages import CONTAINER_KINDS, LANGUAGES, LanguageSpec
 from codevm.indexers.tokens import IDENTIFIER
 
 # Weights of a chunk's fields in its term frequencies (a cheap BM25F).
@@ -535,4 +535,4 @@ def chunk_terms_counts(path_words: str, chunk: Chunk) -> Counter[str]:
 
 
 __all__ = ["Chunk", "Extraction", "extract", "chunk_terms_counts", "content_hash",
-           "estimate_tokens", "FUNCTION_KINDS"]
+           "estimate_tokens"]

@@ -17,7 +17,6 @@ EXTRACTOR_VERSION = "1"
 # Definition kinds whose members become chunks of their own (a class chunk keeps its
 # header and fields; its methods are separate chunks).
 CONTAINER_KINDS = frozenset({"class", "interface", "enum", "module", "impl"})
-FUNCTION_KINDS = frozenset({"function", "method"})
 
 
 @dataclass(frozen=True)

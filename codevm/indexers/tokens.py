@@ -53,18 +53,3 @@ def expand_identifier(ident: str) -> tuple[str, ...]:
     if len(_cache) < 500_000:
         _cache[ident] = result
     return result
-
-
-def text_terms(text: str) -> list[str]:
-    """All terms of a text, with repetition (term frequency matters)."""
-    out: list[str] = []
-    extend = out.extend
-    for ident in IDENTIFIER.findall(text):
-        extend(expand_identifier(ident))
-    return out
-
-
-def path_terms(path: str) -> list[str]:
-    """Terms of a file path: folders, file stem and extension-less name."""
-    stem = path.rsplit(".", 1)[0] if "." in path.rsplit("/", 1)[-1] else path
-    return text_terms(stem.replace("/", " "))

@@ -56,7 +56,7 @@ def _file_row(t: TaskFile, status: str, reason: str, language: str = "", digest:
 
 def _read(root: str, t: TaskFile) -> bytes:
     if t.text is not None:
-        return t.text.encode("utf-8", "surrogatepass").decode("utf-8", "replace").encode("utf-8")
+        return t.text.encode("utf-8", "replace")  # an editor buffer may hold lone surrogates
     with open(os.path.join(root, t.path), "rb") as f:
         return f.read()
 
