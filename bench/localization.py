@@ -4,8 +4,8 @@ For each instance the repository is checked out at its base commit and indexed; 
 issue text is the query; files are ranked by their best chunk and functions by the chunks
 that define them. Acc@k counts an instance when all its gold items are in the top k.
 
-One index per repository is moved from commit to commit (`git read-tree` updates only the
-files that differ), so each instance re-parses just what changed: the incremental indexer
+One index per repository is moved from commit to commit (only the blobs that differ are
+written), so each instance re-parses just what changed: the incremental indexer
 at work. Repositories come from bare mirrors (`--mirrors`, default /work/.mirror,
 folders named owner+name, with swe-bench/owner__name for django, scikit-learn and
 matplotlib). Per-instance results are cached in bench/.cache/localization.jsonl.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -40,12 +41,55 @@ def mirror_for(mirrors: Path, repo: str) -> Path:
     return mirrors / folder / "repo"
 
 
-def checkout(git_dir: Path, tree: Path, index_file: Path, commit: str) -> None:
+def checkout(git_dir: Path, tree: Path, manifest_file: Path, commit: str) -> int:
+    """Make `tree` hold the files of `commit`, writing only blobs that changed.
+
+    Reads blobs one by one through `git cat-file --batch`, so a blob missing from the
+    mirror (large data files are left out of some) is skipped instead of failing the
+    checkout. Returns the number of blobs missing.
+    """
     tree.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, GIT_INDEX_FILE=str(index_file))
-    subprocess.run(["git", f"--git-dir={git_dir}", f"--work-tree={tree}", "read-tree", "--reset",
-                    "-u", commit], check=True, env=env, capture_output=True)
     (tree / ".git").mkdir(exist_ok=True)  # marks the project root for codevm
+    git = ["git", f"--git-dir={git_dir}"]
+    listing = subprocess.run(git + ["ls-tree", "-r", "-z", commit], check=True,
+                             capture_output=True).stdout.decode("utf-8", "surrogateescape")
+    wanted: dict[str, str] = {}
+    for entry in listing.split("\0"):
+        if not entry:
+            continue
+        meta, path = entry.split("\t", 1)
+        mode, kind, sha = meta.split()
+        if kind == "blob" and mode in ("100644", "100755"):
+            wanted[path] = sha
+    have: dict[str, str] = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
+    for path in have.keys() - wanted.keys():
+        (tree / path).unlink(missing_ok=True)
+    changed = [p for p, sha in wanted.items() if have.get(p) != sha]
+    missing = 0
+    if changed:
+        proc = subprocess.Popen(git + ["cat-file", "--batch"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE)
+        assert proc.stdin and proc.stdout
+        for path in changed:
+            proc.stdin.write(wanted[path].encode() + b"\n")
+            proc.stdin.flush()
+            header = proc.stdout.readline().split()
+            target = tree / path
+            if len(header) < 3 or header[1] == b"missing":
+                missing += 1
+                target.unlink(missing_ok=True)
+                wanted.pop(path)
+                continue
+            data = proc.stdout.read(int(header[2]))
+            proc.stdout.read(1)  # the newline after each object
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.is_dir():
+                shutil.rmtree(target)
+            target.write_bytes(data)
+        proc.stdin.close()
+        proc.wait()
+    manifest_file.write_text(json.dumps(wanted))
+    return missing
 
 
 def rank(engine: Engine, query: str) -> tuple[list[str], list[str]]:
@@ -135,7 +179,7 @@ def main() -> None:
             tree = args.cache / "trees" / slug
             engine: Engine | None = None
             for inst in todo:
-                checkout(git_dir, tree, args.cache / f"{slug}.gitindex", inst["commit"])
+                checkout(git_dir, tree, args.cache / f"{slug}.manifest.json", inst["commit"])
                 if engine is None:
                     engine = Engine(tree, Settings())
                 started = time.perf_counter()

@@ -96,9 +96,13 @@ def test_incremental_changes_deletions_and_renames(project: Path) -> None:
             assert not con.execute(
                 f"SELECT * FROM {table} WHERE path IN ('src/web/widget.js', 'src/native/parser.rs')"
             ).fetchall(), table
-        # no posting points at a chunk that is gone
-        assert con.execute("SELECT count(*) FROM postings WHERE chunk_id NOT IN "
-                           "(SELECT id FROM chunks)").fetchone() == (0,)
+        # postings of chunks that are gone never surface, and compaction removes them
+        assert all(h.path != "src/web/widget.js" for h in engine.search("CounterWidget", k=50))
+        orphans = ("SELECT count(*) FROM postings WHERE chunk_id NOT IN (SELECT id FROM chunks)")
+        assert con.execute(orphans).fetchone()[0] > 0
+        assert engine.store.compact_postings(force=True)
+        assert con.execute(orphans).fetchone() == (0,)
+        assert [h.path for h in engine.search("tokenize_input", k=1)] == ["src/native/lexer.rs"]
 
         # touched but unchanged: hashed, not re-parsed
         os.utime(shapes, ns=(1, 1))
@@ -178,3 +182,54 @@ def test_kill_9_mid_index_leaves_a_consistent_index_and_the_next_run_finishes(tm
         assert report.parsed == 400 - len(indexed)
         assert engine.status().files == 400
         assert [h.symbol for h in engine.search("function_number_399", k=1)] == ["function_number_399"]
+
+
+def _postings(engine: Engine) -> set[tuple[str, str, int, int]]:
+    return set(engine.store.cursor().execute("""
+        SELECT t.term, c.path, c.ord, p.tf FROM postings p
+        JOIN chunks c ON c.id = p.chunk_id JOIN terms t ON t.id = p.term_id""").fetchall())
+
+
+def test_small_and_bulk_batches_build_the_same_postings(
+        project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from codevm.memory import store
+
+    with Engine(project) as engine:
+        engine.index()  # small batches: terms resolved in memory
+        in_memory = _postings(engine)
+    monkeypatch.setenv("CODEVM_HOME", str(tmp_path / "other-home"))
+    monkeypatch.setattr(store, "SMALL_BATCH_CHUNKS", 0)
+    with Engine(project) as engine:
+        engine.index()  # every batch joins with the terms table in SQL
+        assert _postings(engine) == in_memory
+        assert len(in_memory) > 500
+
+
+def test_a_failed_batch_leaves_no_term_in_the_dictionary(
+        project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from codevm.memory.store import Store
+
+    with Engine(project) as engine:
+        engine.index()
+        engine.search("warm")  # the term dictionary is in memory from now on
+        shapes = project / "src/py/shapes.py"
+        shapes.write_text(shapes.read_text() + "\ndef zanzibar_quokka():\n    return 1\n")
+        real_load = Store._load
+
+        def failing_load(self: Store, *args: object) -> None:
+            real_load(self, *args)
+            raise OSError("disk full")
+
+        monkeypatch.setattr(Store, "_load", failing_load)
+        with pytest.raises(OSError):
+            engine.update_file("src/py/shapes.py")
+        assert engine.search("zanzibar_quokka") == []
+        monkeypatch.setattr(Store, "_load", real_load)
+        engine.update_file("src/py/shapes.py")
+        hits = engine.search("zanzibar_quokka", k=1)
+        assert hits and hits[0].symbol == "zanzibar_quokka"
+        # the dictionary in memory agrees with the table
+        con = engine.store.cursor()
+        in_db = con.execute("SELECT id FROM terms WHERE term = 'zanzibar_quokka'").fetchone()
+        assert in_db and engine.store.terms.ids(con, ["zanzibar_quokka"]) == {
+            "zanzibar_quokka": in_db[0]}

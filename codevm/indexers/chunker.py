@@ -20,7 +20,7 @@ from tree_sitter import Node, Parser, Query, QueryCursor
 from tree_sitter_language_pack import get_language, get_parser
 
 from codevm.indexers.languages import CONTAINER_KINDS, LANGUAGES, LanguageSpec
-from codevm.indexers.tokens import IDENTIFIER
+from codevm.indexers.tokens import IDENTIFIER, expand_identifier
 
 # Weights of a chunk's fields in its term frequencies (a cheap BM25F).
 NAME_WEIGHT = 4
@@ -516,11 +516,12 @@ def extract(path: str, text: str, language: str, data: bytes | None = None,
     return fc.extract(data if data is not None else text.encode("utf-8"))
 
 
-def chunk_terms_counts(path_words: str, chunk: Chunk) -> Counter[str]:
-    """A chunk's identifiers with weighted counts: body, names, docstring and path.
+def chunk_terms_counts(path_words: str, chunk: Chunk) -> dict[str, int]:
+    """A chunk's index terms with weighted counts: body, names, docstring and path.
 
-    Identifiers, not terms: the store expands each distinct identifier into its terms once
-    (whole + camelCase/snake_case parts), in SQL, instead of once per occurrence here.
+    Identifiers are counted first and each distinct one is expanded into its terms
+    (whole + camelCase/snake_case parts, memoized), so that parsing processes, not the
+    process that owns the database, do this work.
     """
     counts = Counter(IDENTIFIER.findall(chunk.text))
     for text, weight in (
@@ -531,7 +532,12 @@ def chunk_terms_counts(path_words: str, chunk: Chunk) -> Counter[str]:
         if text:
             for ident in IDENTIFIER.findall(text):
                 counts[ident] += weight
-    return counts
+    terms: dict[str, int] = {}
+    get = terms.get
+    for ident, n in counts.items():
+        for term in expand_identifier(ident):
+            terms[term] = get(term, 0) + n
+    return terms
 
 
 __all__ = ["Chunk", "Extraction", "extract", "chunk_terms_counts", "content_hash",

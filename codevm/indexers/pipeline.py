@@ -159,6 +159,7 @@ class Indexer:
                     pending, pending_files = [], 0
             if pending or first:
                 self._commit(pending, deleted if first else [], skipped if first else [])
+            self.store.compact_postings()
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 

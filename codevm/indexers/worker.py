@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 
 from codevm.indexers.chunker import Extraction, chunk_terms_counts, content_hash, extract
@@ -99,8 +98,8 @@ def process_file(root: str, t: TaskFile, limits: Limits) -> tuple[dict, Extracti
     return _file_row(t, "indexed", reason, language, digest, len(ex.chunks)), ex
 
 
-def _ident_counts(counter: Counter[str]) -> str:
-    return " ".join([f"{i}:{c}" for i, c in counter.items()])
+def _term_counts(terms: dict[str, int]) -> str:
+    return " ".join([f"{t}:{c}" for t, c in terms.items()])
 
 
 def run_task(root: str, files: list[TaskFile], limits: Limits, out_prefix: str) -> TaskResult:
@@ -138,7 +137,7 @@ def run_task(root: str, files: list[TaskFile], limits: Limits, out_prefix: str) 
                     "start_line": c.start_line, "end_line": c.end_line,
                     "signature": c.signature, "docstring": c.docstring, "text": c.text,
                     "hash": content_hash(c.text.encode("utf-8")), "tokens": c.tokens,
-                    "idents": _ident_counts(chunk_terms_counts(path_words, c)),
+                    "terms": _term_counts(chunk_terms_counts(path_words, c)),
                 }))
             if lines:
                 f_chunks.write("\n".join(lines) + "\n")

@@ -14,7 +14,7 @@ from pathlib import Path
 from codevm.config import Settings
 from codevm.errors import InvalidArgument, NotIndexed, PathOutsideProject, ProjectNotFound
 from codevm.indexers.pipeline import Indexer, IndexReport, Progress
-from codevm.memory.search import SearchHit, TermIds, search
+from codevm.memory.search import SearchHit, search
 from codevm.memory.store import Store
 
 DATA_DIR = ".codevm"
@@ -105,7 +105,6 @@ class Engine:
             (data_dir / ".gitignore").write_text("*\n", encoding="utf-8")
         self.store = Store(db)
         self.indexer = Indexer(self.root, self.store, self.settings)
-        self.term_ids = TermIds()
 
     @classmethod
     def open(cls, start: Path | str = ".") -> Engine:
@@ -152,7 +151,7 @@ class Engine:
                path_glob: str | None = None, kind: str | None = None) -> list[SearchHit]:
         self._require_index()
         with self.store.lock:
-            return search(self.store.cursor(), query, k, language, path_glob, kind, self.term_ids)
+            return search(self.store.cursor(), query, k, language, path_glob, kind, self.store.terms)
 
     def symbol(self, name: str, limit: int = 50) -> list[SymbolInfo]:
         """Where `name` (a name or a qualified name like Class.method) is defined."""

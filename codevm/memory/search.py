@@ -14,6 +14,7 @@ import duckdb
 
 from codevm.errors import InvalidArgument
 from codevm.indexers.tokens import IDENTIFIER, expand_identifier
+from codevm.memory.store import TermDictionary
 
 K1 = 1.2
 B = 0.75
@@ -59,63 +60,43 @@ def analyse_query(query: str) -> QueryTerms:
     return QueryTerms(weights, names, short=len(idents) <= 3)
 
 
-_SEARCH_SQL = f"""
+# Step 1 ranks chunk ids by score alone; step 2 reads the wide rows (text) of the few
+# winners through the index on chunks.id (a scan that touches `text` costs ~15 ms).
+_SCORE_SQL = f"""
 WITH qt AS (SELECT unnest($ids) AS id, unnest($weights) AS w),
 stats AS (SELECT greatest(count(*), 1)::DOUBLE AS n, greatest(avg(n_terms), 1) AS avgdl FROM chunks),
 hits AS MATERIALIZED (
-    SELECT p.term_id, p.chunk_id, p.tf FROM postings p WHERE p.term_id IN (SELECT id FROM qt)),
+    SELECT p.term_id, p.chunk_id, p.tf, c.n_terms, c.name, c.qualified_name
+    FROM postings p JOIN chunks c ON c.id = p.chunk_id
+    WHERE p.term_id IN (SELECT id FROM qt) AND {{filters}}),
 df AS (SELECT term_id, count(*) AS df FROM hits GROUP BY 1),
 scored AS (
     SELECT h.chunk_id, sum(
         qt.w * ln(1 + (stats.n - df.df + 0.5) / (df.df + 0.5))
-        * h.tf * {K1 + 1} / (h.tf + {K1} * ({1 - B} + {B} * c.n_terms / stats.avgdl))
+        * h.tf * {K1 + 1} / (h.tf + {K1} * ({1 - B} + {B} * h.n_terms / stats.avgdl))
     ) AS score
-    FROM hits h JOIN qt ON qt.id = h.term_id JOIN df ON df.term_id = h.term_id
-    JOIN chunks c ON c.id = h.chunk_id, stats
-    WHERE {{filters}}
-    GROUP BY h.chunk_id),
+    FROM hits h JOIN qt ON qt.id = h.term_id JOIN df ON df.term_id = h.term_id, stats
+    GROUP BY h.chunk_id
+    ORDER BY score DESC
+    LIMIT $limit),
+-- a chunk named like an identifier of the query holds that name's term: it is a hit
 exact AS (
-    SELECT c.id AS chunk_id FROM chunks c
-    WHERE (c.name IN (SELECT unnest($names)) OR c.qualified_name IN (SELECT unnest($names)))
-      AND {{filters}}
+    SELECT DISTINCT chunk_id FROM hits
+    WHERE name IN (SELECT unnest($names)) OR qualified_name IN (SELECT unnest($names))
     LIMIT 200)
-SELECT c.id, c.path, c.start_line, c.end_line, c.qualified_name, c.kind, c.language,
-       coalesce(s.score, 0) AS score, e.chunk_id IS NOT NULL AS exact, c.text, c.signature, c.name
-FROM (SELECT chunk_id FROM scored UNION SELECT chunk_id FROM exact) ids
-JOIN chunks c ON c.id = ids.chunk_id
-LEFT JOIN scored s ON s.chunk_id = ids.chunk_id
-LEFT JOIN exact e ON e.chunk_id = ids.chunk_id
-ORDER BY score DESC
-LIMIT $limit
+SELECT coalesce(s.chunk_id, e.chunk_id), coalesce(s.score, 0), e.chunk_id IS NOT NULL
+FROM scored s FULL OUTER JOIN exact e ON e.chunk_id = s.chunk_id
 """
 
-
-class TermIds:
-    """term -> id, kept in memory: looking terms up in SQL scans the whole dictionary.
-
-    Terms are only ever added, so a cached id stays right; a term missing from the cache
-    is looked up again (it may have been indexed since).
-    """
-
-    def __init__(self) -> None:
-        self.ids: dict[str, int] = {}
-        self.loaded = False
-
-    def lookup(self, con: duckdb.DuckDBPyConnection, terms: list[str]) -> dict[str, int]:
-        if not self.loaded:
-            self.ids = dict(con.execute("SELECT term, id FROM terms").fetchall())
-            self.loaded = True
-        missing = [t for t in terms if t not in self.ids]
-        if missing:
-            self.ids.update(con.execute(
-                "SELECT term, id FROM terms WHERE term IN (SELECT unnest(?::VARCHAR[]))",
-                [missing]).fetchall())
-        return {t: self.ids[t] for t in terms if t in self.ids}
+_ROWS_SQL = """
+SELECT id, path, start_line, end_line, qualified_name, kind, language, text, signature
+FROM chunks WHERE id IN ({ids})
+"""
 
 
 def search(con: duckdb.DuckDBPyConnection, query: str, k: int = 10, language: str | None = None,
            path_glob: str | None = None, kind: str | None = None,
-           term_ids: TermIds | None = None) -> list[SearchHit]:
+           terms: TermDictionary | None = None) -> list[SearchHit]:
     if not query or not query.strip():
         raise InvalidArgument("the search query is empty")
     if k < 1 or k > 1000:
@@ -123,7 +104,7 @@ def search(con: duckdb.DuckDBPyConnection, query: str, k: int = 10, language: st
     q = analyse_query(query)
     if not q.terms:
         return []
-    ids = (term_ids or TermIds()).lookup(con, list(q.terms))
+    ids = (terms or TermDictionary()).ids(con, list(q.terms))
     filters = ["TRUE"]
     params: dict[str, object] = {
         "ids": list(ids.values()), "weights": [q.terms[t] for t in ids],
@@ -139,16 +120,25 @@ def search(con: duckdb.DuckDBPyConnection, query: str, k: int = 10, language: st
     if kind:
         filters.append("c.kind = $kind")
         params["kind"] = kind
-    sql = _SEARCH_SQL.replace("{filters}", " AND ".join(filters))
-    rows = con.execute(sql, params).fetchall()
-    if not rows:
+    sql = _SCORE_SQL.replace("{filters}", " AND ".join(filters))
+    scored = con.execute(sql, params).fetchall()
+    if not scored:
         return []
-    top = max(r[7] for r in rows) or 1.0
-    hits = []
-    for cid, path, start, end, qual, knd, lang, score, exact, text, sig, name in rows:
+    top = max(r[1] for r in scored) or 1.0
+    ranked: list[tuple[float, int]] = []
+    for cid, score, exact in scored:
         if exact:
             # exact symbol matches first for identifier queries; a strong boost otherwise
             score = score + (top * 10 if q.short else top * 0.5)
+        ranked.append((score, cid))
+    ranked.sort(key=lambda r: -r[0])
+    # ties are broken by path and line below, so read a few more rows than needed
+    cut = ranked[k - 1][0] if len(ranked) >= k else None
+    keep = {cid: score for score, cid in ranked[:200] if cut is None or score >= cut}
+    rows = con.execute(_ROWS_SQL.format(ids=", ".join(str(int(c)) for c in keep))).fetchall()
+    hits = []
+    for cid, path, start, end, qual, knd, lang, text, sig in rows:
+        score = keep[cid]
         hits.append((score, SearchHit(cid, path, start, end, qual or "", knd, lang, score,
                                       _snippet(text, start, end, q.terms), sig or "")))
     hits.sort(key=lambda h: (-h[0], h[1].path, h[1].start_line))
