@@ -198,7 +198,7 @@ def test_small_and_bulk_batches_build_the_same_postings(
         engine.index()  # small batches: terms resolved in memory
         in_memory = _postings(engine)
     monkeypatch.setenv("CODEVM_HOME", str(tmp_path / "other-home"))
-    monkeypatch.setattr(store, "SMALL_BATCH_CHUNKS", 0)
+    monkeypatch.setattr(store, "SMALL_BATCH_BYTES", 0)
     with Engine(project) as engine:
         engine.index()  # every batch joins with the terms table in SQL
         assert _postings(engine) == in_memory
@@ -233,3 +233,18 @@ def test_a_failed_batch_leaves_no_term_in_the_dictionary(
         in_db = con.execute("SELECT id FROM terms WHERE term = 'zanzibar_quokka'").fetchone()
         assert in_db and engine.store.terms.ids(con, ["zanzibar_quokka"]) == {
             "zanzibar_quokka": in_db[0]}
+
+
+def test_repeated_edits_leave_no_stale_hits(engine: Engine) -> None:
+    shapes = engine.root / "src/py/shapes.py"
+    base = shapes.read_text()
+    for i in range(60):  # as an editor sends buffer after buffer
+        engine.update_file("src/py/shapes.py", base + f"\ndef rotate_polygon(p):\n    return {i}\n")
+    # words, not the name: ranked by the postings, where 59 replaced copies still lie
+    hits = engine.search("rotate polygon", k=10)
+    assert [h.symbol for h in hits].count("rotate_polygon") == 1
+    con = engine.store.cursor()
+    assert con.execute("SELECT count(*) FROM dead_chunks").fetchone()[0] > 0
+    assert engine.store.compact_postings(force=True)
+    assert con.execute("SELECT count(*) FROM dead_chunks").fetchone()[0] == 0
+    assert [h.symbol for h in engine.search("rotate polygon", k=10)].count("rotate_polygon") == 1

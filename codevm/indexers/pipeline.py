@@ -160,6 +160,8 @@ class Indexer:
             if pending or first:
                 self._commit(pending, deleted if first else [], skipped if first else [])
             self.store.compact_postings()
+            if len(todo) >= self.settings.batch_files:
+                self.store.checkpoint()
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 

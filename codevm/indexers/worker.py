@@ -131,13 +131,14 @@ def run_task(root: str, files: list[TaskFile], limits: Limits, out_prefix: str) 
             path_words = t.path.rsplit(".", 1)[0].replace("/", " ")
             lines = []
             for ordinal, c in enumerate(ex.chunks):
+                terms = chunk_terms_counts(path_words, c)
                 lines.append(dumps({
                     "path": t.path, "ord": ordinal, "language": language, "kind": c.kind,
                     "name": c.name, "qualified_name": c.qualified_name,
                     "start_line": c.start_line, "end_line": c.end_line,
                     "signature": c.signature, "docstring": c.docstring, "text": c.text,
                     "hash": content_hash(c.text.encode("utf-8")), "tokens": c.tokens,
-                    "terms": _term_counts(chunk_terms_counts(path_words, c)),
+                    "terms": _term_counts(terms), "n_terms": sum(terms.values()),
                 }))
             if lines:
                 f_chunks.write("\n".join(lines) + "\n")

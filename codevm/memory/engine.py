@@ -105,6 +105,7 @@ class Engine:
             (data_dir / ".gitignore").write_text("*\n", encoding="utf-8")
         self.store = Store(db)
         self.indexer = Indexer(self.root, self.store, self.settings)
+        self._indexed = False  # once indexed, a project stays indexed
 
     @classmethod
     def open(cls, start: Path | str = ".") -> Engine:
@@ -144,7 +145,10 @@ class Engine:
 
     # -- queries -----------------------------------------------------------------------
     def _require_index(self) -> None:
-        if self.store.get_meta("last_indexed_at") is None:
+        if self._indexed:
+            return
+        self._indexed = self.store.get_meta("last_indexed_at") is not None
+        if not self._indexed:
             raise NotIndexed(f"{self.root} is not indexed yet: run `codevm index` first")
 
     def search(self, query: str, k: int = 10, language: str | None = None,

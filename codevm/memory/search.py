@@ -60,32 +60,34 @@ def analyse_query(query: str) -> QueryTerms:
     return QueryTerms(weights, names, short=len(idents) <= 3)
 
 
-# Step 1 ranks chunk ids by score alone; step 2 reads the wide rows (text) of the few
-# winners through the index on chunks.id (a scan that touches `text` costs ~15 ms).
+# Step 1 ranks chunk ids from the postings alone (each carries its chunk's length);
+# replaced chunks whose postings await compaction are left out through `dead_chunks`.
+# Step 2 reads the wide rows (text) of the few winners through the index on chunks.id
+# (a scan that touches `text` costs ~15 ms).
 _SCORE_SQL = f"""
 WITH qt AS (SELECT unnest($ids) AS id, unnest($weights) AS w),
 stats AS (SELECT greatest(count(*), 1)::DOUBLE AS n, greatest(avg(n_terms), 1) AS avgdl FROM chunks),
 hits AS MATERIALIZED (
-    SELECT p.term_id, p.chunk_id, p.tf, c.n_terms, c.name, c.qualified_name
-    FROM postings p JOIN chunks c ON c.id = p.chunk_id
-    WHERE p.term_id IN (SELECT id FROM qt) AND {{filters}}),
-df AS (SELECT term_id, count(*) AS df FROM hits GROUP BY 1),
-scored AS (
-    SELECT h.chunk_id, sum(
-        qt.w * ln(1 + (stats.n - df.df + 0.5) / (df.df + 0.5))
-        * h.tf * {K1 + 1} / (h.tf + {K1} * ({1 - B} + {B} * h.n_terms / stats.avgdl))
-    ) AS score
-    FROM hits h JOIN qt ON qt.id = h.term_id JOIN df ON df.term_id = h.term_id, stats
-    GROUP BY h.chunk_id
-    ORDER BY score DESC
-    LIMIT $limit),
--- a chunk named like an identifier of the query holds that name's term: it is a hit
-exact AS (
-    SELECT DISTINCT chunk_id FROM hits
-    WHERE name IN (SELECT unnest($names)) OR qualified_name IN (SELECT unnest($names))
-    LIMIT 200)
-SELECT coalesce(s.chunk_id, e.chunk_id), coalesce(s.score, 0), e.chunk_id IS NOT NULL
-FROM scored s FULL OUTER JOIN exact e ON e.chunk_id = s.chunk_id
+    SELECT p.term_id, p.chunk_id, p.tf, p.n_terms FROM postings p
+    WHERE p.term_id IN (SELECT id FROM qt)
+      AND p.chunk_id NOT IN (SELECT id FROM dead_chunks) {{chunk_filter}}),
+df AS (SELECT term_id, count(*) AS df FROM hits GROUP BY 1)
+SELECT h.chunk_id, sum(
+    qt.w * ln(1 + (stats.n - df.df + 0.5) / (df.df + 0.5))
+    * h.tf * {K1 + 1} / (h.tf + {K1} * ({1 - B} + {B} * h.n_terms / stats.avgdl))
+) AS score
+FROM hits h JOIN qt ON qt.id = h.term_id JOIN df ON df.term_id = h.term_id, stats
+GROUP BY h.chunk_id
+ORDER BY score DESC
+LIMIT $limit
+"""
+
+# Names are inlined (they are identifiers, quoted below) so that the indexes on
+# chunks.name and chunks.qualified_name answer instead of a scan.
+_EXACT_SQL = """
+SELECT id FROM chunks c WHERE name IN ({names}) AND {filters}
+UNION SELECT id FROM chunks c WHERE qualified_name IN ({names}) AND {filters}
+LIMIT 200
 """
 
 _ROWS_SQL = """
@@ -108,7 +110,7 @@ def search(con: duckdb.DuckDBPyConnection, query: str, k: int = 10, language: st
     filters = ["TRUE"]
     params: dict[str, object] = {
         "ids": list(ids.values()), "weights": [q.terms[t] for t in ids],
-        "names": sorted(q.names), "limit": max(k * 4, 50),
+        "limit": max(k * 4, 50),
     }
     if language:
         filters.append("c.language = $language")
@@ -120,14 +122,23 @@ def search(con: duckdb.DuckDBPyConnection, query: str, k: int = 10, language: st
     if kind:
         filters.append("c.kind = $kind")
         params["kind"] = kind
-    sql = _SCORE_SQL.replace("{filters}", " AND ".join(filters))
-    scored = con.execute(sql, params).fetchall()
-    if not scored:
+    where = " AND ".join(filters)
+    chunk_filter = f"AND p.chunk_id IN (SELECT id FROM chunks c WHERE {where})" if len(filters) > 1 else ""
+    scored = con.execute(_SCORE_SQL.replace("{chunk_filter}", chunk_filter), params).fetchall()
+    exact: set[int] = set()
+    if q.names:
+        names = ", ".join("'" + n.replace("'", "''") + "'" for n in sorted(q.names))
+        exact_params = {k: v for k, v in params.items() if f"${k}" in where}
+        exact = {r[0] for r in con.execute(_EXACT_SQL.format(names=names, filters=where),
+                                           exact_params).fetchall()}
+    if not scored and not exact:
         return []
-    top = max(r[1] for r in scored) or 1.0
+    top = max((r[1] for r in scored), default=1.0) or 1.0
+    scores = dict(scored)
     ranked: list[tuple[float, int]] = []
-    for cid, score, exact in scored:
-        if exact:
+    for cid in scores.keys() | exact:
+        score = scores.get(cid, 0.0)
+        if cid in exact:
             # exact symbol matches first for identifier queries; a strong boost otherwise
             score = score + (top * 10 if q.short else top * 0.5)
         ranked.append((score, cid))

@@ -52,14 +52,32 @@ def m003_terms_from_workers(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("DROP TABLE ident_terms")
 
 
+def m004_postings_carry_lengths(con: duckdb.DuckDBPyConnection) -> None:
+    # search ranks from the postings alone: each carries its chunk's length, and the
+    # chunks replaced since the last compaction are listed in dead_chunks
+    con.execute("""
+        CREATE TABLE postings_new AS
+        SELECT p.term_id, p.chunk_id, p.tf, c.n_terms FROM postings p
+        JOIN chunks c ON c.id = p.chunk_id ORDER BY p.term_id, p.chunk_id""")
+    con.execute("DROP TABLE postings")
+    con.execute("ALTER TABLE postings_new RENAME TO postings")
+    con.execute("DELETE FROM meta WHERE key = 'postings_sorted_rows'")
+    con.execute("INSERT INTO meta SELECT 'postings_sorted_rows', count(*)::VARCHAR FROM postings")
+    con.execute("CREATE TABLE dead_chunks (id BIGINT)")
+    # exact symbol matches are looked up by name
+    con.execute("CREATE INDEX chunks_name ON chunks (name)")
+    con.execute("CREATE INDEX chunks_qualified_name ON chunks (qualified_name)")
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
-    m001_initial, m002_search_indexes, m003_terms_from_workers]
+    m001_initial, m002_search_indexes, m003_terms_from_workers, m004_postings_carry_lengths]
 
 # Postings are kept sorted by term so that a query reads a few row groups (zone maps);
 # rows appended since the last sort, and those of replaced chunks (left behind by updates
 # and skipped by the join with chunks), are cleaned up when they pass this share.
 UNSORTED_SHARE = 0.1
 UNSORTED_MIN_ROWS = 100_000
+CHECK_EVERY_CHUNKS = 1_000  # counting the postings costs a few ms: not on every edit
 
 _FILE_COLUMNS = {
     "path": "VARCHAR", "language": "VARCHAR", "size": "BIGINT", "mtime_ns": "BIGINT",
@@ -70,7 +88,7 @@ _CHUNK_COLUMNS = {
     "path": "VARCHAR", "ord": "INTEGER", "language": "VARCHAR", "kind": "VARCHAR",
     "name": "VARCHAR", "qualified_name": "VARCHAR", "start_line": "INTEGER",
     "end_line": "INTEGER", "signature": "VARCHAR", "docstring": "VARCHAR", "text": "VARCHAR",
-    "hash": "VARCHAR", "tokens": "INTEGER", "terms": "VARCHAR",
+    "hash": "VARCHAR", "tokens": "INTEGER", "terms": "VARCHAR", "n_terms": "INTEGER",
 }
 _SYMBOL_COLUMNS = {
     "path": "VARCHAR", "language": "VARCHAR", "name": "VARCHAR", "qualified_name": "VARCHAR",
@@ -90,9 +108,10 @@ def _nonempty(paths: Iterable[str]) -> list[str]:
     return [p for p in paths if os.path.exists(p) and os.path.getsize(p) > 0]
 
 
-# A batch with at most this many chunks resolves its terms against the in-memory
-# dictionary; a bigger one joins with the terms table in SQL (a scan that pays off).
-SMALL_BATCH_CHUNKS = 500
+# A batch of at most this many bytes of chunk rows (a few hundred chunks) resolves its
+# terms against the in-memory dictionary; a bigger one joins with the terms table in SQL
+# (a scan that pays off).
+SMALL_BATCH_BYTES = 1 << 20
 
 
 class TermDictionary:
@@ -136,6 +155,9 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.con = duckdb.connect(str(path), read_only=read_only)
+            # committed batches are safe in the write-ahead log; folding it into the file
+            # once per run (see checkpoint) beats doing it every few batches
+            self.con.execute("SET checkpoint_threshold = '1GB'")
         except duckdb.IOException as e:
             if "lock" in str(e).lower():
                 raise IndexBusy(
@@ -145,6 +167,9 @@ class Store:
             raise
         self.lock = threading.RLock()
         self.terms = TermDictionary()
+        # chunks loaded since compaction was last considered: start high so that the first
+        # run of each process looks at what earlier processes appended
+        self.loaded_since_check = CHECK_EVERY_CHUNKS
         if not read_only:
             self._migrate()
 
@@ -215,12 +240,13 @@ class Store:
     def _load(self, con: duckdb.DuckDBPyConnection, files: list[str], chunks: list[str],
               symbols: list[str], refs: list[str], deleted: list[str],
               skipped: list[tuple[str, str]]) -> None:
-        cols = ", ".join(f"{k} {v}" for k, v in _FILE_COLUMNS.items())
-        con.execute(f"CREATE OR REPLACE TEMP TABLE stage_files ({cols})")
         if files:
-            con.execute("INSERT INTO stage_files SELECT * FROM read_json(?, "
+            con.execute("CREATE OR REPLACE TEMP TABLE stage_files AS SELECT * FROM read_json(?, "
                         f"format='newline_delimited', columns={_columns_sql(_FILE_COLUMNS)})",
                         [files])
+        else:
+            cols = ", ".join(f"{k} {v}" for k, v in _FILE_COLUMNS.items())
+            con.execute(f"CREATE OR REPLACE TEMP TABLE stage_files ({cols})")
         if deleted:
             con.execute("INSERT INTO stage_files (path, status, changed) "
                         "SELECT unnest(?::VARCHAR[]), 'deleted', true", [deleted])
@@ -229,12 +255,12 @@ class Store:
                         "SELECT unnest(?::VARCHAR[]), 'skipped', unnest(?::VARCHAR[]), true, 0, 0",
                         [[p for p, _ in skipped], [r for _, r in skipped]])
         # rows of changed files go; files whose content did not change keep their chunks
-        con.execute("CREATE OR REPLACE TEMP TABLE gone AS "
-                    "SELECT DISTINCT path FROM stage_files WHERE changed")
+        gone = "(SELECT path FROM stage_files WHERE changed)"
         # postings of the chunks that go stay until the next compaction (see UNSORTED_SHARE):
         # deleting them here would scan the whole table, which is sorted by term
+        con.execute(f"INSERT INTO dead_chunks SELECT id FROM chunks WHERE path IN {gone}")
         for table in ("chunks", "symbols", "refs"):
-            con.execute(f"DELETE FROM {table} WHERE path IN (SELECT path FROM gone)")
+            con.execute(f"DELETE FROM {table} WHERE path IN {gone}")
         con.execute("DELETE FROM files WHERE path IN (SELECT path FROM stage_files)")
         con.execute("""
             INSERT INTO files SELECT path, language, size, mtime_ns, hash, status, reason,
@@ -257,27 +283,23 @@ class Store:
         con.execute("""
             CREATE OR REPLACE TEMP TABLE stage_terms AS
             SELECT id AS chunk_id, split_part(pair, ':', 1) AS term,
-                   CAST(split_part(pair, ':', 2) AS INTEGER) AS tf
-            FROM (SELECT id, unnest(string_split(terms, ' ')) AS pair FROM stage_chunks)
+                   CAST(split_part(pair, ':', 2) AS INTEGER) AS tf, n_terms
+            FROM (SELECT id, n_terms, unnest(string_split(terms, ' ')) AS pair FROM stage_chunks)
             WHERE pair <> ''""")
-        n_chunks = con.execute("SELECT count(*) FROM stage_chunks").fetchone()[0]
-        if n_chunks <= SMALL_BATCH_CHUNKS:
-            self._resolve_terms_in_memory(con)
+        if sum(os.path.getsize(c) for c in chunks) <= SMALL_BATCH_BYTES:
+            self._postings_in_memory(con)
         else:
-            self._resolve_terms_in_sql(con)
+            self._postings_in_sql(con)
         con.execute("""
             INSERT INTO chunks
-            SELECT c.id, c.path, c.ord, c.language, c.kind, c.name, c.qualified_name,
-                   c.start_line, c.end_line, c.signature, c.docstring, c.text, c.hash, c.tokens,
-                   coalesce(l.n_terms, 0)
-            FROM stage_chunks c LEFT JOIN (
-                SELECT chunk_id, CAST(sum(tf) AS INTEGER) AS n_terms FROM stage_postings GROUP BY 1
-            ) l ON l.chunk_id = c.id""")
-        con.execute("INSERT INTO postings SELECT term_id, chunk_id, tf FROM stage_postings")
+            SELECT id, path, ord, language, kind, name, qualified_name, start_line, end_line,
+                   signature, docstring, text, hash, tokens, n_terms
+            FROM stage_chunks""")
 
-    def _resolve_terms_in_memory(self, con: duckdb.DuckDBPyConnection) -> None:
-        rows = con.execute("SELECT chunk_id, term, tf FROM stage_terms").fetchall()
-        distinct = list({term for _, term, _ in rows})
+    def _postings_in_memory(self, con: duckdb.DuckDBPyConnection) -> None:
+        rows = con.execute("SELECT chunk_id, term, tf, n_terms FROM stage_terms").fetchall()
+        self.loaded_since_check += len({r[0] for r in rows})
+        distinct = list({r[1] for r in rows})
         ids = self.terms.ids(con, distinct)
         new = [t for t in distinct if t not in ids]
         if new:
@@ -285,12 +307,13 @@ class Store:
                                 "RETURNING id, term", [new]).fetchall()
             self.terms.add(added)
             ids.update((term, tid) for tid, term in added)
-        con.execute("CREATE OR REPLACE TEMP TABLE stage_postings AS SELECT "
-                    "unnest(?::BIGINT[]) AS chunk_id, unnest(?::INTEGER[]) AS term_id, "
-                    "unnest(?::INTEGER[]) AS tf",
-                    [[r[0] for r in rows], [ids[r[1]] for r in rows], [r[2] for r in rows]])
+        con.execute("INSERT INTO postings SELECT unnest(?::INTEGER[]), unnest(?::BIGINT[]), "
+                    "unnest(?::INTEGER[]), unnest(?::INTEGER[])",
+                    [[ids[r[1]] for r in rows], [r[0] for r in rows], [r[2] for r in rows],
+                     [r[3] for r in rows]])
 
-    def _resolve_terms_in_sql(self, con: duckdb.DuckDBPyConnection) -> None:
+    def _postings_in_sql(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.loaded_since_check += con.execute("SELECT count(*) FROM stage_chunks").fetchone()[0]
         new_terms = """
             INSERT INTO terms SELECT nextval('term_ids'), term FROM (
                 SELECT DISTINCT s.term FROM stage_terms s ANTI JOIN terms t ON t.term = s.term)"""
@@ -299,12 +322,19 @@ class Store:
         else:
             con.execute(new_terms)
         con.execute("""
-            CREATE OR REPLACE TEMP TABLE stage_postings AS
-            SELECT s.chunk_id, t.id AS term_id, s.tf FROM stage_terms s JOIN terms t USING (term)""")
+            INSERT INTO postings
+            SELECT t.id, s.chunk_id, s.tf, s.n_terms FROM stage_terms s JOIN terms t USING (term)""")
+
+    def checkpoint(self) -> None:
+        with self.lock:
+            self.cursor().execute("CHECKPOINT")
 
     def compact_postings(self, force: bool = False) -> bool:
         """Re-sort postings by term and drop those of chunks that are gone, when worth it."""
+        if not force and self.loaded_since_check < CHECK_EVERY_CHUNKS:
+            return False
         with self.lock:
+            self.loaded_since_check = 0
             con = self.cursor()
             try:
                 total = con.execute("SELECT count(*) FROM postings").fetchone()[0]
@@ -317,11 +347,11 @@ class Store:
                 try:
                     con.execute("""
                         CREATE TABLE postings_sorted AS
-                        SELECT p.term_id, p.chunk_id, p.tf FROM postings p
-                        SEMI JOIN chunks c ON c.id = p.chunk_id
+                        SELECT p.* FROM postings p SEMI JOIN chunks c ON c.id = p.chunk_id
                         ORDER BY p.term_id, p.chunk_id""")
                     con.execute("DROP TABLE postings")
                     con.execute("ALTER TABLE postings_sorted RENAME TO postings")
+                    con.execute("DELETE FROM dead_chunks")
                     kept = con.execute("SELECT count(*) FROM postings").fetchone()[0]
                     self.set_meta("postings_sorted_rows", str(kept), con)
                     con.execute("COMMIT")
