@@ -205,3 +205,248 @@ def status(as_json: bool) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# -- asking and memory -------------------------------------------------------------------
+def _show_context(result: Any) -> None:
+    """Draw main context: each section with its tokens, a bar of the budget, the pages."""
+    ctx = result.context
+    if ctx is None:
+        return
+    width = 40
+    filled = min(width, round(width * ctx.used / max(ctx.budget, 1)))
+    colour = "red" if ctx.pressure else "green"
+    out.print(f"\n[bold]main context[/] {ctx.used}/{ctx.budget} tokens "
+              f"(num_ctx {ctx.num_ctx}) [{colour}]{'█' * filled}[/]{'░' * (width - filled)}")
+    for section in ctx.sections:
+        out.print(f"  {section.name:<13} {section.tokens:>6} tok")
+        for item in section.items:
+            out.print(f"      {item}", markup=False)
+    if result.evicted_messages:
+        out.print(f"  [dim]{result.evicted_messages} messages evicted to recall storage[/]")
+
+
+def _print_answer(result: Any, streamed: bool, show_context: bool) -> None:
+    if result.model_used:
+        if not streamed:
+            out.print(result.answer, markup=False)
+        else:
+            out.print()
+        if not result.finished:
+            err.print(f"codevm: the model did not finish within {len(result.steps)} steps")
+    else:
+        out.print("[bold]Code the pager selected for this question:[/]")
+        for page in result.pages:
+            out.print(f"\n[cyan]{page.citation}[/] {page.symbol} [dim]({page.reason})[/]")
+            out.print("\n".join(page.text.split("\n")[:12]), markup=False)
+        err.print(f"codevm: no model was used: {result.notice}", markup=False)
+    if show_context:
+        _show_context(result)
+
+
+@main.command()
+@click.argument("question", nargs=-1, required=True)
+@click.option("--session", help="Continue this session (default: the latest).")
+@click.option("--new", "new_session", is_flag=True, help="Start a new session.")
+@click.option("--budget", type=int, help="Token budget of main context.")
+@click.option("--show-context", is_flag=True, help="Draw main context after answering.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@handle_errors
+def ask(question: tuple[str, ...], session: str | None, new_session: bool, budget: int | None,
+        show_context: bool, as_json: bool) -> None:
+    """Answer QUESTION about the project with the local model and paged code."""
+    with engine_at() as engine:
+        stream = None if as_json else (lambda text: out.print(text, end="", markup=False))
+        result = engine.ask(" ".join(question), session=session, budget=budget,
+                            on_text=stream, new_session=new_session)
+        if as_json:
+            _print_json(to_dict(result))
+            return
+        _print_answer(result, stream is not None, show_context)
+
+
+CHAT_HELP = """/memory  core memory blocks     /notes QUERY  search notes
+/pages   the working set        /budget       main context by section
+/new     start a new session    /quit         leave (Ctrl-D too)"""
+
+
+@main.command()
+@click.option("--session", help="Continue this session (default: the latest).")
+@click.option("--budget", type=int, help="Token budget of main context.")
+@handle_errors
+def chat(session: str | None, budget: int | None) -> None:
+    """Talk with the model about the project; the session and its memory persist."""
+    with engine_at() as engine:
+        last = None
+        current = session or (s.id if (s := engine.recall_storage.latest()) else None)
+        out.print(f"[dim]codevm chat — session {current or '(new)'}; /help for commands[/]")
+        while True:
+            try:
+                line = click.prompt("", prompt_suffix="› ", default="", show_default=False).strip()
+            except (EOFError, click.Abort):
+                break
+            if not line:
+                continue
+            if line in ("/quit", "/exit"):
+                break
+            if line == "/help":
+                out.print(CHAT_HELP, markup=False)
+            elif line == "/memory":
+                for block in engine.core_memory():
+                    out.print(f"[bold]{block.label}[/] ({len(block.value)}/{block.limit}): {block.value}")
+            elif line.startswith("/notes"):
+                for note in engine.recall(line[6:].strip() or "note"):
+                    out.print(f"[{note.id}] {note.text}", markup=False)
+            elif line in ("/pages", "/budget"):
+                if last is None:
+                    out.print("[dim]ask something first[/]")
+                elif line == "/pages":
+                    for page in last.pages:
+                        out.print(f"{page.citation} {page.symbol} ({page.tokens} tok, {page.reason})")
+                else:
+                    _show_context(last)
+            elif line == "/new":
+                current = engine.recall_storage.new_session().id
+                out.print(f"[dim]session {current}[/]")
+            else:
+                last = engine.ask(line, session=current, budget=budget,
+                                  on_text=lambda text: out.print(text, end="", markup=False),
+                                  new_session=current is None)
+                current = last.session_id
+                _print_answer(last, True, False)
+
+
+@main.group()
+def memory() -> None:
+    """Core memory blocks, archival notes and conversation sessions."""
+
+
+@memory.command("core")
+@click.argument("block", required=False)
+@click.argument("text", required=False)
+@click.option("--append", is_flag=True, help="Append TEXT instead of replacing the block.")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def memory_core(block: str | None, text: str | None, append: bool, as_json: bool) -> None:
+    """Show core memory, or set BLOCK (project, user, task) to TEXT."""
+    with engine_at() as engine:
+        if block and text is not None:
+            engine.core_memory_update(block, text, mode="append" if append else "replace")
+        blocks = engine.core_memory()
+        if block:
+            blocks = [b for b in blocks if b.label == block] or [engine.core.get(block)]
+        if as_json:
+            _print_json(to_dict(blocks))
+            return
+        for b in blocks:
+            out.print(f"[bold]{b.label}[/] [dim]({len(b.value)}/{b.limit} chars; {b.description})[/]")
+            out.print(b.value or "[dim](empty)[/]", markup=not b.value)
+
+
+@memory.group("notes")
+def memory_notes() -> None:
+    """Archival notes: add, list, search, forget."""
+
+
+def _print_notes(notes: list[Any], as_json: bool) -> None:
+    if as_json:
+        _print_json(to_dict(notes))
+        return
+    for n in notes:
+        anchor = f" {n.path}{'::' + n.symbol if n.symbol else ''}" if n.path else ""
+        stale = " [red]STALE[/]" if n.stale else ""
+        tags = f" [dim]#{' #'.join(n.tags)}[/]" if n.tags else ""
+        out.print(f"[bold][{n.id}][/]{stale}[cyan]{anchor}[/]{tags} [dim]{n.source} {n.updated_at}[/]")
+        out.print(f"    {n.text}", markup=False)
+    if not notes:
+        out.print("[dim]no notes[/]")
+
+
+@memory_notes.command("add")
+@click.argument("text")
+@click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")
+@click.option("--path", help="Anchor the note to this file.")
+@click.option("--symbol", help="Anchor the note to this symbol in --path.")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def notes_add(text: str, tags: tuple[str, ...], path: str | None, symbol: str | None,
+              as_json: bool) -> None:
+    with engine_at() as engine:
+        _print_notes([engine.remember(text, list(tags), path, symbol)], as_json)
+
+
+@memory_notes.command("list")
+@click.option("--path", help="Only notes about this file.")
+@click.option("--symbol", help="Only notes about this symbol.")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def notes_list(path: str | None, symbol: str | None, as_json: bool) -> None:
+    with engine_at() as engine:
+        _print_notes(engine.list_notes(path, symbol), as_json)
+
+
+@memory_notes.command("search")
+@click.argument("query", nargs=-1, required=True)
+@click.option("-k", "k", default=10, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def notes_search(query: tuple[str, ...], k: int, as_json: bool) -> None:
+    with engine_at() as engine:
+        _print_notes(engine.recall(" ".join(query), k), as_json)
+
+
+@memory_notes.command("forget")
+@click.argument("note_id", type=int)
+@handle_errors
+def notes_forget(note_id: int) -> None:
+    with engine_at() as engine:
+        note = engine.forget(note_id)
+        out.print(f"forgot note {note.id}")
+
+
+@memory.command("sessions")
+@click.argument("session_id", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def memory_sessions(session_id: str | None, as_json: bool) -> None:
+    """List sessions, or show the messages of SESSION_ID."""
+    with engine_at() as engine:
+        if session_id:
+            messages = engine.session_messages(session_id)
+            if as_json:
+                _print_json(to_dict(messages))
+                return
+            for m in messages:
+                where = "" if m.in_context else " [dim](evicted)[/]"
+                out.print(f"[bold]{m.role}[/]{where} [dim]{m.created_at}[/]")
+                out.print(f"    {m.content[:2000]}", markup=False)
+            return
+        sessions = engine.sessions()
+        if as_json:
+            _print_json(to_dict(sessions))
+            return
+        for s in sessions:
+            out.print(f"[bold]{s.id}[/] {s.updated_at} [dim]{s.messages} messages[/] {s.title}",
+                      markup=True)
+        if not sessions:
+            out.print("[dim]no sessions yet: codevm ask QUESTION[/]")
+
+
+@memory.command("search")
+@click.argument("query", nargs=-1, required=True)
+@click.option("--since", help="Only messages from this date (2026-11-23).")
+@click.option("--until", help="Only messages before this date.")
+@click.option("-k", "k", default=10, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def memory_search(query: tuple[str, ...], since: str | None, until: str | None, k: int,
+                  as_json: bool) -> None:
+    """Search the messages of every session (recall storage)."""
+    with engine_at() as engine:
+        found = engine.conversation_search(" ".join(query), k, since=since, until=until)
+        if as_json:
+            _print_json(to_dict(found))
+            return
+        for m in found:
+            out.print(f"[bold]{m.session_id}[/] {m.role} [dim]{m.created_at}[/]")
+            out.print(f"    {m.content[:500]}", markup=False)

@@ -19,6 +19,13 @@ class Settings:
     workers: int = 0  # parser processes; 0 = one per core
     batch_files: int = 400  # files committed per transaction
     ignore: list[str] = field(default_factory=list)  # extra gitignore-style patterns
+    # the local model
+    model: str = "qwen2.5-coder:7b"  # an Ollama model with tool calling
+    ollama_host: str = field(default_factory=lambda: os.environ.get("OLLAMA_HOST", "http://127.0.0.1:11434"))
+    num_ctx: int = 8192  # used when Ollama does not report the model's context size
+    answer_reserve: int = 1024  # tokens of num_ctx kept free for the answer
+    max_steps: int = 8  # function calls per question
+    pager_share: float = 0.5  # share of the budget the working set may take
 
     @classmethod
     def load(cls, root: Path | None, env: dict[str, str] | None = None) -> Settings:

@@ -25,3 +25,11 @@ class PathOutsideProject(InvalidArgument):
 
 class IndexBusy(CodevmError):
     pass
+
+
+class ModelUnavailable(CodevmError):
+    """No Ollama server answered."""
+
+
+class ModelMissing(CodevmError):
+    """Ollama runs but does not have the model."""

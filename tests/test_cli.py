@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +11,10 @@ import pytest
 ROOT = Path(__file__).parent.parent
 
 
-def codevm(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def codevm(cwd: Path, *args: str, env: dict[str, str] | None = None,
+           stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "codevm", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, env={**os.environ, **(env or {})}, input=stdin)
 
 
 @pytest.fixture
@@ -73,3 +75,48 @@ def test_ci_runs_the_readme_test_command() -> None:
     command = "pip install -e '.[test]' && pytest -q"
     assert command in readme and command in ci
     assert "pip install . && codevm index && codevm search" in readme
+
+
+def test_ask_with_a_model_then_memory_from_new_processes(indexed: Path) -> None:
+    from tests.fake_ollama import FakeOllama, call
+
+    with FakeOllama() as fake:
+        env = {"CODEVM_OLLAMA_HOST": fake.host}
+        fake.script = [{"tool_calls": [call("archival_memory_insert", text="Circle keeps a radius",
+                                            path="src/py/shapes.py", symbol="Circle")]},
+                       {"content": "Circle is defined in src/py/shapes.py:8-18."}]
+        result = codevm(indexed, "ask", "Where", "is", "Circle?", "--show-context", env=env)
+        assert result.returncode == 0, result.stderr
+        assert "Circle is defined in src/py/shapes.py:8-18." in result.stdout
+        assert "main context" in result.stdout and "working set" in result.stdout
+    notes = json.loads(codevm(indexed, "memory", "notes", "list", "--json").stdout)
+    assert notes[0]["text"] == "Circle keeps a radius" and notes[0]["source"] == "agent"
+    assert codevm(indexed, "memory", "core", "task", "Fix the area bug").returncode == 0
+    assert "Fix the area bug" in codevm(indexed, "memory", "core", "task").stdout
+    sessions = json.loads(codevm(indexed, "memory", "sessions", "--json").stdout)
+    assert sessions[0]["messages"] >= 4
+    found = codevm(indexed, "memory", "search", "Circle").stdout
+    assert "Where is Circle?" in found
+
+
+def test_ask_without_ollama_prints_pages_and_how_to_start_it(indexed: Path) -> None:
+    result = codevm(indexed, "ask", "how is the total area computed", env={
+        "CODEVM_OLLAMA_HOST": "http://127.0.0.1:9"})
+    assert result.returncode == 0
+    assert "src/py/shapes.py:" in result.stdout and "def total_area" in result.stdout
+    assert "no Ollama server answered at http://127.0.0.1:9" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_chat_keeps_a_session_with_slash_commands(indexed: Path) -> None:
+    from tests.fake_ollama import FakeOllama
+
+    with FakeOllama() as fake:
+        fake.script = [{"content": "First answer."}, {"content": "Second answer."}]
+        result = codevm(indexed, "chat", env={"CODEVM_OLLAMA_HOST": fake.host},
+                        stdin="what is Circle?\n/pages\nand total_area?\n/budget\n/quit\n")
+    assert result.returncode == 0, result.stderr
+    assert "First answer." in result.stdout and "Second answer." in result.stdout
+    assert "main context" in result.stdout
+    second = fake.chat_requests()[1]["body"]["messages"]
+    assert any(m["content"] == "what is Circle?" for m in second)  # the same session

@@ -14,6 +14,14 @@ from pathlib import Path
 from codevm.config import Settings
 from codevm.errors import InvalidArgument, NotIndexed, PathOutsideProject, ProjectNotFound
 from codevm.indexers.pipeline import Indexer, IndexReport, Progress
+from codevm.errors import ModelMissing, ModelUnavailable
+from codevm.memory.agent import INSTRUCTIONS, TOOLS, Agent, StepLog
+from codevm.memory.context import ContextMessage, ContextReport, MainContext, TokenEstimator
+from codevm.memory.conversation import SUMMARY_PROMPT, Conversation
+from codevm.memory.model import ModelReply, OllamaModel
+from codevm.memory.pager import HeuristicPager
+from codevm.memory.records import (
+    CoreBlock, CoreMemory, MessageRecord, Note, Notes, Recall, SessionInfo)
 from codevm.memory.search import SearchHit, search
 from codevm.memory.store import Store
 
@@ -66,6 +74,35 @@ class Status:
     last_indexed_at: str | None = None
 
 
+@dataclass
+class PageInfo:
+    citation: str
+    path: str
+    start_line: int
+    end_line: int
+    symbol: str
+    tokens: int
+    relevance: float
+    reason: str
+    text: str
+
+
+@dataclass
+class AskResult:
+    question: str
+    answer: str  # empty when no model answered
+    session_id: str
+    model: str
+    model_used: bool
+    notice: str = ""  # why no model answered, and what to do
+    citations: list[str] = field(default_factory=list)
+    pages: list[PageInfo] = field(default_factory=list)
+    steps: list[StepLog] = field(default_factory=list)
+    context: ContextReport | None = None
+    evicted_messages: int = 0
+    finished: bool = True
+
+
 def to_dict(obj: object) -> object:
     if isinstance(obj, list):
         return [to_dict(o) for o in obj]
@@ -106,6 +143,10 @@ class Engine:
         self.store = Store(db)
         self.indexer = Indexer(self.root, self.store, self.settings)
         self._indexed = False  # once indexed, a project stays indexed
+        self.notes = Notes(self.store)
+        self.core = CoreMemory(self.store)
+        self.recall_storage = Recall(self.store)
+        self.pager = HeuristicPager(self.store, TokenEstimator())
 
     @classmethod
     def open(cls, start: Path | str = ".") -> Engine:
@@ -137,11 +178,15 @@ class Engine:
         only = [self.relative_path(p) for p in paths] if paths else None
         if only == [""]:
             only = None
-        return self.indexer.run(only, progress)
+        report = self.indexer.run(only, progress)
+        self.notes.mark_stale()
+        return report
 
     def update_file(self, path: str, text: str | None = None) -> IndexReport:
         """Re-index one file now, from its unsaved `text` or from disk."""
-        return self.indexer.update_texts({self.relative_path(path): text})
+        report = self.indexer.update_texts({self.relative_path(path): text})
+        self.notes.mark_stale()
+        return report
 
     # -- queries -----------------------------------------------------------------------
     def _require_index(self) -> None:
@@ -225,3 +270,124 @@ class Engine:
             ).fetchall()],
             last_indexed_at=self.store.get_meta("last_indexed_at"),
         )
+
+    # -- memory: notes, core blocks, recall ----------------------------------------------
+    def remember(self, text: str, tags: list[str] | None = None, path: str | None = None,
+                 symbol: str | None = None, source: str = "user") -> Note:
+        rel = self.relative_path(path) if path else None
+        return self.notes.insert(text, tags, source, rel, symbol.strip() if symbol else None)
+
+    def recall(self, query: str, k: int = 10, tag: str | None = None) -> list[Note]:
+        return self.notes.search(query, k, tag)
+
+    def list_notes(self, path: str | None = None, symbol: str | None = None,
+                   limit: int = 100) -> list[Note]:
+        return self.notes.list(self.relative_path(path) if path else None, symbol, limit)
+
+    def forget(self, note_id: int) -> Note:
+        return self.notes.forget(note_id)
+
+    def core_memory(self) -> list[CoreBlock]:
+        return self.core.blocks()
+
+    def core_memory_update(self, block: str, text: str, mode: str = "replace",
+                           old: str | None = None) -> CoreBlock:
+        return self.core.update(block, text, mode, old)
+
+    def conversation_search(self, query: str, k: int = 10, session: str | None = None,
+                            since: str | None = None, until: str | None = None) -> list[MessageRecord]:
+        return self.recall_storage.search(query, k, session, since, until)
+
+    def sessions(self, limit: int = 50) -> list[SessionInfo]:
+        return self.recall_storage.sessions(limit)
+
+    def session_messages(self, session_id: str) -> list[MessageRecord]:
+        self.recall_storage.session(session_id)  # a clear error for an unknown id
+        return self.recall_storage.messages(session_id)
+
+    # -- asking ------------------------------------------------------------------------
+    def ask(self, question: str, session: str | None = None, budget: int | None = None,
+            on_text: Callable[[str], None] | None = None, new_session: bool = False) -> AskResult:
+        """Answer a question with the local model inside a bounded main context.
+
+        `session`: continue that session; None continues the latest unless `new_session`.
+        Without a reachable model the answer is the pages the heuristic pager chose.
+        """
+        if not question or not question.strip():
+            raise InvalidArgument("the question is empty")
+        self._require_index()
+        recall = self.recall_storage
+        if session:
+            info = recall.session(session)
+        else:
+            latest = None if new_session else recall.latest()
+            info = latest or recall.new_session()
+        settings = self.settings
+        model: OllamaModel | None = OllamaModel(settings.model, settings.ollama_host)
+        notice = ""
+        num_ctx = settings.num_ctx
+        try:
+            num_ctx = model.context_length(settings.num_ctx)
+        except (ModelUnavailable, ModelMissing) as e:
+            model, notice = None, str(e)
+        reserve = min(settings.answer_reserve, num_ctx // 4)
+        if budget is not None:
+            if budget < 512:
+                raise InvalidArgument(f"a budget of {budget} tokens is too small (at least 512)")
+            num_ctx = min(num_ctx, budget + reserve)
+        factor_key = f"calibration:{settings.model}"
+        estimator = TokenEstimator(float(self.store.get_meta(factor_key) or 1.0))
+        context = MainContext(num_ctx, reserve, estimator, INSTRUCTIONS, TOOLS)
+        context.core = self.core.blocks()
+
+        def summarize(previous: str, transcript: str, words: int) -> str | None:
+            if model is None:
+                return None
+            prompt = SUMMARY_PROMPT.format(words=words)
+            room = int((context.budget - estimator.count(prompt) - 64) * 3.0)
+            text = (f"Earlier summary:\n{previous}\n\n" if previous else "") + transcript
+            try:
+                reply = model.chat([{"role": "system", "content": prompt},
+                                    {"role": "user", "content": text[-room:]}], [], num_ctx)
+            except (ModelUnavailable, ModelMissing):
+                return None
+            return reply.content.strip() or None
+
+        conversation = Conversation(context, recall, info.id, summarize, settings.pager_share)
+        conversation.restore()
+        conversation.add(ContextMessage("user", question, estimator.count(question) + 4))
+        # the heuristic pager fills the working set's share before the model sees anything
+        self.pager.estimator = estimator
+        share = int(settings.pager_share * context.budget) - context.working_set.tokens
+        for page in self.pager.prefetch(question, max(0, share), set(context.working_set.pages)):
+            page.last_used = context.working_set.clock
+            context.working_set.page_in(page)
+        conversation.fit()
+        result = AskResult(question, "", info.id, settings.model, model is not None, notice)
+        if model is not None:
+            def chat(messages: list[dict], estimate: int,
+                     stream: Callable[[str], None] | None) -> ModelReply:
+                assert estimate <= context.budget, "fit() keeps every prompt within budget"
+                reply = model.chat(messages, TOOLS, num_ctx, stream)
+                estimator.calibrate(estimate, reply.prompt_tokens)
+                return reply
+
+            agent = Agent(self, context, info.id, chat, settings.max_steps, conversation.add)
+            try:
+                outcome = agent.run(conversation.fit, on_text)
+                result.answer, result.steps, result.finished = (
+                    outcome.answer, outcome.steps, outcome.finished)
+                self.store.set_meta(factor_key, f"{estimator.factor:.4f}")
+            except (ModelUnavailable, ModelMissing) as e:
+                result.model_used, result.notice = False, str(e)
+        pages = sorted(context.working_set.pages.values(), key=lambda p: -p.relevance)
+        result.pages = [PageInfo(p.citation, p.path, p.start_line, p.end_line, p.symbol, p.tokens,
+                                 p.relevance, p.reason, p.text) for p in pages]
+        cited = [p.citation for p in pages if p.path in result.answer]
+        if result.answer and not cited and pages:
+            cited = [p.citation for p in pages[:5]]
+            result.answer += "\n\nSources: " + ", ".join(cited)
+        result.citations = cited if result.answer else [p.citation for p in pages]
+        result.context = context.report()
+        result.evicted_messages = sum(e.messages for e in conversation.state.evictions)
+        return result

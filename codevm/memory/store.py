@@ -69,8 +69,35 @@ def m004_postings_carry_lengths(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("CREATE INDEX chunks_qualified_name ON chunks (qualified_name)")
 
 
+def m005_memory(con: duckdb.DuckDBPyConnection) -> None:
+    # local time, as users read it (TIMESTAMPTZ would need pytz on the Python side)
+    con.execute("""
+        -- core memory: always in main context, size-capped
+        CREATE TABLE core_blocks (
+            label VARCHAR PRIMARY KEY, value VARCHAR, char_limit INTEGER,
+            updated_at TIMESTAMP);
+        -- archival notes; an anchor (path, symbol, hash of that code) makes a note stale
+        -- when its code changes
+        CREATE SEQUENCE note_ids START 1;
+        CREATE TABLE notes (
+            id BIGINT PRIMARY KEY, text VARCHAR, tags VARCHAR[], source VARCHAR,
+            path VARCHAR, symbol VARCHAR, anchor_hash VARCHAR, stale BOOLEAN,
+            created_at TIMESTAMP, updated_at TIMESTAMP);
+        -- recall storage: every message of every session
+        CREATE TABLE sessions (
+            id VARCHAR PRIMARY KEY, title VARCHAR, summary VARCHAR,
+            created_at TIMESTAMP, updated_at TIMESTAMP);
+        CREATE SEQUENCE message_ids START 1;
+        CREATE TABLE messages (
+            id BIGINT PRIMARY KEY, session_id VARCHAR, role VARCHAR, content VARCHAR,
+            tool_calls VARCHAR, tool_name VARCHAR, tokens INTEGER, in_context BOOLEAN,
+            created_at TIMESTAMP);
+    """)
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
-    m001_initial, m002_search_indexes, m003_terms_from_workers, m004_postings_carry_lengths]
+    m001_initial, m002_search_indexes, m003_terms_from_workers, m004_postings_carry_lengths,
+    m005_memory]
 
 # Postings are kept sorted by term so that a query reads a few row groups (zone maps);
 # rows appended since the last sort, and those of replaced chunks (left behind by updates

@@ -1,0 +1,246 @@
+"""Main context: the prompt the model sees, under a hard token budget.
+
+Sections, in order: instructions (+ function schemas, sent as tools), core memory blocks,
+the working set of code pages, the recursive summary of evicted conversation, and the
+recent messages. Tokens are estimated before every call and the estimate is calibrated
+from Ollama's `prompt_eval_count` after it, so a prompt is never sent over budget (Ollama
+would silently cut it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from codevm.memory.records import CoreBlock
+
+PRESSURE_WARNING = 0.72  # share of the budget at which the model is warned
+CHARS_PER_TOKEN = 3.6  # code and prose with a BPE tokenizer, before calibration
+
+
+class TokenEstimator:
+    """chars / 3.6, times a factor learnt from what Ollama counted."""
+
+    def __init__(self, factor: float = 1.0):
+        self.factor = factor
+
+    def count(self, text: str) -> int:
+        return int(len(text) / CHARS_PER_TOKEN * self.factor) + 1
+
+    def calibrate(self, estimated: int, counted: int | None) -> None:
+        if not counted or estimated <= 0:
+            return  # prompt_eval_count may be missing (e.g. a cached prompt)
+        observed = self.factor * counted / estimated
+        # move towards what was observed, but never so far that one odd reply misleads
+        self.factor = min(2.5, max(0.5, 0.5 * self.factor + 0.5 * observed))
+
+
+@dataclass
+class Page:
+    """A piece of code paged into main context."""
+
+    key: str  # "chunk:<id>" or "path:start-end"
+    path: str
+    start_line: int
+    end_line: int
+    text: str
+    tokens: int
+    symbol: str = ""
+    relevance: float = 0.0  # 0..1, from retrieval
+    last_used: int = 0  # step at which it was paged in or used
+    pinned: bool = False
+    reason: str = ""  # why it was paged in (search hit, definition, caller, ...)
+
+    @property
+    def citation(self) -> str:
+        return f"{self.path}:{self.start_line}-{self.end_line}"
+
+    def render(self) -> str:
+        title = f"[{self.citation}]" + (f" {self.symbol}" if self.symbol else "")
+        return f"{title}\n{self.text}"
+
+
+class WorkingSet:
+    """Code pages in main context, evicted by relevance x recency (pinned pages last)."""
+
+    def __init__(self) -> None:
+        self.pages: dict[str, Page] = {}
+        self.clock = 0
+
+    def tick(self) -> int:
+        self.clock += 1
+        return self.clock
+
+    @property
+    def tokens(self) -> int:
+        return sum(p.tokens for p in self.pages.values())
+
+    def covers(self, path: str, start: int, end: int) -> bool:
+        return any(p.path == path and p.start_line <= start and end <= p.end_line
+                   for p in self.pages.values())
+
+    def page_in(self, page: Page) -> Page:
+        page.last_used = self.clock
+        old = self.pages.get(page.key)
+        if old is not None:
+            old.last_used = self.clock
+            old.relevance = max(old.relevance, page.relevance)
+            return old
+        self.pages[page.key] = page
+        return page
+
+    def page_out(self, key: str) -> Page | None:
+        return self.pages.pop(key, None)
+
+    def pin(self, key: str, pinned: bool = True) -> None:
+        if key in self.pages:
+            self.pages[key].pinned = pinned
+
+    def _keep_score(self, page: Page) -> float:
+        age = self.clock - page.last_used
+        return page.relevance / (1.0 + 0.5 * age)
+
+    def evict_to(self, limit: int) -> list[Page]:
+        """Page out the least valuable pages until the set fits `limit` tokens."""
+        evicted: list[Page] = []
+        order = sorted(self.pages.values(), key=lambda p: (p.pinned, self._keep_score(p)))
+        for page in order:
+            if self.tokens <= limit:
+                break
+            evicted.append(self.pages.pop(page.key))
+        return evicted
+
+    def ordered(self) -> list[Page]:
+        return sorted(self.pages.values(), key=lambda p: (p.path, p.start_line))
+
+
+@dataclass
+class ContextMessage:
+    role: str  # user | assistant | tool
+    content: str
+    tokens: int
+    record_id: int | None = None  # id in recall storage
+    tool_calls: list[dict] = field(default_factory=list)
+    tool_name: str = ""
+
+    def to_ollama(self) -> dict:
+        out: dict = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [{"function": c} for c in self.tool_calls]
+        if self.tool_name:
+            out["tool_name"] = self.tool_name
+        return out
+
+
+@dataclass
+class SectionReport:
+    name: str
+    tokens: int
+    items: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ContextReport:
+    """What main context holds, for `--show-context` and status views."""
+
+    budget: int
+    num_ctx: int
+    used: int
+    sections: list[SectionReport]
+    pressure: bool
+
+
+class MainContext:
+    def __init__(self, num_ctx: int, answer_reserve: int, estimator: TokenEstimator,
+                 instructions: str, tools: list[dict]):
+        if num_ctx - answer_reserve < 512:
+            raise ValueError(f"num_ctx {num_ctx} leaves no room after the answer reserve")
+        self.num_ctx = num_ctx
+        self.budget = num_ctx - answer_reserve
+        self.estimator = estimator
+        self.instructions = instructions
+        self.tools = tools
+        self.core: list[CoreBlock] = []
+        self.working_set = WorkingSet()
+        self.summary = ""
+        self.messages: list[ContextMessage] = []
+
+    # -- sections ----------------------------------------------------------------------
+    def _core_text(self) -> str:
+        parts = []
+        for b in self.core:
+            parts.append(f"<{b.label} chars={len(b.value)}/{b.limit}>\n{b.value}\n</{b.label}>")
+        return "## Core memory (edit with core_memory_append / core_memory_replace)\n" + "\n".join(parts)
+
+    def _pages_text(self) -> str:
+        pages = self.working_set.ordered()
+        if not pages:
+            return "## Working set\n(no code paged in: use search_code and open_code)"
+        return "## Working set (code paged in; cite as path:start-end)\n\n" + "\n\n".join(
+            p.render() for p in pages)
+
+    def _summary_text(self) -> str:
+        if not self.summary:
+            return ""
+        return ("## Summary of earlier conversation (full messages: conversation_search)\n"
+                + self.summary)
+
+    def section_tokens(self) -> dict[str, int]:
+        count = self.estimator.count
+        return {
+            "instructions": count(self.instructions) + count(json.dumps(self.tools)),
+            "core memory": count(self._core_text()),
+            "working set": count(self._pages_text()),
+            "summary": count(self._summary_text()),
+            "messages": sum(m.tokens for m in self.messages),
+        }
+
+    def used(self) -> int:
+        return sum(self.section_tokens().values()) + 8 * (len(self.messages) + 1)
+
+    def pressure(self) -> bool:
+        return self.used() >= PRESSURE_WARNING * self.budget
+
+    def system_prompt(self) -> str:
+        parts = [self.instructions, self._core_text(), self._pages_text()]
+        if self.summary:
+            parts.append(self._summary_text())
+        if self.pressure():
+            share = round(100 * self.used() / self.budget)
+            parts.append(
+                f"## Memory pressure: {share}% of your context is in use. Save what matters "
+                "with archival_memory_insert or core_memory_append and close_code pages you "
+                "no longer need; the oldest messages will soon be evicted to recall storage.")
+        return "\n\n".join(parts)
+
+    def prompt(self) -> tuple[list[dict], int]:
+        """Messages for Ollama and their estimated token count (system included)."""
+        system = self.system_prompt()
+        messages = [{"role": "system", "content": system}] + [m.to_ollama() for m in self.messages]
+        estimate = (self.estimator.count(system) + self.estimator.count(json.dumps(self.tools))
+                    + sum(m.tokens for m in self.messages) + 8 * len(messages))
+        return messages, estimate
+
+    # -- eviction ----------------------------------------------------------------------
+    def evictable_groups(self) -> list[list[ContextMessage]]:
+        """Oldest-first groups that leave together: a tool call is never cut from its result."""
+        groups: list[list[ContextMessage]] = []
+        for m in self.messages:
+            if m.role == "tool" and groups:
+                groups[-1].append(m)
+            else:
+                groups.append([m])
+        return groups
+
+    def report(self) -> ContextReport:
+        tokens = self.section_tokens()
+        sections = [SectionReport(name, t) for name, t in tokens.items()]
+        for s in sections:
+            if s.name == "working set":
+                s.items = [f"{p.citation} {p.symbol} ({p.tokens} tok{', pinned' if p.pinned else ''}"
+                           f"{', ' + p.reason if p.reason else ''})" for p in self.working_set.ordered()]
+            elif s.name == "core memory":
+                s.items = [f"{b.label}: {len(b.value)}/{b.limit} chars" for b in self.core]
+            elif s.name == "messages":
+                s.items = [f"{len(self.messages)} in context"]
+        return ContextReport(self.budget, self.num_ctx, self.used(), sections, self.pressure())

@@ -1,0 +1,202 @@
+"""The memory engine against a scripted model served over real HTTP (tests/fake_ollama.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from codevm.config import Settings
+from codevm.errors import InvalidArgument
+from codevm.memory.context import TokenEstimator
+from codevm.memory.engine import Engine
+from tests.fake_ollama import FakeOllama, call
+
+
+@pytest.fixture
+def fake() -> FakeOllama:
+    with FakeOllama() as server:
+        yield server
+
+
+def _engine(project: Path, host: str, **overrides: object) -> Engine:
+    engine = Engine(project, Settings(ollama_host=host, **overrides))
+    engine.index()
+    return engine
+
+
+def _within_budget(fake: FakeOllama) -> None:
+    """No prompt ever sent is over num_ctx by the engine's own estimate."""
+    for request in fake.chat_requests():
+        body = request["body"]
+        estimate = TokenEstimator().count(json.dumps(body["messages"]) + json.dumps(body.get("tools") or []))
+        assert estimate <= body["options"]["num_ctx"], (estimate, body["options"])
+
+
+def test_model_searches_opens_a_page_and_answers_with_a_citation(project: Path, fake: FakeOllama) -> None:
+    fake.script = [
+        {"tool_calls": [call("search_code", query="total area of shapes")]},
+        lambda body: {"tool_calls": [call("open_code", id=int(
+            next(m for m in body["messages"] if m["role"] == "tool")["content"].split("id=")[1].split()[0]))]},
+        {"content": "total_area sums s.area() over the shapes (src/py/shapes.py:21-23)."},
+    ]
+    with _engine(project, fake.host) as engine:
+        streamed: list[str] = []
+        result = engine.ask("How is the total area computed?", on_text=streamed.append)
+    assert result.model_used and result.finished
+    assert "src/py/shapes.py" in result.answer and "".join(streamed) in result.answer
+    assert [s.function for s in result.steps] == ["search_code", "open_code"]
+    assert all(s.ok for s in result.steps)
+    assert any(c.startswith("src/py/shapes.py:") for c in result.citations)
+    # the heuristic pager had paged the definition in before the model asked for anything
+    first = fake.chat_requests()[0]["body"]["messages"][0]["content"]
+    assert "## Working set" in first and "def total_area" in first
+    assert "## Core memory" in first
+    assert fake.chat_requests()[0]["body"]["options"]["num_ctx"] == 4096  # from /api/show
+    _within_budget(fake)
+
+
+def test_send_message_and_json_text_calls(project: Path, fake: FakeOllama) -> None:
+    fake.script = [
+        {"content": '```json\n{"name": "search_code", "arguments": {"query": "Circle"}}\n```'},
+        {"tool_calls": [call("send_message", message="Circle is in src/py/shapes.py:8-18")]},
+    ]
+    with _engine(project, fake.host) as engine:
+        result = engine.ask("Where is Circle?")
+    assert result.answer == "Circle is in src/py/shapes.py:8-18"
+    assert [s.function for s in result.steps] == ["search_code", "send_message"]
+    tool_results = [m for m in fake.chat_requests()[1]["body"]["messages"] if m["role"] == "tool"]
+    assert "Circle" in tool_results[0]["content"]
+
+
+def test_bad_and_unknown_calls_go_back_to_the_model_within_the_step_limit(
+        project: Path, fake: FakeOllama) -> None:
+    fake.script = [
+        {"tool_calls": [call("delete_everything")]},
+        {"tool_calls": [call("open_code", id=987654)]},
+        {"tool_calls": [call("search_code", wrong_argument=1)]},
+        {"tool_calls": [call("open_code", path="../../etc/passwd", start_line=1)]},
+        {"tool_calls": [call("core_memory_append", block="nonsense", text="x")]},
+        {"tool_calls": [call("search_code", query="area")]},
+    ]
+    with _engine(project, fake.host, max_steps=5) as engine:
+        result = engine.ask("Try things")
+    assert not result.finished and len(fake.chat_requests()) == 5
+    assert [s.ok for s in result.steps] == [False] * 5
+    sent = fake.chat_requests()[-1]["body"]["messages"]
+    errors = [m["content"] for m in sent if m["role"] == "tool"]
+    assert "unknown function 'delete_everything'" in errors[0]
+    assert "no code with id 987654" in errors[1]
+    assert "bad arguments for search_code" in errors[2]
+    assert "outside the project" in errors[3]
+    assert "unknown core memory block" in result.steps[4].summary  # past the last request
+
+
+def test_long_conversation_is_warned_evicted_summarized_and_still_findable(
+        project: Path, fake: FakeOllama) -> None:
+    fake.models["qwen2.5-coder:7b"] = 2048  # a small window
+    padding = "The circle radius flows through scale and area. " * 25  # ~300 tokens a turn
+    answers = iter(range(100))
+
+    def respond(body: dict) -> dict:
+        system = body["messages"][0]["content"]
+        if system.startswith("Summarise"):  # the engine asks the model for the summary
+            return {"content": "Summary: " + body["messages"][1]["content"][:300]}
+        return {"content": f"Answer {next(answers)}. {padding}"}
+
+    fake.script = [respond] * 40
+    with _engine(project, fake.host, answer_reserve=512) as engine:
+        session = None
+        warned = False
+        for i in range(12):
+            result = engine.ask(f"Question {i} about the zebrafish_{i} marker? {padding}",
+                                session=session)
+            session = result.session_id
+            warned = warned or any(
+                "Memory pressure" in m["content"] for m in fake.chat_requests()[-1]["body"]["messages"]
+                if m["role"] == "system")
+        assert warned
+        assert result.evicted_messages > 0 or engine.recall_storage.session(session).summary
+        info = engine.recall_storage.session(session)
+        assert "zebrafish_0" in info.summary or "Question 0" in info.summary  # extractive or model
+        in_context = engine.recall_storage.messages(session, in_context_only=True)
+        assert all("zebrafish_0 " not in m.content for m in in_context)
+        found = engine.conversation_search("zebrafish_0")
+        assert found and "zebrafish_0" in found[0].content
+        assert len(engine.session_messages(session)) == 24  # nothing was lost
+    _within_budget(fake)
+
+
+def test_memory_survives_a_new_process(project: Path, fake: FakeOllama) -> None:
+    with _engine(project, fake.host) as engine:
+        note = engine.remember("total_area ignores empty lists", tags=["perf"],
+                               path="src/py/shapes.py", symbol="total_area")
+        engine.core_memory_update("project", "A polyglot fixture for tests.")
+        engine.core_memory_update("project", "Shapes live in src/py.", mode="append")
+        fake.script = [{"content": "It is src/py/shapes.py:21-23."}]
+        first = engine.ask("Where is total_area?")
+    with Engine(project, Settings(ollama_host=fake.host)) as engine:
+        assert [n.id for n in engine.recall("empty lists")] == [note.id]
+        assert engine.list_notes(path="src/py/shapes.py")[0].symbol == "total_area"
+        assert engine.core.get("project").value == "A polyglot fixture for tests.\nShapes live in src/py."
+        assert engine.sessions()[0].id == first.session_id
+        fake.script = [{"content": "Still there."}]
+        again = engine.ask("And now?")  # continues the latest session
+        assert again.session_id == first.session_id
+        sent = fake.chat_requests()[-1]["body"]["messages"]
+        assert any(m["content"] == "Where is total_area?" for m in sent)
+        assert "Shapes live in src/py." in sent[0]["content"]
+
+
+def test_notes_go_stale_when_their_code_changes(project: Path) -> None:
+    with Engine(project) as engine:
+        engine.index()
+        anchored = engine.remember("area uses pi r squared", path="src/py/shapes.py", symbol="Circle.area")
+        other = engine.remember("total_area is a plain sum", path="src/py/shapes.py", symbol="total_area")
+        loose = engine.remember("no anchor at all")
+        shapes = project / "src/py/shapes.py"
+        shapes.write_text(shapes.read_text().replace("self.radius ** 2", "self.radius * self.radius"))
+        engine.index()
+        assert engine.notes.get(anchored.id).stale
+        assert not engine.notes.get(other.id).stale and not engine.notes.get(loose.id).stale
+        with pytest.raises(InvalidArgument, match="not in the index"):
+            engine.remember("x", path="src/py/shapes.py", symbol="no_such_function")
+        with pytest.raises(InvalidArgument, match="outside the project"):
+            engine.remember("x", path="../elsewhere.py")
+        assert engine.forget(loose.id).id == loose.id
+        with pytest.raises(InvalidArgument, match="no note"):
+            engine.forget(loose.id)
+        with pytest.raises(InvalidArgument, match="over its limit"):
+            engine.core_memory_update("user", "x" * 5000)
+
+
+def test_no_ollama_gives_the_pager_pages_and_says_how_to_start_it(project: Path) -> None:
+    with _engine(project, "http://127.0.0.1:9") as engine:  # nothing listens on port 9
+        result = engine.ask("How is the total area of shapes computed?")
+    assert not result.model_used and result.answer == ""
+    assert "no Ollama server answered at http://127.0.0.1:9" in result.notice
+    assert "ollama serve" in result.notice
+    assert any(p.symbol == "total_area" for p in result.pages)
+    assert result.citations and all(":" in c for c in result.citations)
+
+
+def test_missing_model_names_the_pull_command(project: Path, fake: FakeOllama) -> None:
+    with _engine(project, fake.host, model="llama-not-pulled:1b") as engine:
+        result = engine.ask("Where is Circle?")
+    assert not result.model_used
+    assert "ollama pull llama-not-pulled:1b" in result.notice
+    assert result.pages
+
+
+def test_the_heuristic_pager_follows_tracebacks_and_named_identifiers(project: Path) -> None:
+    with Engine(project) as engine:
+        engine.index()
+        question = ('Traceback (most recent call last):\n  File "src/py/shapes.py", line 23, in total_area\n'
+                    "AttributeError: 'int' object has no attribute 'area'\nAlso Circle.scale looks odd.")
+        candidates = engine.pager.candidates(question)
+        reasons = {c.reason.split(" ")[0] for c in candidates}
+        assert {"traceback", "definition"} <= reasons
+        pages = engine.pager.pages(candidates, budget=600)
+        assert sum(p.tokens for p in pages) <= 600
+        assert pages[0].symbol == "total_area" and pages[0].reason.startswith("traceback")
