@@ -92,18 +92,31 @@ def checkout(git_dir: Path, tree: Path, manifest_file: Path, commit: str) -> int
     return missing
 
 
+# A function's own score plus this share of its file's best score: a function in the
+# file that matches the issue best is more likely the one than an equal hit elsewhere.
+FILE_CONTEXT = 0.3
+
+
 def rank(engine: Engine, query: str) -> tuple[list[str], list[str]]:
+    """Files by their best chunk; functions (path::Qualified.name) by their best chunk
+    plus FILE_CONTEXT x their file's best; a module-level chunk stands for the file's
+    imports (SWE-bench names module-level edits `path::imports`)."""
     hits = engine.search(query, k=400)
-    files: list[str] = []
-    functions: list[str] = []
+    best_in_file: dict[str, float] = {}
     for h in hits:
-        if h.path not in files:
-            files.append(h.path)
+        best_in_file[h.path] = max(best_in_file.get(h.path, 0.0), h.score)
+    files = sorted(best_in_file, key=lambda p: -best_in_file[p])
+    functions: dict[str, float] = {}
+    for h in hits:
         if h.symbol and h.kind in ("function", "method", "class"):
             key = f"{h.path}::{h.symbol}"
-            if key not in functions:
-                functions.append(key)
-    return files, functions
+        elif h.kind == "module":
+            key = f"{h.path}::imports"
+        else:
+            continue
+        score = h.score + FILE_CONTEXT * best_in_file[h.path]
+        functions[key] = max(functions.get(key, 0.0), score)
+    return files, sorted(functions, key=lambda f: -functions[f])
 
 
 def first_rank(ranked: list[str], gold: list[str]) -> int | None:

@@ -84,3 +84,22 @@ def test_read_lines(engine: Engine) -> None:
 def test_search_before_indexing_says_what_to_do(project) -> None:
     with Engine(project) as engine, pytest.raises(NotIndexed, match="codevm index"):
         engine.search("anything")
+
+
+def test_test_files_yield_to_the_code_they_test_for_long_questions(engine: Engine) -> None:
+    tests_dir = engine.root / "tests"
+    tests_dir.mkdir()
+    (tests_dir / "test_shapes.py").write_text(
+        "from src.py.shapes import total_area, Circle\n\n"
+        "def test_total_area_sums_areas_of_many_shapes():\n"
+        "    # the total area of an empty list of shapes: expected zero\n"
+        "    assert total_area([Circle(1), Circle(2)]) == total_area([Circle(2), Circle(1)])\n")
+    engine.index()
+    issue = ("When I sum the areas of many shapes with total_area the result is wrong for an "
+             "empty list of shapes; I expected zero but the areas of the shapes are not summed "
+             "the way the docs describe, so please look at how the total area is computed")
+    # both chunks of shapes.py (Circle and total_area) come before the test that calls them
+    assert [h.path for h in engine.search(issue, k=2)] == ["src/py/shapes.py"] * 2
+    # a question about tests, or a symbol named outright, is not held back
+    assert engine.search("which test sums the areas of many shapes", k=1)[0].path == "tests/test_shapes.py"
+    assert engine.search("test_total_area_sums_areas_of_many_shapes", k=1)[0].path == "tests/test_shapes.py"
