@@ -74,7 +74,7 @@ def test_ci_runs_the_readme_test_command() -> None:
     ci = (ROOT / ".ci/run").read_text()
     command = "pip install -e '.[test]' && pytest -q"
     assert command in readme and command in ci
-    assert "pip install . && codevm index && codevm search" in readme
+    assert "pip install . && codevm index && codevm ask" in readme
 
 
 def test_ask_with_a_model_then_memory_from_new_processes(indexed: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from codevm.errors import InvalidArgument
 from codevm.memory.records import CoreBlock
 
 PRESSURE_WARNING = 0.72  # share of the budget at which the model is warned
@@ -154,7 +155,8 @@ class MainContext:
     def __init__(self, num_ctx: int, answer_reserve: int, estimator: TokenEstimator,
                  instructions: str, tools: list[dict]):
         if num_ctx - answer_reserve < 512:
-            raise ValueError(f"num_ctx {num_ctx} leaves no room after the answer reserve")
+            raise InvalidArgument(f"num_ctx {num_ctx} leaves no room after the answer reserve "
+                                  f"of {answer_reserve} tokens: raise num_ctx or lower answer_reserve")
         self.num_ctx = num_ctx
         self.budget = num_ctx - answer_reserve
         self.estimator = estimator

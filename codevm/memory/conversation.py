@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from codevm.errors import InvalidArgument
 from codevm.memory.context import ContextMessage, ContextReport, MainContext
 from codevm.memory.records import Recall
 
@@ -88,7 +89,9 @@ class Conversation:
             if keep == 0:
                 break
         if ctx.prompt()[1] > ctx.budget:
-            raise ValueError("the fixed sections (instructions and core memory) exceed the budget")
+            raise InvalidArgument(
+                f"instructions and core memory alone exceed the budget of {ctx.budget} tokens: "
+                "raise --budget (or num_ctx) or shorten the core memory blocks")
 
     def _evict_messages(self) -> None:
         ctx = self.context

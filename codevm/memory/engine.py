@@ -26,6 +26,7 @@ from codevm.memory.search import SearchHit, search
 from codevm.memory.store import Store
 
 DATA_DIR = ".codevm"
+MIN_BUDGET = 1500  # tokens of main context: instructions and schemas take ~1,000
 
 
 @dataclass
@@ -332,8 +333,9 @@ class Engine:
             model, notice = None, str(e)
         reserve = min(settings.answer_reserve, num_ctx // 4)
         if budget is not None:
-            if budget < 512:
-                raise InvalidArgument(f"a budget of {budget} tokens is too small (at least 512)")
+            if budget < MIN_BUDGET:
+                raise InvalidArgument(f"a budget of {budget} tokens is too small: instructions and "
+                                      f"function schemas alone take ~1,000 (at least {MIN_BUDGET})")
             num_ctx = min(num_ctx, budget + reserve)
         factor_key = f"calibration:{settings.model}"
         estimator = TokenEstimator(float(self.store.get_meta(factor_key) or 1.0))

@@ -1,0 +1,137 @@
+"""SWE-bench Lite paging: does the heuristic pager put the gold code in the working set?
+Prints one JSON object.
+
+For each instance the repository is checked out at its base commit and indexed (as in
+bench/localization.py, sharing its cache); the issue text is the question. At budgets of
+2k, 4k, 8k and 16k tokens for the working set it reports the share of instances whose
+gold files (a chunk of each) and gold functions (each one's chunk; `imports` = a
+module-level chunk of the file) are in the working set, for the heuristic pager and, in
+the same run, for a plain baseline that fills the same budget with the top search chunks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from localization import DATA, checkout, mirror_for  # noqa: E402
+
+from codevm.config import Settings  # noqa: E402
+from codevm.memory.context import Page  # noqa: E402
+from codevm.memory.engine import Engine  # noqa: E402
+from codevm.memory.pager import Candidate  # noqa: E402
+
+BUDGETS = (2000, 4000, 8000, 16000)
+
+
+def covered(pages: list[Page], kinds: dict[int, str], instance: dict) -> tuple[bool, bool]:
+    paths = {p.path for p in pages}
+    files_ok = all(g in paths for g in instance["gold_files"])
+    have = set()
+    for p in pages:
+        have.add(f"{p.path}::{p.symbol}")
+        if kinds.get(int(p.key.split(":")[1])) == "module":
+            have.add(f"{p.path}::imports")
+    functions_ok = all(g in have for g in instance["gold_functions"])
+    return files_ok, functions_ok
+
+
+def evaluate(engine: Engine, instance: dict) -> dict:
+    question = instance["query"]
+    started = time.perf_counter()
+    candidates = engine.pager.candidates(question)
+    pager_ms = (time.perf_counter() - started) * 1000
+    hits = engine.search(question, k=300)
+    baseline = [Candidate(h.id, h.score, "search") for h in hits]
+    ids = {c.chunk_id for c in candidates} | {c.chunk_id for c in baseline}
+    con = engine.store.cursor()
+    kinds = dict(con.execute(
+        f"SELECT id, kind FROM chunks WHERE id IN ({', '.join(map(str, ids)) or '0'})").fetchall())
+    row: dict[str, object] = {"id": instance["id"], "pager_ms": round(pager_ms, 1)}
+    for budget in BUDGETS:
+        for name, cands in (("pager", candidates), ("baseline", baseline)):
+            pages = engine.pager.pages(cands, budget)
+            files_ok, functions_ok = covered(pages, kinds, instance)
+            row[f"{name}_file_{budget}"] = files_ok
+            row[f"{name}_function_{budget}"] = functions_ok
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--mirrors", type=Path, default=Path("/work/.mirror"))
+    parser.add_argument("--cache", type=Path, default=HERE / ".cache")
+    parser.add_argument("--limit", type=int)
+    parser.add_argument("--repo", action="append")
+    parser.add_argument("--fresh", action="store_true", help="ignore cached results")
+    args = parser.parse_args()
+    instances = [json.loads(x) for x in args.data.read_text().splitlines() if x.strip()]
+    if args.repo:
+        instances = [i for i in instances if i["repo"] in args.repo]
+    if args.limit:
+        instances = instances[: args.limit]
+    args.cache.mkdir(parents=True, exist_ok=True)
+    results_file = args.cache / "paging.jsonl"
+    cached = {}
+    if results_file.exists() and not args.fresh:
+        for line in results_file.read_text().splitlines():
+            cached[json.loads(line)["id"]] = json.loads(line)
+    os.environ["CODEVM_HOME"] = str(args.cache / "home")
+    by_repo: dict[str, list[dict]] = defaultdict(list)
+    for inst in instances:
+        by_repo[inst["repo"]].append(inst)
+    results: list[dict] = []
+    missing: list[str] = []
+    with results_file.open("a") as out:
+        for repo, items in by_repo.items():
+            results.extend(cached[i["id"]] for i in items if i["id"] in cached)
+            todo = [i for i in items if i["id"] not in cached]
+            if not todo:
+                continue
+            git_dir = mirror_for(args.mirrors, repo)
+            if not git_dir.exists():
+                missing.append(repo)
+                continue
+            slug = repo.replace("/", "__")
+            tree = args.cache / "trees" / slug
+            engine: Engine | None = None
+            for inst in todo:
+                checkout(git_dir, tree, args.cache / f"{slug}.manifest.json", inst["commit"])
+                if engine is None:
+                    engine = Engine(tree, Settings())
+                engine.index()
+                row = evaluate(engine, inst)
+                results.append(row)
+                out.write(json.dumps(row) + "\n")
+                out.flush()
+                print(f"{inst['id']}: 8k pager file {row['pager_file_8000']} function "
+                      f"{row['pager_function_8000']}", file=sys.stderr)
+            if engine is not None:
+                engine.close()
+    n = max(len(results), 1)
+    summary: dict[str, object] = {"instances": len(results), "missing_repositories": missing}
+    for budget in BUDGETS:
+        for name in ("pager", "baseline"):
+            for what in ("file", "function"):
+                key = f"{name}_{what}_{budget}"
+                summary[key] = round(sum(1 for r in results if r[key]) / n, 4)
+    latencies = sorted(r["pager_ms"] for r in results)
+    if latencies:
+        summary["pager_p50_ms"] = latencies[len(latencies) // 2]
+        summary["pager_p95_ms"] = latencies[max(0, int(len(latencies) * 0.95) - 1)]
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
