@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -143,8 +144,8 @@ def evaluate(instance: dict, engine: Engine) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
+def bench_arguments(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--mirrors", type=Path, default=Path("/work/.mirror"))
@@ -153,8 +154,17 @@ def main() -> None:
     parser.add_argument("--repo", action="append", help="only this repository (repeatable)")
     parser.add_argument("--id", action="append", dest="ids", help="only this instance")
     parser.add_argument("--fresh", action="store_true", help="ignore cached results")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def run_instances(args: argparse.Namespace, name: str,
+                  evaluate_one: Callable[[dict, Engine], dict],
+                  describe: Callable[[dict], str]) -> tuple[list[dict], list[str], float]:
+    """Check out, index and evaluate each selected instance, repository by repository.
+
+    Per-instance rows are cached in `<cache>/<name>.jsonl`; returns the rows, the
+    repositories without a mirror and the seconds spent indexing.
+    """
     instances = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
     if args.repo:
         instances = [i for i in instances if i["repo"] in args.repo]
@@ -162,16 +172,14 @@ def main() -> None:
         instances = [i for i in instances if i["id"] in args.ids]
     if args.limit:
         instances = instances[: args.limit]
-
     args.cache.mkdir(parents=True, exist_ok=True)
-    results_file = args.cache / "localization.jsonl"
+    results_file = args.cache / f"{name}.jsonl"
     cached: dict[str, dict] = {}
     if results_file.exists() and not args.fresh:
         for line in results_file.read_text().splitlines():
             row = json.loads(line)
             cached[row["id"]] = row
     os.environ["CODEVM_HOME"] = str(args.cache / "home")
-
     by_repo: dict[str, list[dict]] = defaultdict(list)
     for inst in instances:
         by_repo[inst["repo"]].append(inst)
@@ -198,15 +206,21 @@ def main() -> None:
                 started = time.perf_counter()
                 engine.index()
                 index_seconds += time.perf_counter() - started
-                row = evaluate(inst, engine)
+                row = evaluate_one(inst, engine)
                 results.append(row)
                 out.write(json.dumps(row) + "\n")
                 out.flush()
-                print(f"{inst['id']}: file rank {row['file_rank']}, function rank "
-                      f"{row['function_rank']}", file=sys.stderr)
+                print(f"{inst['id']}: {describe(row)}", file=sys.stderr)
             if engine is not None:
                 engine.close()
+    return results, missing, index_seconds
 
+
+def main() -> None:
+    args = bench_arguments(__doc__ or "")
+    results, missing, index_seconds = run_instances(
+        args, "localization", evaluate,
+        lambda row: f"file rank {row['file_rank']}, function rank {row['function_rank']}")
     n = len(results)
     with_functions = [r for r in results if r["has_functions"]]
     summary: dict[str, object] = {"instances": n, "missing_repositories": missing}

@@ -11,21 +11,17 @@ the same run, for a plain baseline that fills the same budget with the top searc
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from localization import DATA, checkout, mirror_for  # noqa: E402
+from localization import bench_arguments, run_instances  # noqa: E402
 
-from codevm.config import Settings  # noqa: E402
 from codevm.memory.context import Page  # noqa: E402
 from codevm.memory.engine import Engine  # noqa: E402
 from codevm.memory.pager import Candidate  # noqa: E402
@@ -67,58 +63,10 @@ def evaluate(engine: Engine, instance: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--mirrors", type=Path, default=Path("/work/.mirror"))
-    parser.add_argument("--cache", type=Path, default=HERE / ".cache")
-    parser.add_argument("--limit", type=int)
-    parser.add_argument("--repo", action="append")
-    parser.add_argument("--fresh", action="store_true", help="ignore cached results")
-    args = parser.parse_args()
-    instances = [json.loads(x) for x in args.data.read_text().splitlines() if x.strip()]
-    if args.repo:
-        instances = [i for i in instances if i["repo"] in args.repo]
-    if args.limit:
-        instances = instances[: args.limit]
-    args.cache.mkdir(parents=True, exist_ok=True)
-    results_file = args.cache / "paging.jsonl"
-    cached = {}
-    if results_file.exists() and not args.fresh:
-        for line in results_file.read_text().splitlines():
-            cached[json.loads(line)["id"]] = json.loads(line)
-    os.environ["CODEVM_HOME"] = str(args.cache / "home")
-    by_repo: dict[str, list[dict]] = defaultdict(list)
-    for inst in instances:
-        by_repo[inst["repo"]].append(inst)
-    results: list[dict] = []
-    missing: list[str] = []
-    with results_file.open("a") as out:
-        for repo, items in by_repo.items():
-            results.extend(cached[i["id"]] for i in items if i["id"] in cached)
-            todo = [i for i in items if i["id"] not in cached]
-            if not todo:
-                continue
-            git_dir = mirror_for(args.mirrors, repo)
-            if not git_dir.exists():
-                missing.append(repo)
-                continue
-            slug = repo.replace("/", "__")
-            tree = args.cache / "trees" / slug
-            engine: Engine | None = None
-            for inst in todo:
-                checkout(git_dir, tree, args.cache / f"{slug}.manifest.json", inst["commit"])
-                if engine is None:
-                    engine = Engine(tree, Settings())
-                engine.index()
-                row = evaluate(engine, inst)
-                results.append(row)
-                out.write(json.dumps(row) + "\n")
-                out.flush()
-                print(f"{inst['id']}: 8k pager file {row['pager_file_8000']} function "
-                      f"{row['pager_function_8000']}", file=sys.stderr)
-            if engine is not None:
-                engine.close()
+    args = bench_arguments(__doc__ or "")
+    results, missing, _ = run_instances(
+        args, "paging", lambda inst, engine: evaluate(engine, inst),
+        lambda row: f"8k pager file {row['pager_file_8000']} function {row['pager_function_8000']}")
     n = max(len(results), 1)
     summary: dict[str, object] = {"instances": len(results), "missing_repositories": missing}
     for budget in BUDGETS:
