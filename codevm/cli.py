@@ -450,3 +450,24 @@ def memory_search(query: tuple[str, ...], since: str | None, until: str | None, 
         for m in found:
             out.print(f"[bold]{m.session_id}[/] {m.role} [dim]{m.created_at}[/]")
             out.print(f"    {m.content[:500]}", markup=False)
+
+
+@main.command("mcp")
+@click.option("--project", default=".", help="The project (default: the current folder's).")
+@click.option("--transport", type=click.Choice(["stdio", "http"]), default="stdio", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="HTTP: address to bind.")
+@click.option("--port", default=8765, show_default=True, help="HTTP: port.")
+@handle_errors
+def mcp_command(project: str, transport: str, host: str, port: int) -> None:
+    """Serve codevm's memory to assistants over the Model Context Protocol."""
+    import logging
+
+    from codevm.mcp_server.server import build_server
+
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING)  # stdout is the wire
+    with engine_at(project) as engine:
+        server = build_server(engine)
+        if transport == "stdio":
+            server.run("stdio")
+        else:
+            server.run("streamable-http", host=host, port=port)

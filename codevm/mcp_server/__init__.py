@@ -1,0 +1,1 @@
+"""codevm's memory as MCP tools, resources and prompts for other assistants."""

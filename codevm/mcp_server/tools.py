@@ -1,0 +1,144 @@
+"""Tool bodies: plain functions over an Engine, testable without any protocol.
+
+Each returns a JSON-serialisable dict. Lists are paged and capped (`max_chars`) so that a
+tool never floods the caller's context: `has_more` and `next_offset` say how to go on.
+Bad arguments raise InvalidArgument, which the server turns into a tool error.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from codevm.errors import InvalidArgument
+from codevm.memory.engine import Engine, to_dict
+
+MAX_K = 50
+DEFAULT_MAX_CHARS = 12_000
+MAX_CHARS = 60_000
+
+
+def _bounded(k: int, offset: int, max_chars: int) -> None:
+    if not 1 <= k <= MAX_K:
+        raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}")
+    if offset < 0:
+        raise InvalidArgument(f"offset must be 0 or more, got {offset}")
+    if not 200 <= max_chars <= MAX_CHARS:
+        raise InvalidArgument(f"max_chars must be between 200 and {MAX_CHARS}, got {max_chars}")
+
+
+def page(items: list[Any], offset: int, max_chars: int, more: bool = False) -> dict:
+    """As many items as fit in max_chars (at least one), with how to get the rest."""
+    out: list[Any] = []
+    used = 0
+    for item in items:
+        size = len(json.dumps(item, ensure_ascii=False))
+        if out and used + size > max_chars:
+            break
+        out.append(item)
+        used += size
+    has_more = more or len(out) < len(items)
+    return {"items": out, "has_more": has_more,
+            "next_offset": offset + len(out) if has_more else None}
+
+
+def search_code(engine: Engine, query: str, k: int = 10, language: str | None = None,
+                path_glob: str | None = None, kind: str | None = None, offset: int = 0,
+                max_chars: int = DEFAULT_MAX_CHARS) -> dict:
+    _bounded(k, offset, max_chars)
+    hits = engine.search(query, k=offset + k + 1, language=language, path_glob=path_glob, kind=kind)
+    window = [to_dict(h) for h in hits[offset: offset + k]]
+    return page(window, offset, max_chars, more=len(hits) > offset + k)
+
+
+def find_symbol(engine: Engine, name: str) -> dict:
+    return {"items": to_dict(engine.symbol(name))}
+
+
+def find_references(engine: Engine, name: str, offset: int = 0,
+                    max_chars: int = DEFAULT_MAX_CHARS) -> dict:
+    _bounded(1, offset, max_chars)
+    refs = to_dict(engine.refs(name, limit=offset + 1000))
+    assert isinstance(refs, list)
+    return page(refs[offset:], offset, max_chars)
+
+
+def read_code(engine: Engine, path: str | None = None, start_line: int | None = None,
+              end_line: int | None = None, chunk_id: int | None = None,
+              max_chars: int = DEFAULT_MAX_CHARS) -> dict:
+    _bounded(1, 0, max_chars)
+    if chunk_id is not None:
+        row = engine.store.cursor().execute(
+            "SELECT path, start_line, end_line FROM chunks WHERE id = ?", [chunk_id]).fetchone()
+        if row is None:
+            raise InvalidArgument(f"no chunk with id {chunk_id}; ids come from search_code")
+        path, start_line, end_line = row
+    if not path:
+        raise InvalidArgument("read_code needs a path or a chunk_id")
+    code = engine.read(path, start_line, end_line)
+    text = code.text
+    has_more = len(text) > max_chars
+    if has_more:
+        text = text[:max_chars].rsplit("\n", 1)[0]
+    last = code.start_line + text.count("\n")
+    return {"path": code.path, "start_line": code.start_line, "end_line": last,
+            "total_lines": code.total_lines, "text": text, "has_more": has_more or last < code.end_line,
+            "next_start_line": last + 1 if has_more or last < code.end_line else None}
+
+
+def outline(engine: Engine, path: str) -> dict:
+    rel = engine.relative_path(path)
+    rows = engine.store.cursor().execute(
+        "SELECT name, qualified_name, kind, start_line, end_line, signature FROM symbols "
+        "WHERE path = ? ORDER BY start_line", [rel]).fetchall()
+    if not rows and not (engine.root / rel).is_file():
+        raise InvalidArgument(f"{rel} is not a file of the project")
+    return {"path": rel, "symbols": [
+        {"name": r[0], "qualified_name": r[1], "kind": r[2], "start_line": r[3], "end_line": r[4],
+         "signature": r[5]} for r in rows]}
+
+
+def remember(engine: Engine, text: str, tags: list[str] | None = None, path: str | None = None,
+             symbol: str | None = None) -> dict:
+    return to_dict(engine.remember(text, tags, path, symbol, source="mcp"))  # type: ignore[return-value]
+
+
+def recall(engine: Engine, query: str, k: int = 10) -> dict:
+    _bounded(k, 0, DEFAULT_MAX_CHARS)
+    return page(to_dict(engine.recall(query, k)), 0, DEFAULT_MAX_CHARS)  # type: ignore[arg-type]
+
+
+def forget(engine: Engine, note_id: int) -> dict:
+    return {"forgotten": to_dict(engine.forget(note_id))}
+
+
+def core_memory(engine: Engine) -> dict:
+    return {"blocks": to_dict(engine.core_memory())}
+
+
+def core_memory_update(engine: Engine, block: str, text: str, mode: str = "replace") -> dict:
+    return to_dict(engine.core_memory_update(block, text, mode))  # type: ignore[return-value]
+
+
+def conversation_search(engine: Engine, query: str, k: int = 10) -> dict:
+    _bounded(k, 0, DEFAULT_MAX_CHARS)
+    return page(to_dict(engine.conversation_search(query, k)), 0, DEFAULT_MAX_CHARS)  # type: ignore[arg-type]
+
+
+def ask(engine: Engine, question: str, session: str | None = None,
+        max_chars: int = DEFAULT_MAX_CHARS) -> dict:
+    _bounded(1, 0, max_chars)
+    result = engine.ask(question, session=session)
+    pages = [{"citation": p.citation, "symbol": p.symbol, "reason": p.reason, "text": p.text}
+             for p in result.pages]
+    out = {"answer": result.answer, "model_used": result.model_used, "session_id": result.session_id,
+           "citations": result.citations,
+           "note": "" if result.model_used else
+           f"No local model answered ({result.notice}); these are the pages codevm's pager chose "
+           "for the question: read them and answer yourself."}
+    out["pages"] = page(pages, 0, max(200, max_chars - len(json.dumps(out))))
+    return out
+
+
+def index_status(engine: Engine) -> dict:
+    return to_dict(engine.status())  # type: ignore[return-value]
