@@ -176,10 +176,12 @@ def test_kill_9_mid_index_leaves_a_consistent_index_and_the_next_run_finishes(tm
     assert 0 < len(indexed) < 400
     assert indexed == with_chunks  # every committed file whole, nothing half-written
     con.close()
+    assert list((root / ".codevm/tmp").glob("run-*"))  # the killed run's scratch files
 
     with Engine(root) as engine:
         report = engine.index()
         assert report.parsed == 400 - len(indexed)
+        assert not list((root / ".codevm/tmp").glob("run-*"))  # cleaned up
         assert engine.status().files == 400
         assert [h.symbol for h in engine.search("function_number_399", k=1)] == ["function_number_399"]
 

@@ -96,7 +96,7 @@ def test_every_tool(project: Path) -> None:
             progress.append(p)
 
         report = _result(await client.call_tool("reindex", {}, progress_callback=on_progress))
-        assert report["parsed"] == 1
+        assert report["parsed"] == 1 and progress == [1.0]  # one file: one report
         assert _result(await client.call_tool("find_symbol", {"name": "brand_new_function"}))["items"]
 
         resources = {str(r.uri) for r in (await client.list_resources()).resources}

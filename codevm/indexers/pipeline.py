@@ -48,6 +48,16 @@ class IndexReport:
     messages: list[str] = field(default_factory=list)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
 def _run_task_args(args: tuple[str, list[TaskFile], Limits, str]) -> TaskResult:
     return run_task(*args)
 
@@ -61,7 +71,13 @@ class Indexer:
                              settings.max_chunk_tokens, settings.min_chunk_tokens)
 
     def _tmp_dir(self) -> Path:
-        tmp = self.store.path.parent / "tmp" / f"run-{os.getpid()}-{time.monotonic_ns()}"
+        base = self.store.path.parent / "tmp"
+        # runs killed before their cleanup (kill -9) leave their folder behind
+        for old in base.glob("run-*") if base.is_dir() else []:
+            pid = old.name.split("-")[1]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
+        tmp = base / f"run-{os.getpid()}-{time.monotonic_ns()}"
         tmp.mkdir(parents=True, exist_ok=True)
         return tmp
 
