@@ -100,8 +100,9 @@ FILE_CONTEXT = 0.3
 
 def rank(engine: Engine, query: str) -> tuple[list[str], list[str]]:
     """Files by their best chunk; functions (path::Qualified.name) by their best chunk
-    plus FILE_CONTEXT x their file's best; a module-level chunk stands for the file's
-    imports (SWE-bench names module-level edits `path::imports`)."""
+    plus FILE_CONTEXT x their file's best. SWE-bench names edits of a file's import block
+    `path::imports`: a module-level chunk holds them, or the file's first chunk (short
+    module code is merged into the definition that follows it)."""
     hits = engine.search(query, k=400)
     best_in_file: dict[str, float] = {}
     for h in hits:
@@ -109,14 +110,14 @@ def rank(engine: Engine, query: str) -> tuple[list[str], list[str]]:
     files = sorted(best_in_file, key=lambda p: -best_in_file[p])
     functions: dict[str, float] = {}
     for h in hits:
+        keys = []
         if h.symbol and h.kind in ("function", "method", "class"):
-            key = f"{h.path}::{h.symbol}"
-        elif h.kind == "module":
-            key = f"{h.path}::imports"
-        else:
-            continue
+            keys.append(f"{h.path}::{h.symbol}")
+        if h.kind == "module" or h.start_line == 1:
+            keys.append(f"{h.path}::imports")
         score = h.score + FILE_CONTEXT * best_in_file[h.path]
-        functions[key] = max(functions.get(key, 0.0), score)
+        for key in keys:
+            functions[key] = max(functions.get(key, 0.0), score)
     return files, sorted(functions, key=lambda f: -functions[f])
 
 

@@ -5,7 +5,7 @@ For each instance the repository is checked out at its base commit and indexed (
 bench/localization.py, sharing its cache); the issue text is the question. At budgets of
 2k, 4k, 8k and 16k tokens for the working set it reports the share of instances whose
 gold files (a chunk of each) and gold functions (each one's chunk; `imports` = a
-module-level chunk of the file) are in the working set, for the heuristic pager and, in
+module-level chunk or the first chunk of the file) are in the working set, for the heuristic pager and, in
 the same run, for a plain baseline that fills the same budget with the top search chunks.
 """
 
@@ -35,7 +35,7 @@ def covered(pages: list[Page], kinds: dict[int, str], instance: dict) -> tuple[b
     have = set()
     for p in pages:
         have.add(f"{p.path}::{p.symbol}")
-        if kinds.get(int(p.key.split(":")[1])) == "module":
+        if kinds.get(int(p.key.split(":")[1])) == "module" or p.start_line == 1:
             have.add(f"{p.path}::imports")
     functions_ok = all(g in have for g in instance["gold_functions"])
     return files_ok, functions_ok
