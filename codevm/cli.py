@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -470,4 +471,6 @@ def mcp_command(project: str, transport: str, host: str, port: int) -> None:
         if transport == "stdio":
             server.run("stdio")
         else:
-            server.run("streamable-http", host=host, port=port)
+            # the HTTP server's access log writes to stdout; logs belong on stderr
+            with contextlib.redirect_stdout(sys.stderr):
+                server.run("streamable-http", host=host, port=port)

@@ -161,3 +161,36 @@ def test_stdio_end_to_end_with_persistence_across_processes(project: Path) -> No
     note_id = anyio.run(first)
     found = anyio.run(second)
     assert found[0]["id"] == note_id and found[0]["source"] == "mcp"
+
+
+def test_streamable_http_on_loopback(project: Path) -> None:
+    import socket
+    import subprocess
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEVM_")}
+    proc = subprocess.Popen([sys.executable, "-m", "codevm", "mcp", "--project", str(project),
+                             "--transport", "http", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # wait for the port, not for a fixed time
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+                time.sleep(0.05)
+
+        async def body() -> dict:
+            async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+                return _result(await client.call_tool("index_status", {}))
+
+        assert "files" in anyio.run(body)
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert out == b""  # stdout stays clean: logs go to stderr
