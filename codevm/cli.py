@@ -474,3 +474,23 @@ def mcp_command(project: str, transport: str, host: str, port: int) -> None:
             # the HTTP server's access log writes to stdout; logs belong on stderr
             with contextlib.redirect_stdout(sys.stderr):
                 server.run("streamable-http", host=host, port=port)
+
+
+@main.command("lsp")
+@click.option("--tcp", is_flag=True, help="Listen on TCP instead of stdio.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=2087, show_default=True)
+@click.option("--log-file", type=click.Path(dir_okay=False), help="Write logs here (default: stderr).")
+@click.option("-v", "verbose", count=True, help="More logging (-vv for debug).")
+def lsp_command(tcp: bool, host: str, port: int, log_file: str | None, verbose: int) -> None:
+    """Serve codevm to editors over the Language Server Protocol (stdio by default)."""
+    import logging
+
+    from codevm.lsp.server import main as serve
+
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    if log_file:
+        logging.basicConfig(filename=log_file, level=level)
+    else:
+        logging.basicConfig(stream=sys.stderr, level=level)  # stdout is the wire
+    serve(tcp, host, port)

@@ -193,7 +193,9 @@ class Engine:
     def _require_index(self) -> None:
         if self._indexed:
             return
-        self._indexed = self.store.get_meta("last_indexed_at") is not None
+        # a first index under way already answers from what it has committed
+        self._indexed = self.store.get_meta("last_indexed_at") is not None or bool(
+            self.store.cursor().execute("SELECT count(*) FROM files").fetchone()[0])
         if not self._indexed:
             raise NotIndexed(f"{self.root} is not indexed yet: run `codevm index` first")
 

@@ -1,0 +1,1 @@
+"""codevm's memory inside editors, over the Language Server Protocol."""

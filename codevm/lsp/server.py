@@ -1,0 +1,468 @@
+"""The LSP server: LSP features -> Engine calls, nothing else.
+
+The workspace is indexed in the background with $/progress reports; requests are
+answered from what is indexed so far. Open buffers are re-chunked as they change
+(debounced), saves and watched-file events keep the index equal to the disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from lsprotocol import types as t
+from pygls.lsp.server import LanguageServer
+
+from codevm import __version__
+from codevm.config import Settings
+from codevm.errors import CodevmError
+from codevm.memory.engine import Engine, to_dict
+
+log = logging.getLogger("codevm.lsp")
+DEBOUNCE_SECONDS = 0.3
+WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+SYMBOL_KINDS = {
+    "function": t.SymbolKind.Function, "method": t.SymbolKind.Method, "class": t.SymbolKind.Class,
+    "interface": t.SymbolKind.Interface, "enum": t.SymbolKind.Enum, "module": t.SymbolKind.Module,
+    "struct": t.SymbolKind.Struct, "constant": t.SymbolKind.Constant,
+}
+COMMANDS = ("codevm.ask", "codevm.search", "codevm.remember", "codevm.recall", "codevm.reindex",
+            "codevm.status")
+
+
+def uri_to_path(uri: str) -> Path:
+    return Path(unquote(urlparse(uri).path))
+
+
+class CodevmLanguageServer(LanguageServer):
+    def __init__(self) -> None:
+        super().__init__("codevm", __version__)
+        self.engine: Engine | None = None
+        self.settings_overrides: dict[str, Any] = {}
+        self.indexed = threading.Event()
+        self._timers: dict[str, threading.Timer] = {}
+
+    # -- helpers -------------------------------------------------------------------------
+    def rel(self, uri: str) -> str | None:
+        assert self.engine is not None
+        try:
+            return self.engine.relative_path(str(uri_to_path(uri)))
+        except CodevmError:
+            return None  # a file outside the project
+
+    def uri(self, rel: str) -> str:
+        assert self.engine is not None
+        return (self.engine.root / rel).as_uri()
+
+    def word_at(self, uri: str, pos: t.Position) -> str | None:
+        doc = self.workspace.get_text_document(uri)
+        if pos.line >= len(doc.lines):
+            return None
+        line = doc.lines[pos.line]
+        for m in WORD.finditer(line):
+            if m.start() <= pos.character <= m.end():
+                return m.group(0)
+        return None
+
+    def schedule_update(self, uri: str) -> None:
+        """Re-chunk an open buffer's unsaved text, debounced."""
+        old = self._timers.pop(uri, None)
+        if old:
+            old.cancel()
+        timer = threading.Timer(DEBOUNCE_SECONDS, self.update_now, [uri])
+        timer.daemon = True
+        self._timers[uri] = timer
+        timer.start()
+
+    def update_now(self, uri: str, from_disk: bool = False) -> None:
+        if self.engine is None or (rel := self.rel(uri)) is None:
+            return
+        try:
+            text = None if from_disk else self.workspace.get_text_document(uri).source
+            self.engine.update_file(rel, text)
+        except CodevmError as e:
+            self.window_log_message(t.LogMessageParams(t.MessageType.Warning, str(e)))
+
+    def flush(self, uri: str) -> None:
+        timer = self._timers.pop(uri, None)
+        if timer:
+            timer.cancel()
+            self.update_now(uri)
+
+
+server = CodevmLanguageServer()
+
+
+def _settings(root: Path, options: Any) -> Settings:
+    settings = Settings.load(root)
+    if not isinstance(options, dict):
+        return settings
+    problems = []
+    for key, attr, kind in (("model", "model", str), ("ollamaHost", "ollama_host", str),
+                            ("numCtx", "num_ctx", int), ("ignore", "ignore", list)):
+        if key in options:
+            value = options[key]
+            if isinstance(value, kind) and not isinstance(value, bool):
+                setattr(settings, attr, value)
+            else:
+                problems.append(f"{key} must be a {kind.__name__}")
+    if "budget" in options:
+        value = options["budget"]
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1500:
+            server.settings_overrides["budget"] = value
+        else:
+            problems.append("budget must be a number of tokens >= 1500")
+    if problems:
+        server.window_show_message(t.ShowMessageParams(
+            t.MessageType.Warning, "codevm: invalid settings (" + "; ".join(problems) + "); using defaults"))
+    return settings
+
+
+@server.feature(t.INITIALIZE)
+def initialize(ls: CodevmLanguageServer, params: t.InitializeParams) -> None:
+    folders = params.workspace_folders or []
+    root = uri_to_path(folders[0].uri) if folders else (
+        uri_to_path(params.root_uri) if params.root_uri else Path.cwd())
+    ls.engine = Engine(root.resolve(), _settings(root, params.initialization_options))
+
+
+@server.feature(t.INITIALIZED)
+async def initialized(ls: CodevmLanguageServer, params: t.InitializedParams) -> None:
+    token = str(uuid.uuid4())
+    try:
+        await ls.work_done_progress.create_async(token)
+    except Exception:  # the client may not support progress: index anyway
+        token = ""
+    ls.thread_pool.submit(_index_workspace, ls, token)
+
+
+def _index_workspace(ls: CodevmLanguageServer, token: str) -> None:
+    assert ls.engine is not None
+    progress = ls.work_done_progress
+    if token:
+        progress.begin(token, t.WorkDoneProgressBegin(title="codevm: indexing", percentage=0,
+                                                       cancellable=True))
+    cancelled = threading.Event()
+    if token:
+        progress.tokens[token].add_done_callback(lambda _f: cancelled.set())
+
+    def report(p: Any) -> None:
+        if cancelled.is_set():
+            raise KeyboardInterrupt  # stops the run; committed batches stay
+        if token and p.phase == "indexing" and p.total:
+            progress.report(token, t.WorkDoneProgressReport(
+                message=f"{p.done}/{p.total} files, {p.chunks} chunks",
+                percentage=int(100 * p.done / p.total)))
+
+    message = "done"
+    try:
+        report_ = ls.engine.index(progress=report)
+        message = f"{report_.parsed} files parsed, {report_.chunks} chunks"
+    except KeyboardInterrupt:
+        message = "cancelled"
+    except CodevmError as e:
+        message = str(e)
+        ls.window_show_message(t.ShowMessageParams(t.MessageType.Error, f"codevm: {e}"))
+    finally:
+        ls.indexed.set()
+        if token:
+            progress.end(token, t.WorkDoneProgressEnd(message=message))
+
+
+@server.feature(t.WORKSPACE_DID_CHANGE_CONFIGURATION)
+def did_change_configuration(ls: CodevmLanguageServer, params: t.DidChangeConfigurationParams) -> None:
+    if ls.engine is None:
+        return
+    options = params.settings.get("codevm", params.settings) if isinstance(params.settings, dict) else None
+    ls.engine.settings = _settings(ls.engine.root, options)
+
+
+@server.feature(t.TEXT_DOCUMENT_DID_OPEN)
+def did_open(ls: CodevmLanguageServer, params: t.DidOpenTextDocumentParams) -> None:
+    pass  # the file on disk is indexed; unsaved changes arrive through didChange
+
+
+@server.feature(t.TEXT_DOCUMENT_DID_CHANGE)
+def did_change(ls: CodevmLanguageServer, params: t.DidChangeTextDocumentParams) -> None:
+    ls.schedule_update(params.text_document.uri)
+
+
+@server.feature(t.TEXT_DOCUMENT_DID_SAVE)
+def did_save(ls: CodevmLanguageServer, params: t.DidSaveTextDocumentParams) -> None:
+    timer = ls._timers.pop(params.text_document.uri, None)
+    if timer:
+        timer.cancel()
+    ls.update_now(params.text_document.uri, from_disk=True)
+
+
+@server.feature(t.TEXT_DOCUMENT_DID_CLOSE)
+def did_close(ls: CodevmLanguageServer, params: t.DidCloseTextDocumentParams) -> None:
+    timer = ls._timers.pop(params.text_document.uri, None)
+    if timer:
+        timer.cancel()
+    ls.update_now(params.text_document.uri, from_disk=True)  # unsaved edits are dropped
+
+
+@server.feature(t.WORKSPACE_DID_CHANGE_WATCHED_FILES)
+def did_change_watched_files(ls: CodevmLanguageServer, params: t.DidChangeWatchedFilesParams) -> None:
+    for change in params.changes:
+        ls.update_now(change.uri, from_disk=True)
+
+
+# -- features ----------------------------------------------------------------------------
+def _range(start: int, end: int) -> t.Range:
+    return t.Range(t.Position(max(start - 1, 0), 0), t.Position(max(end - 1, 0), 10_000))
+
+
+@server.feature(t.WORKSPACE_SYMBOL)
+def workspace_symbol(ls: CodevmLanguageServer, params: t.WorkspaceSymbolParams) -> list[t.WorkspaceSymbol]:
+    assert ls.engine is not None
+    query = params.query.strip()
+    rows = ls.engine.store.cursor().execute(
+        """SELECT name, qualified_name, kind, path, start_line, end_line FROM symbols
+           WHERE $q = '' OR lower(name) LIKE '%' || lower($q) || '%'
+              OR lower(qualified_name) LIKE '%' || lower($q) || '%'
+           ORDER BY lower(name) = lower($q) DESC, lower(name) LIKE lower($q) || '%' DESC,
+                    path LIKE '%test%', length(name), path
+           LIMIT 200""", {"q": query}).fetchall()
+    return [t.WorkspaceSymbol(name=name, kind=SYMBOL_KINDS.get(kind, t.SymbolKind.Variable),
+                              location=t.Location(ls.uri(path), _range(s, e)),
+                              container_name=qual.rsplit(".", 1)[0] if "." in qual else None)
+            for name, qual, kind, path, s, e in rows]
+
+
+@server.feature(t.TEXT_DOCUMENT_DOCUMENT_SYMBOL)
+def document_symbol(ls: CodevmLanguageServer, params: t.DocumentSymbolParams) -> list[t.DocumentSymbol]:
+    assert ls.engine is not None
+    ls.flush(params.text_document.uri)
+    rel = ls.rel(params.text_document.uri)
+    if rel is None:
+        return []
+    rows = ls.engine.store.cursor().execute(
+        "SELECT name, kind, start_line, end_line, signature FROM symbols WHERE path = ? "
+        "ORDER BY start_line, end_line DESC", [rel]).fetchall()
+    roots: list[t.DocumentSymbol] = []
+    stack: list[tuple[t.DocumentSymbol, int]] = []
+    for name, kind, s, e, sig in rows:
+        sym = t.DocumentSymbol(name=name, kind=SYMBOL_KINDS.get(kind, t.SymbolKind.Variable),
+                               range=_range(s, e), selection_range=_range(s, s), detail=sig or None,
+                               children=[])
+        while stack and stack[-1][1] < e:
+            stack.pop()
+        (stack[-1][0].children if stack else roots).append(sym)  # type: ignore[union-attr]
+        stack.append((sym, e))
+    return roots
+
+
+def _definitions(ls: CodevmLanguageServer, uri: str, name: str) -> list[tuple[str, int, int]]:
+    assert ls.engine is not None
+    rel = ls.rel(uri) or ""
+    imports = " ".join(r[0] for r in ls.engine.store.cursor().execute(
+        "SELECT name FROM refs WHERE path = ? AND kind = 'import'", [rel]).fetchall())
+    rows = ls.engine.store.cursor().execute(
+        "SELECT path, start_line, end_line FROM symbols WHERE name = ? LIMIT 200", [name]).fetchall()
+
+    def rank(row: tuple[str, int, int]) -> tuple[int, int, str]:
+        stem = Path(row[0]).stem
+        return (row[0] != rel, stem not in imports, row[0])  # same file, then imported modules
+
+    return sorted(rows, key=rank)
+
+
+@server.feature(t.TEXT_DOCUMENT_DEFINITION)
+def definition(ls: CodevmLanguageServer, params: t.DefinitionParams) -> list[t.Location]:
+    ls.flush(params.text_document.uri)
+    name = ls.word_at(params.text_document.uri, params.position)
+    if not name:
+        return []
+    defs = _definitions(ls, params.text_document.uri, name)
+    rel = ls.rel(params.text_document.uri)
+    if defs and defs[0][0] == rel:  # exact: defined in this file
+        defs = [d for d in defs if d[0] == rel]
+    return [t.Location(ls.uri(p), _range(s, e)) for p, s, e in defs[:20]]
+
+
+@server.feature(t.TEXT_DOCUMENT_REFERENCES)
+def references(ls: CodevmLanguageServer, params: t.ReferenceParams) -> list[t.Location]:
+    assert ls.engine is not None
+    ls.flush(params.text_document.uri)
+    name = ls.word_at(params.text_document.uri, params.position)
+    if not name:
+        return []
+    out = [t.Location(ls.uri(r.path), _range(r.line, r.line)) for r in ls.engine.refs(name, limit=500)]
+    if params.context.include_declaration:
+        out += [t.Location(ls.uri(p), _range(s, s)) for p, s, _ in _definitions(ls, params.text_document.uri, name)]
+    return out
+
+
+def _notes_for(ls: CodevmLanguageServer, rel: str, name: str) -> list[Any]:
+    assert ls.engine is not None
+    return [n for n in ls.engine.list_notes(path=rel) if n.symbol and
+            (n.symbol == name or n.symbol.endswith("." + name))]
+
+
+@server.feature(t.TEXT_DOCUMENT_HOVER)
+def hover(ls: CodevmLanguageServer, params: t.HoverParams) -> t.Hover | None:
+    assert ls.engine is not None
+    name = ls.word_at(params.text_document.uri, params.position)
+    if not name:
+        return None
+    defs = _definitions(ls, params.text_document.uri, name)
+    if not defs:
+        return None
+    path, start, end = defs[0]
+    row = ls.engine.store.cursor().execute(
+        "SELECT signature, docstring, qualified_name FROM chunks WHERE path = ? AND start_line <= ? "
+        "AND end_line >= ? AND name = ? ORDER BY end_line - start_line LIMIT 1",
+        [path, start, start, name]).fetchone()
+    parts = []
+    if row:
+        sig, doc, qual = row
+        parts.append(f"```\n{sig or qual}\n```")
+        if doc:
+            parts.append(doc)
+    parts.append(f"*{path}:{start}-{end}*")
+    notes = _notes_for(ls, path, name)
+    if notes:
+        parts.append("**Notes**\n" + "\n".join(
+            f"- {n.text}{' *(stale: the code changed)*' if n.stale else ''} (#{n.id}, {n.source})"
+            for n in notes))
+    return t.Hover(contents=t.MarkupContent(t.MarkupKind.Markdown, "\n\n".join(parts)))
+
+
+@server.feature(t.TEXT_DOCUMENT_CODE_LENS)
+def code_lens(ls: CodevmLanguageServer, params: t.CodeLensParams) -> list[t.CodeLens]:
+    assert ls.engine is not None
+    rel = ls.rel(params.text_document.uri)
+    if rel is None:
+        return []
+    counts: dict[str, int] = {}
+    for note in ls.engine.list_notes(path=rel):
+        if note.symbol:
+            counts[note.symbol] = counts.get(note.symbol, 0) + 1
+    lenses = []
+    for qual, n in counts.items():
+        row = ls.engine.store.cursor().execute(
+            "SELECT start_line FROM symbols WHERE path = ? AND (qualified_name = ? OR name = ?) "
+            "ORDER BY start_line LIMIT 1", [rel, qual, qual]).fetchone()
+        if row:
+            lenses.append(t.CodeLens(range=_range(row[0], row[0]), command=t.Command(
+                title=f"{n} note{'s' if n > 1 else ''}", command="codevm.recall", arguments=[qual])))
+    return lenses
+
+
+@server.feature(t.TEXT_DOCUMENT_CODE_ACTION)
+def code_action(ls: CodevmLanguageServer, params: t.CodeActionParams) -> list[t.Command]:
+    doc = ls.workspace.get_text_document(params.text_document.uri)
+    r = params.range
+    lines = list(doc.lines[r.start.line: r.end.line + 1])
+    if lines:
+        lines[-1] = lines[-1][: r.end.character] if r.end.line != r.start.line else lines[-1][r.start.character: r.end.character]
+        if r.end.line != r.start.line:
+            lines[0] = lines[0][r.start.character:]
+    selection = "".join(lines).strip()
+    rel = ls.rel(params.text_document.uri) or ""
+    actions: list[t.Command] = []  # plain commands: they run without editing anything
+    if selection:
+        actions.append(t.Command(title="Ask codevm about this selection", command="codevm.ask", arguments=[
+            f"In {rel}:{r.start.line + 1}-{r.end.line + 1}, explain:\n{selection}"]))
+    name = ls.word_at(params.text_document.uri, r.start)
+    if name:
+        actions.append(t.Command(title=f"Remember a note about {name}", command="codevm.remember",
+                                 arguments=[{"path": rel, "symbol": name}]))
+    return actions
+
+
+# -- commands ----------------------------------------------------------------------------
+def _arg(args: Any, index: int, key: str) -> Any:
+    if isinstance(args, list) and len(args) > index:
+        value = args[index]
+        return value.get(key) if isinstance(value, dict) and key in value else value
+    if isinstance(args, dict):
+        return args.get(key)
+    return None
+
+
+def _run(fn: Any) -> Any:
+    try:
+        return fn()
+    except CodevmError as e:
+        raise ValueError(str(e)) from None  # a JSON-RPC error the client sees
+
+
+@server.command("codevm.search")
+def cmd_search(ls: CodevmLanguageServer, *args: Any) -> Any:
+    assert ls.engine is not None
+    query = _arg(list(args), 0, "query")
+    return _run(lambda: to_dict(ls.engine.search(str(query or ""), k=20)))
+
+
+@server.command("codevm.recall")
+def cmd_recall(ls: CodevmLanguageServer, *args: Any) -> Any:
+    assert ls.engine is not None
+    query = _arg(list(args), 0, "query")
+    return _run(lambda: to_dict(ls.engine.recall(str(query or ""))))
+
+
+@server.command("codevm.remember")
+def cmd_remember(ls: CodevmLanguageServer, *args: Any) -> Any:
+    assert ls.engine is not None
+    data = args[0] if args and isinstance(args[0], dict) else {}
+    text = data.get("text") or (args[1] if len(args) > 1 else None)
+    if not text:
+        raise ValueError("codevm.remember needs {'text': ..., 'path'?: ..., 'symbol'?: ...}")
+    return _run(lambda: to_dict(ls.engine.remember(str(text), data.get("tags"), data.get("path"),
+                                                  data.get("symbol"), source="lsp")))
+
+
+@server.command("codevm.reindex")
+def cmd_reindex(ls: CodevmLanguageServer, *args: Any) -> Any:
+    assert ls.engine is not None
+    return _run(lambda: to_dict(ls.engine.index()))
+
+
+@server.command("codevm.status")
+def cmd_status(ls: CodevmLanguageServer, *args: Any) -> Any:
+    assert ls.engine is not None
+    return _run(lambda: to_dict(ls.engine.status()))
+
+
+@server.command("codevm.ask")
+async def cmd_ask(ls: CodevmLanguageServer, *args: Any) -> Any:
+    assert ls.engine is not None
+    question = _arg(list(args), 0, "question")
+    if not question or not str(question).strip():
+        raise ValueError("codevm.ask needs a question")
+    token = str(uuid.uuid4())
+    try:
+        await ls.work_done_progress.create_async(token)
+        ls.work_done_progress.begin(token, t.WorkDoneProgressBegin(title="codevm: thinking"))
+    except Exception:
+        token = ""
+    engine = ls.engine
+    budget = ls.settings_overrides.get("budget")
+    try:
+        result = await __import__("asyncio").get_running_loop().run_in_executor(
+            ls.thread_pool, lambda: _run(lambda: engine.ask(str(question), budget=budget)))
+    finally:
+        if token:
+            ls.work_done_progress.end(token, t.WorkDoneProgressEnd(message="done"))
+    if result.model_used:
+        text = result.answer
+    else:
+        cited = "\n".join(f"- {p.citation} {p.symbol}" for p in result.pages)
+        text = f"No model answered: {result.notice}\n\nCode codevm selected:\n{cited}"
+    ls.window_show_message(t.ShowMessageParams(t.MessageType.Info, text[:4000]))
+    return to_dict(result)
+
+
+def main(argv_tcp: bool = False, host: str = "127.0.0.1", port: int = 2087) -> None:
+    if argv_tcp:
+        server.start_tcp(host, port)
+    else:
+        server.start_io()

@@ -1,0 +1,152 @@
+"""`codevm lsp` as a subprocess over real stdio, driven by pytest-lsp."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import pytest_lsp
+from lsprotocol import types as t
+from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
+
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("CODEVM_")}
+ENV["CODEVM_OLLAMA_HOST"] = "http://127.0.0.1:9"  # no model: ask answers with pages
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=[sys.executable, "-m", "codevm", "lsp"],
+                                              server_env=ENV))
+async def client(lsp_client: LanguageClient, project: Path):
+    params = t.InitializeParams(
+        capabilities=client_capabilities("visual-studio-code"),
+        workspace_folders=[t.WorkspaceFolder(uri=project.as_uri(), name="project")],
+        initialization_options={"budget": "lots"})  # invalid: a message, then defaults
+    await lsp_client.initialize_session(params)
+    await wait_for(lambda: _progress_ended(lsp_client), "initial indexing")
+    yield
+    await lsp_client.shutdown_session()
+
+
+def _progress_ended(client: LanguageClient) -> bool:
+    return any(isinstance(p, t.WorkDoneProgressEnd) for reports in client.progress_reports.values()
+               for p in reports)
+
+
+async def wait_for(condition, what: str, timeout: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def _uri(project: Path, rel: str) -> str:
+    return (project / rel).as_uri()
+
+
+@pytest.mark.asyncio
+async def test_progress_messages_and_workspace_symbols(client: LanguageClient, project: Path) -> None:
+    reports = next(iter(client.progress_reports.values()))
+    assert isinstance(reports[0], t.WorkDoneProgressBegin) and isinstance(reports[-1], t.WorkDoneProgressEnd)
+    assert any(isinstance(r, t.WorkDoneProgressReport) for r in reports)
+    assert any("invalid settings" in m.message for m in client.messages)
+    for name, path in (("total_area", "src/py/shapes.py"), ("HandleHealth", "src/native/server.go"),
+                       ("greetLoudly", "src/jvm/Greeter.kt")):
+        found = await client.workspace_symbol_async(t.WorkspaceSymbolParams(query=name))
+        assert found[0].name == name and found[0].location.uri == _uri(project, path)
+
+
+@pytest.mark.asyncio
+async def test_outline_definition_references_and_hover_with_a_note(client: LanguageClient, project: Path) -> None:
+    app = _uri(project, "src/py/app.py")
+    text = (project / "src/py/app.py").read_text()
+    client.text_document_did_open(t.DidOpenTextDocumentParams(t.TextDocumentItem(app, "python", 1, text)))
+    line = next(i for i, l in enumerate(text.splitlines()) if "total_area(" in l)
+    col = text.splitlines()[line].index("total_area") + 2
+    defs = await client.text_document_definition_async(t.DefinitionParams(
+        t.TextDocumentIdentifier(app), t.Position(line, col)))
+    assert defs[0].uri == _uri(project, "src/py/shapes.py") and defs[0].range.start.line == 20
+    refs = await client.text_document_references_async(t.ReferenceParams(
+        text_document=t.TextDocumentIdentifier(app), position=t.Position(line, col),
+        context=t.ReferenceContext(include_declaration=True)))
+    assert {r.uri for r in refs} >= {app, _uri(project, "src/py/shapes.py")}
+
+    shapes = _uri(project, "src/py/shapes.py")
+    outline = await client.text_document_document_symbol_async(t.DocumentSymbolParams(
+        t.TextDocumentIdentifier(shapes)))
+    circle = next(s for s in outline if s.name == "Circle")
+    assert [c.name for c in circle.children] == ["area", "scale"]
+
+    note = await client.workspace_execute_command_async(t.ExecuteCommandParams(
+        "codevm.remember", [{"text": "sums lazily", "path": "src/py/shapes.py", "symbol": "total_area"}]))
+    assert note["source"] == "lsp"
+    hover = await client.text_document_hover_async(t.HoverParams(
+        t.TextDocumentIdentifier(app), t.Position(line, col)))
+    assert "def total_area" in hover.contents.value and "sums lazily" in hover.contents.value
+    client.text_document_did_open(t.DidOpenTextDocumentParams(t.TextDocumentItem(
+        shapes, "python", 1, (project / "src/py/shapes.py").read_text())))
+    lenses = await client.text_document_code_lens_async(t.CodeLensParams(t.TextDocumentIdentifier(shapes)))
+    assert [lens.command.title for lens in lenses] == ["1 note"] and lenses[0].range.start.line == 20
+    actions = await client.text_document_code_action_async(t.CodeActionParams(
+        text_document=t.TextDocumentIdentifier(shapes),
+        range=t.Range(t.Position(20, 4), t.Position(20, 14)), context=t.CodeActionContext(diagnostics=[])))
+    assert [(a.title, a.command) for a in actions] == [
+        ("Ask codevm about this selection", "codevm.ask"), ("Remember a note about total_area", "codevm.remember")]
+    assert "total_area" in actions[0].arguments[0]
+
+
+@pytest.mark.asyncio
+async def test_unsaved_edits_are_found_and_saves_follow_the_disk(client: LanguageClient, project: Path) -> None:
+    path = project / "src/py/shapes.py"
+    uri = path.as_uri()
+    text = path.read_text()
+    client.text_document_did_open(t.DidOpenTextDocumentParams(t.TextDocumentItem(uri, "python", 1, text)))
+    end = len(text.splitlines())
+    client.text_document_did_change(t.DidChangeTextDocumentParams(
+        t.VersionedTextDocumentIdentifier(uri=uri, version=2),
+        [t.TextDocumentContentChangePartial(range=t.Range(t.Position(end, 0), t.Position(end, 0)),
+                                           text="\n\ndef perimeter_of_hexagon(side):\n    return 6 * side\n")]))
+
+    async def found(name: str) -> list:
+        return await client.workspace_symbol_async(t.WorkspaceSymbolParams(query=name))
+
+    for _ in range(200):  # the buffer is re-chunked after a short debounce
+        if await found("perimeter_of_hexagon"):
+            break
+        await asyncio.sleep(0.05)
+    assert (await found("perimeter_of_hexagon"))[0].location.uri == uri  # before any save
+    assert "def perimeter_of_hexagon" not in path.read_text()
+
+    path.write_text(text.replace("def total_area(shapes):", "def total_area_renamed(shapes):"))
+    client.text_document_did_save(t.DidSaveTextDocumentParams(t.TextDocumentIdentifier(uri)))
+    for _ in range(200):
+        if not await found("total_area"):
+            break
+        await asyncio.sleep(0.05)
+    names = [s.name for s in await found("total_area")]
+    assert names == ["total_area_renamed"] and not await found("perimeter_of_hexagon")
+
+
+@pytest.mark.asyncio
+async def test_commands_and_bad_params(client: LanguageClient, project: Path) -> None:
+    run = client.workspace_execute_command_async
+    hits = await run(t.ExecuteCommandParams("codevm.search", ["total area of shapes"]))
+    assert hits[0]["path"] == "src/py/shapes.py"
+    await run(t.ExecuteCommandParams("codevm.remember", [{"text": "areas are floats"}]))
+    assert (await run(t.ExecuteCommandParams("codevm.recall", ["floats"])))[0]["text"] == "areas are floats"
+    assert (await run(t.ExecuteCommandParams("codevm.status", [])))["files"] > 15
+    assert "parsed" in await run(t.ExecuteCommandParams("codevm.reindex", []))
+    answer = await run(t.ExecuteCommandParams("codevm.ask", ["How is the total area computed?"]))
+    assert not answer["model_used"] and answer["pages"]
+    await wait_for(lambda: any("No model answered" in m.message for m in client.messages), "the answer")
+
+    with pytest.raises(Exception, match="empty"):
+        await run(t.ExecuteCommandParams("codevm.search", [""]))
+    with pytest.raises(Exception, match="outside the project"):
+        await run(t.ExecuteCommandParams("codevm.remember", [{"text": "x", "path": "../../etc/passwd"}]))
+    with pytest.raises(Exception):
+        await run(t.ExecuteCommandParams("codevm.ask", []))
+    # still serving
+    assert (await run(t.ExecuteCommandParams("codevm.status", [])))["chunks"] > 0
