@@ -279,7 +279,7 @@ def chat(session: str | None, budget: int | None) -> None:
     """Talk with the model about the project; the session and its memory persist."""
     with engine_at() as engine:
         last = None
-        current = session or (s.id if (s := engine.recall_storage.latest()) else None)
+        current = session or (s[0].id if (s := engine.sessions(1)) else None)
         out.print(f"[dim]codevm chat — session {current or '(new)'}; /help for commands[/]")
         while True:
             try:
@@ -307,7 +307,7 @@ def chat(session: str | None, budget: int | None) -> None:
                 else:
                     _show_context(last)
             elif line == "/new":
-                current = engine.recall_storage.new_session().id
+                current = engine.new_session().id
                 out.print(f"[dim]session {current}[/]")
             else:
                 last = engine.ask(line, session=current, budget=budget,
@@ -335,7 +335,7 @@ def memory_core(block: str | None, text: str | None, append: bool, as_json: bool
             engine.core_memory_update(block, text, mode="append" if append else "replace")
         blocks = engine.core_memory()
         if block:
-            blocks = [b for b in blocks if b.label == block] or [engine.core.get(block)]
+            blocks = [engine.core_memory_block(block)]
         if as_json:
             _print_json(to_dict(blocks))
             return

@@ -222,18 +222,10 @@ def _range(start: int, end: int) -> t.Range:
 @server.feature(t.WORKSPACE_SYMBOL)
 def workspace_symbol(ls: CodevmLanguageServer, params: t.WorkspaceSymbolParams) -> list[t.WorkspaceSymbol]:
     assert ls.engine is not None
-    query = params.query.strip()
-    rows = ls.engine.store.cursor().execute(
-        """SELECT name, qualified_name, kind, path, start_line, end_line FROM symbols
-           WHERE $q = '' OR lower(name) LIKE '%' || lower($q) || '%'
-              OR lower(qualified_name) LIKE '%' || lower($q) || '%'
-           ORDER BY lower(name) = lower($q) DESC, lower(name) LIKE lower($q) || '%' DESC,
-                    path LIKE '%test%', length(name), path
-           LIMIT 200""", {"q": query}).fetchall()
-    return [t.WorkspaceSymbol(name=name, kind=SYMBOL_KINDS.get(kind, t.SymbolKind.Variable),
-                              location=t.Location(ls.uri(path), _range(s, e)),
-                              container_name=qual.rsplit(".", 1)[0] if "." in qual else None)
-            for name, qual, kind, path, s, e in rows]
+    return [t.WorkspaceSymbol(name=d.name, kind=SYMBOL_KINDS.get(d.kind, t.SymbolKind.Variable),
+                              location=t.Location(ls.uri(d.path), _range(d.start_line, d.end_line)),
+                              container_name=d.qualified_name.rsplit(".", 1)[0] if "." in d.qualified_name else None)
+            for d in ls.engine.find_symbols(params.query)]
 
 
 @server.feature(t.TEXT_DOCUMENT_DOCUMENT_SYMBOL)
@@ -243,48 +235,32 @@ def document_symbol(ls: CodevmLanguageServer, params: t.DocumentSymbolParams) ->
     rel = ls.rel(params.text_document.uri)
     if rel is None:
         return []
-    rows = ls.engine.store.cursor().execute(
-        "SELECT name, kind, start_line, end_line, signature FROM symbols WHERE path = ? "
-        "ORDER BY start_line, end_line DESC", [rel]).fetchall()
     roots: list[t.DocumentSymbol] = []
     stack: list[tuple[t.DocumentSymbol, int]] = []
-    for name, kind, s, e, sig in rows:
-        sym = t.DocumentSymbol(name=name, kind=SYMBOL_KINDS.get(kind, t.SymbolKind.Variable),
-                               range=_range(s, e), selection_range=_range(s, s), detail=sig or None,
-                               children=[])
-        while stack and stack[-1][1] < e:
+    for d in ls.engine.outline(rel):
+        sym = t.DocumentSymbol(name=d.name, kind=SYMBOL_KINDS.get(d.kind, t.SymbolKind.Variable),
+                               range=_range(d.start_line, d.end_line),
+                               selection_range=_range(d.start_line, d.start_line),
+                               detail=d.signature or None, children=[])
+        while stack and stack[-1][1] < d.end_line:
             stack.pop()
         (stack[-1][0].children if stack else roots).append(sym)  # type: ignore[union-attr]
-        stack.append((sym, e))
+        stack.append((sym, d.end_line))
     return roots
-
-
-def _definitions(ls: CodevmLanguageServer, uri: str, name: str) -> list[tuple[str, int, int]]:
-    assert ls.engine is not None
-    rel = ls.rel(uri) or ""
-    imports = " ".join(r[0] for r in ls.engine.store.cursor().execute(
-        "SELECT name FROM refs WHERE path = ? AND kind = 'import'", [rel]).fetchall())
-    rows = ls.engine.store.cursor().execute(
-        "SELECT path, start_line, end_line FROM symbols WHERE name = ? LIMIT 200", [name]).fetchall()
-
-    def rank(row: tuple[str, int, int]) -> tuple[int, int, str]:
-        stem = Path(row[0]).stem
-        return (row[0] != rel, stem not in imports, row[0])  # same file, then imported modules
-
-    return sorted(rows, key=rank)
 
 
 @server.feature(t.TEXT_DOCUMENT_DEFINITION)
 def definition(ls: CodevmLanguageServer, params: t.DefinitionParams) -> list[t.Location]:
+    assert ls.engine is not None
     ls.flush(params.text_document.uri)
     name = ls.word_at(params.text_document.uri, params.position)
     if not name:
         return []
-    defs = _definitions(ls, params.text_document.uri, name)
     rel = ls.rel(params.text_document.uri)
-    if defs and defs[0][0] == rel:  # exact: defined in this file
-        defs = [d for d in defs if d[0] == rel]
-    return [t.Location(ls.uri(p), _range(s, e)) for p, s, e in defs[:20]]
+    defs = ls.engine.definitions(name, rel, limit=20)
+    if defs and defs[0].path == rel:  # exact: defined in this file
+        defs = [d for d in defs if d.path == rel]
+    return [t.Location(ls.uri(d.path), _range(d.start_line, d.end_line)) for d in defs]
 
 
 @server.feature(t.TEXT_DOCUMENT_REFERENCES)
@@ -296,42 +272,27 @@ def references(ls: CodevmLanguageServer, params: t.ReferenceParams) -> list[t.Lo
         return []
     out = [t.Location(ls.uri(r.path), _range(r.line, r.line)) for r in ls.engine.refs(name, limit=500)]
     if params.context.include_declaration:
-        out += [t.Location(ls.uri(p), _range(s, s)) for p, s, _ in _definitions(ls, params.text_document.uri, name)]
+        out += [t.Location(ls.uri(d.path), _range(d.start_line, d.start_line))
+                for d in ls.engine.definitions(name, ls.rel(params.text_document.uri))]
     return out
-
-
-def _notes_for(ls: CodevmLanguageServer, rel: str, name: str) -> list[Any]:
-    assert ls.engine is not None
-    return [n for n in ls.engine.list_notes(path=rel) if n.symbol and
-            (n.symbol == name or n.symbol.endswith("." + name))]
 
 
 @server.feature(t.TEXT_DOCUMENT_HOVER)
 def hover(ls: CodevmLanguageServer, params: t.HoverParams) -> t.Hover | None:
     assert ls.engine is not None
     name = ls.word_at(params.text_document.uri, params.position)
-    if not name:
+    detail = ls.engine.describe(name, ls.rel(params.text_document.uri)) if name else None
+    if detail is None:
         return None
-    defs = _definitions(ls, params.text_document.uri, name)
-    if not defs:
-        return None
-    path, start, end = defs[0]
-    row = ls.engine.store.cursor().execute(
-        "SELECT signature, docstring, qualified_name FROM chunks WHERE path = ? AND start_line <= ? "
-        "AND end_line >= ? AND name = ? ORDER BY end_line - start_line LIMIT 1",
-        [path, start, start, name]).fetchone()
-    parts = []
-    if row:
-        sig, doc, qual = row
-        parts.append(f"```\n{sig or qual}\n```")
-        if doc:
-            parts.append(doc)
-    parts.append(f"*{path}:{start}-{end}*")
-    notes = _notes_for(ls, path, name)
-    if notes:
+    d = detail.definition
+    parts = [f"```\n{detail.signature or d.qualified_name}\n```"]
+    if detail.docstring:
+        parts.append(detail.docstring)
+    parts.append(f"*{d.path}:{d.start_line}-{d.end_line}*")
+    if detail.notes:
         parts.append("**Notes**\n" + "\n".join(
             f"- {n.text}{' *(stale: the code changed)*' if n.stale else ''} (#{n.id}, {n.source})"
-            for n in notes))
+            for n in detail.notes))
     return t.Hover(contents=t.MarkupContent(t.MarkupKind.Markdown, "\n\n".join(parts)))
 
 
@@ -346,13 +307,12 @@ def code_lens(ls: CodevmLanguageServer, params: t.CodeLensParams) -> list[t.Code
         if note.symbol:
             counts[note.symbol] = counts.get(note.symbol, 0) + 1
     lenses = []
-    for qual, n in counts.items():
-        row = ls.engine.store.cursor().execute(
-            "SELECT start_line FROM symbols WHERE path = ? AND (qualified_name = ? OR name = ?) "
-            "ORDER BY start_line LIMIT 1", [rel, qual, qual]).fetchone()
-        if row:
-            lenses.append(t.CodeLens(range=_range(row[0], row[0]), command=t.Command(
-                title=f"{n} note{'s' if n > 1 else ''}", command="codevm.recall", arguments=[qual])))
+    for d in ls.engine.outline(rel):
+        n = counts.pop(d.qualified_name, 0) or counts.pop(d.name, 0)
+        if n:
+            lenses.append(t.CodeLens(range=_range(d.start_line, d.start_line), command=t.Command(
+                title=f"{n} note{'s' if n > 1 else ''}", command="codevm.recall",
+                arguments=[d.qualified_name])))
     return lenses
 
 

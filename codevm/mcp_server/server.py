@@ -173,7 +173,7 @@ def build_server(engine: Engine) -> MCPServer:
 
     def block_reader(label: str) -> Callable[[], str]:
         def read_block() -> str:
-            return engine.core.get(label).value
+            return engine.core_memory_block(label).value
         return read_block
 
     for label in CORE_BLOCKS:

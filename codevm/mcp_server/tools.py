@@ -68,14 +68,11 @@ def read_code(engine: Engine, path: str | None = None, start_line: int | None = 
               max_chars: int = DEFAULT_MAX_CHARS) -> dict:
     _bounded(1, 0, max_chars)
     if chunk_id is not None:
-        row = engine.store.cursor().execute(
-            "SELECT path, start_line, end_line FROM chunks WHERE id = ?", [chunk_id]).fetchone()
-        if row is None:
-            raise InvalidArgument(f"no chunk with id {chunk_id}; ids come from search_code")
-        path, start_line, end_line = row
-    if not path:
+        code = engine.read_chunk(chunk_id)
+    elif path:
+        code = engine.read(path, start_line, end_line)
+    else:
         raise InvalidArgument("read_code needs a path or a chunk_id")
-    code = engine.read(path, start_line, end_line)
     text = code.text
     has_more = len(text) > max_chars
     if has_more:
@@ -87,15 +84,10 @@ def read_code(engine: Engine, path: str | None = None, start_line: int | None = 
 
 
 def outline(engine: Engine, path: str) -> dict:
-    rel = engine.relative_path(path)
-    rows = engine.store.cursor().execute(
-        "SELECT name, qualified_name, kind, start_line, end_line, signature FROM symbols "
-        "WHERE path = ? ORDER BY start_line", [rel]).fetchall()
-    if not rows and not (engine.root / rel).is_file():
-        raise InvalidArgument(f"{rel} is not a file of the project")
-    return {"path": rel, "symbols": [
-        {"name": r[0], "qualified_name": r[1], "kind": r[2], "start_line": r[3], "end_line": r[4],
-         "signature": r[5]} for r in rows]}
+    return {"path": engine.relative_path(path), "symbols": [
+        {"name": d.name, "qualified_name": d.qualified_name, "kind": d.kind,
+         "start_line": d.start_line, "end_line": d.end_line, "signature": d.signature}
+        for d in engine.outline(path)]}
 
 
 def remember(engine: Engine, text: str, tags: list[str] | None = None, path: str | None = None,

@@ -76,6 +76,16 @@ class Status:
 
 
 @dataclass
+class SymbolDetail:
+    """What an editor shows for a symbol: where, its signature, docstring and notes."""
+
+    definition: SymbolInfo
+    signature: str
+    docstring: str
+    notes: list[Note] = field(default_factory=list)
+
+
+@dataclass
 class PageInfo:
     citation: str
     path: str
@@ -218,6 +228,65 @@ class Engine:
                LIMIT $limit""", {"n": name.strip(), "limit": limit}).fetchall()
         return [SymbolInfo(*r) for r in rows]
 
+    _SYMBOL_COLUMNS = "name, qualified_name, kind, path, start_line, end_line, signature, language"
+
+    def find_symbols(self, query: str, limit: int = 200) -> list[SymbolInfo]:
+        """Symbols whose name holds `query`: exact, then prefix, then shortest; tests last."""
+        rows = self.store.cursor().execute(
+            f"""SELECT {self._SYMBOL_COLUMNS} FROM symbols
+               WHERE $q = '' OR lower(name) LIKE '%' || lower($q) || '%'
+                  OR lower(qualified_name) LIKE '%' || lower($q) || '%'
+               ORDER BY lower(name) = lower($q) DESC, lower(name) LIKE lower($q) || '%' DESC,
+                        path LIKE '%test%', length(name), path
+               LIMIT $limit""", {"q": query.strip(), "limit": max(1, min(limit, 1000))}).fetchall()
+        return [SymbolInfo(*r) for r in rows]
+
+    def outline(self, path: str) -> list[SymbolInfo]:
+        """The symbols of one file, in order (outer before inner)."""
+        rel = self.relative_path(path)
+        rows = self.store.cursor().execute(
+            f"SELECT {self._SYMBOL_COLUMNS} FROM symbols WHERE path = ? "
+            "ORDER BY start_line, end_line DESC", [rel]).fetchall()
+        if not rows and not (self.root / rel).is_file():
+            raise InvalidArgument(f"{rel} is not a file of the project")
+        return [SymbolInfo(*r) for r in rows]
+
+    def definitions(self, name: str, from_path: str | None = None, limit: int = 50) -> list[SymbolInfo]:
+        """Definitions of `name` as seen from a file: its own first, then modules it imports."""
+        rel = self.relative_path(from_path) if from_path else ""
+        con = self.store.cursor()
+        imports = " ".join(r[0] for r in con.execute(
+            "SELECT name FROM refs WHERE path = ? AND kind = 'import'", [rel]).fetchall())
+        rows = [SymbolInfo(*r) for r in con.execute(
+            f"SELECT {self._SYMBOL_COLUMNS} FROM symbols WHERE name = ? OR qualified_name = ? LIMIT 500",
+            [name, name]).fetchall()]
+        rows.sort(key=lambda d: (d.path != rel, Path(d.path).stem not in imports,
+                                 "test" in d.path, d.path, d.start_line))
+        return rows[:limit]
+
+    def describe(self, name: str, from_path: str | None = None) -> SymbolDetail | None:
+        """The best definition of `name` with its signature, docstring and notes."""
+        found = self.definitions(name, from_path, limit=1)
+        if not found:
+            return None
+        d = found[0]
+        row = self.store.cursor().execute(
+            "SELECT signature, docstring FROM chunks WHERE path = ? AND start_line <= ? "
+            "AND end_line >= ? AND (name = ? OR qualified_name = ?) "
+            "ORDER BY end_line - start_line LIMIT 1",
+            [d.path, d.start_line, d.start_line, d.name, d.qualified_name]).fetchone()
+        notes = [n for n in self.notes.list(d.path) if n.symbol in (d.name, d.qualified_name)]
+        return SymbolDetail(d, (row[0] if row else "") or d.signature, (row[1] if row else "") or "",
+                            notes)
+
+    def read_chunk(self, chunk_id: int) -> CodeText:
+        """The lines of the file that a chunk (a search hit's id) covers."""
+        row = self.store.cursor().execute(
+            "SELECT path, start_line, end_line FROM chunks WHERE id = ?", [chunk_id]).fetchone()
+        if row is None:
+            raise InvalidArgument(f"no chunk with id {chunk_id}; ids come from search")
+        return self.read(*row)
+
     def refs(self, name: str, limit: int = 200) -> list[RefInfo]:
         """Who calls or imports `name` (the last part of a qualified name counts)."""
         if not name.strip():
@@ -293,6 +362,9 @@ class Engine:
     def core_memory(self) -> list[CoreBlock]:
         return self.core.blocks()
 
+    def core_memory_block(self, label: str) -> CoreBlock:
+        return self.core.get(label)
+
     def core_memory_update(self, block: str, text: str, mode: str = "replace",
                            old: str | None = None) -> CoreBlock:
         return self.core.update(block, text, mode, old)
@@ -303,6 +375,9 @@ class Engine:
 
     def sessions(self, limit: int = 50) -> list[SessionInfo]:
         return self.recall_storage.sessions(limit)
+
+    def new_session(self, title: str = "") -> SessionInfo:
+        return self.recall_storage.new_session(title)
 
     def session_messages(self, session_id: str) -> list[MessageRecord]:
         self.recall_storage.session(session_id)  # a clear error for an unknown id
