@@ -24,7 +24,7 @@ from codevm.errors import CodevmError
 from codevm.memory.engine import Engine, to_dict
 
 log = logging.getLogger("codevm.lsp")
-DEBOUNCE_SECONDS = 0.3
+DEBOUNCE_SECONDS = 0.15  # typing pauses longer than this; keeps edit -> symbol under 300 ms
 WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SYMBOL_KINDS = {
     "function": t.SymbolKind.Function, "method": t.SymbolKind.Method, "class": t.SymbolKind.Class,

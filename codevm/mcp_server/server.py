@@ -57,7 +57,7 @@ PathArg = Annotated[str, Field(description="file path, relative to the project r
 
 
 def build_server(engine: Engine) -> MCPServer:
-    server = MCPServer(name="codevm", instructions=INSTRUCTIONS)
+    server = MCPServer(name="codevm", instructions=INSTRUCTIONS, log_level="WARNING")
 
     @server.tool(annotations=READ_ONLY)
     @_errors
