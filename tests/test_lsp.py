@@ -112,19 +112,13 @@ async def test_unsaved_edits_are_found_and_saves_follow_the_disk(client: Languag
     async def found(name: str) -> list:
         return await client.workspace_symbol_async(t.WorkspaceSymbolParams(query=name))
 
-    for _ in range(200):  # the buffer is re-chunked after a short debounce
-        if await found("perimeter_of_hexagon"):
-            break
-        await asyncio.sleep(0.05)
+    await wait_for_async(lambda: found("perimeter_of_hexagon"), "the unsaved function")  # debounced
     assert (await found("perimeter_of_hexagon"))[0].location.uri == uri  # before any save
     assert "def perimeter_of_hexagon" not in path.read_text()
 
     path.write_text(text.replace("def total_area(shapes):", "def total_area_renamed(shapes):"))
     client.text_document_did_save(t.DidSaveTextDocumentParams(t.TextDocumentIdentifier(uri)))
-    for _ in range(200):
-        if not await found("total_area"):
-            break
-        await asyncio.sleep(0.05)
+    await wait_for_async(lambda: _only(found("total_area"), "total_area_renamed"), "the saved rename")
     names = [s.name for s in await found("total_area")]
     assert names == ["total_area_renamed"] and not await found("perimeter_of_hexagon")
 
@@ -150,3 +144,46 @@ async def test_commands_and_bad_params(client: LanguageClient, project: Path) ->
         await run(t.ExecuteCommandParams("codevm.ask", []))
     # still serving
     assert (await run(t.ExecuteCommandParams("codevm.status", [])))["chunks"] > 0
+
+
+@pytest.mark.asyncio
+async def test_watched_files_and_close_keep_the_index_equal_to_the_disk(
+        client: LanguageClient, project: Path) -> None:
+    async def found(name: str) -> list:
+        return await client.workspace_symbol_async(t.WorkspaceSymbolParams(query=name))
+
+    new = project / "src/py/fresh.py"
+    new.write_text("def brand_new_on_disk():\n    return 1\n")
+    client.workspace_did_change_watched_files(t.DidChangeWatchedFilesParams(
+        [t.FileEvent(uri=new.as_uri(), type=t.FileChangeType.Created)]))
+    await wait_for_async(lambda: found("brand_new_on_disk"), "the created file")
+    new.unlink()
+    client.workspace_did_change_watched_files(t.DidChangeWatchedFilesParams(
+        [t.FileEvent(uri=new.as_uri(), type=t.FileChangeType.Deleted)]))
+    await wait_for_async(lambda: _none(found("brand_new_on_disk")), "the deleted file")
+
+    app = project / "src/py/app.py"
+    text = app.read_text()
+    client.text_document_did_open(t.DidOpenTextDocumentParams(t.TextDocumentItem(app.as_uri(), "python", 1, text)))
+    client.text_document_did_change(t.DidChangeTextDocumentParams(
+        text_document=t.VersionedTextDocumentIdentifier(uri=app.as_uri(), version=2),
+        content_changes=[t.TextDocumentContentChangeWholeDocument(text=text + "\ndef never_saved():\n    pass\n")]))
+    await wait_for_async(lambda: found("never_saved"), "the unsaved function")
+    client.text_document_did_close(t.DidCloseTextDocumentParams(t.TextDocumentIdentifier(app.as_uri())))
+    await wait_for_async(lambda: _none(found("never_saved")), "the closed buffer to be dropped")
+
+
+async def _only(pending, name: str) -> bool:
+    return [s.name for s in await pending] == [name]
+
+
+async def _none(pending) -> bool:
+    return not await pending
+
+
+async def wait_for_async(check, what: str, timeout: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
