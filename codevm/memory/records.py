@@ -142,6 +142,8 @@ class CoreMemory:
 class Notes:
     def __init__(self, store: Store):
         self.store = store
+        # whether any anchored note is not stale yet (this process is the only writer)
+        self._live_anchors: bool | None = None
 
     def _anchor_hash(self, con: duckdb.DuckDBPyConnection, path: str, symbol: str | None) -> str | None:
         if symbol:
@@ -174,6 +176,8 @@ class Notes:
                 "INSERT INTO notes VALUES (nextval('note_ids'), ?, ?, ?, ?, ?, ?, false, "
                 "current_localtimestamp(), current_localtimestamp()) RETURNING id, created_at",
                 [text, tags, source, path, symbol, anchor]).fetchone()
+            if path:
+                self._live_anchors = True
         return Note(row[0], text, tags, source, path, symbol, False, _iso(row[1]), _iso(row[1]))
 
     _COLUMNS = "id, text, tags, source, path, symbol, stale, created_at, updated_at"
@@ -226,6 +230,11 @@ class Notes:
 
     def mark_stale(self) -> int:
         """Mark anchored notes whose code changed (or vanished) since they were written."""
+        if self._live_anchors is None:
+            self._live_anchors = bool(self.store.cursor().execute(
+                "SELECT count(*) FROM notes WHERE NOT stale AND path IS NOT NULL").fetchone()[0])
+        if not self._live_anchors:
+            return 0  # nothing to check: no query on every edit
         with self.store.lock:
             con = self.store.cursor()
             rows = con.execute("""
