@@ -35,6 +35,10 @@ COMMANDS = ("codevm.ask", "codevm.search", "codevm.remember", "codevm.recall", "
             "codevm.status")
 
 
+class IndexCancelled(Exception):
+    """The client cancelled the indexing progress."""
+
+
 def uri_to_path(uri: str) -> Path:
     return Path(unquote(urlparse(uri).path))
 
@@ -153,7 +157,7 @@ def _index_workspace(ls: CodevmLanguageServer, token: str) -> None:
 
     def report(p: Any) -> None:
         if cancelled.is_set():
-            raise KeyboardInterrupt  # stops the run; committed batches stay
+            raise IndexCancelled  # stops the run; committed batches stay
         if token and p.phase == "indexing" and p.total:
             progress.report(token, t.WorkDoneProgressReport(
                 message=f"{p.done}/{p.total} files, {p.chunks} chunks",
@@ -163,7 +167,7 @@ def _index_workspace(ls: CodevmLanguageServer, token: str) -> None:
     try:
         report_ = ls.engine.index(progress=report)
         message = f"{report_.parsed} files parsed, {report_.chunks} chunks"
-    except KeyboardInterrupt:
+    except IndexCancelled:
         message = "cancelled"
     except CodevmError as e:
         message = str(e)
