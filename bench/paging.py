@@ -43,19 +43,18 @@ def covered(pages: list[Page], kinds: dict[int, str], instance: dict) -> tuple[b
 
 def evaluate(engine: Engine, instance: dict) -> dict:
     question = instance["query"]
-    started = time.perf_counter()
-    candidates = engine.pager.candidates(question)
-    pager_ms = (time.perf_counter() - started) * 1000
     hits = engine.search(question, k=300)
     baseline = [Candidate(h.id, h.score, "search") for h in hits]
-    ids = {c.chunk_id for c in candidates} | {c.chunk_id for c in baseline}
+    row: dict[str, object] = {"id": instance["id"]}
     con = engine.store.cursor()
-    kinds = dict(con.execute(
-        f"SELECT id, kind FROM chunks WHERE id IN ({', '.join(map(str, ids)) or '0'})").fetchall())
-    row: dict[str, object] = {"id": instance["id"], "pager_ms": round(pager_ms, 1)}
     for budget in BUDGETS:
-        for name, cands in (("pager", candidates), ("baseline", baseline)):
-            pages = engine.pager.pages(cands, budget)
+        started = time.perf_counter()
+        pager_pages = engine.pager.prefetch(question, budget)  # what `ask` pages in
+        if budget == 8000:
+            row["pager_ms"] = round((time.perf_counter() - started) * 1000, 1)
+        for name, pages in (("pager", pager_pages), ("baseline", engine.pager.pages(baseline, budget))):
+            ids = ", ".join(p.key.split(":")[1] for p in pages) or "0"
+            kinds = dict(con.execute(f"SELECT id, kind FROM chunks WHERE id IN ({ids})").fetchall())
             files_ok, functions_ok = covered(pages, kinds, instance)
             row[f"{name}_file_{budget}"] = files_ok
             row[f"{name}_function_{budget}"] = functions_ok

@@ -166,6 +166,7 @@ def _index_workspace(ls: CodevmLanguageServer, token: str) -> None:
     message = "done"
     try:
         report_ = ls.engine.index(progress=report)
+        ls.engine.warm_up()  # the first edit or search then answers at full speed
         message = f"{report_.parsed} files parsed, {report_.chunks} chunks"
     except IndexCancelled:
         message = "cancelled"

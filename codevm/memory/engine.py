@@ -193,6 +193,11 @@ class Engine:
         self.notes.mark_stale()
         return report
 
+    def warm_up(self) -> None:
+        """Load what the first search or edit would load (the term dictionary)."""
+        with self.store.lock:
+            self.store.terms.load(self.store.cursor())
+
     def update_file(self, path: str, text: str | None = None) -> IndexReport:
         """Re-index one file now, from its unsaved `text` or from disk."""
         report = self.indexer.update_texts({self.relative_path(path): text})

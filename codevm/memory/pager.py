@@ -136,6 +136,7 @@ class HeuristicPager:
 
     # -- selection -----------------------------------------------------------------------
     def candidates(self, question: str, k_search: int = 30) -> list[Candidate]:
+        """Candidate pages, most relevant first (`k_search` search hits among them)."""
         con = self.store.cursor()
         found = self._frames(con, question)
         found += self._definitions(con, question)
@@ -182,7 +183,8 @@ class HeuristicPager:
         return chosen
 
     def prefetch(self, question: str, budget: int, have: set[str] | None = None) -> list[Page]:
-        return self.pages(self.candidates(question), budget, have)
+        # enough search hits to fill the budget (chunks average ~250 tokens)
+        return self.pages(self.candidates(question, k_search=max(30, budget // 150)), budget, have)
 
 
 _TEXT_EXTENSIONS = {".md", ".rst", ".txt", ".toml", ".yaml", ".yml", ".json", ".cfg", ".ini"}
