@@ -177,14 +177,14 @@ class TermDictionary:
 class Store:
     """One project's database. Not thread-safe: each thread uses `cursor()`."""
 
-    def __init__(self, path: Path, read_only: bool = False):
+    def __init__(self, path: Path):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.con = duckdb.connect(str(path), read_only=read_only)
+            self.con = duckdb.connect(str(path))
             # committed batches are safe in the write-ahead log; folding it into the file
             # once per run (see checkpoint) beats doing it every few batches
-            self.con.execute("SET checkpoint_threshold = '1GB'")
+            self.con.execute("SET checkpoint_threshold = '256MB'")
         except duckdb.IOException as e:
             if "lock" in str(e).lower():
                 raise IndexBusy(
@@ -197,8 +197,7 @@ class Store:
         # chunks loaded since compaction was last considered: start high so that the first
         # run of each process looks at what earlier processes appended
         self.loaded_since_check = CHECK_EVERY_CHUNKS
-        if not read_only:
-            self._migrate()
+        self._migrate()
 
     def close(self) -> None:
         self.con.close()
