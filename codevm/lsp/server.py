@@ -7,6 +7,7 @@ answered from what is indexed so far. Open buffers are re-chunked as they change
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import threading
@@ -21,7 +22,7 @@ from pygls.lsp.server import LanguageServer
 from codevm import __version__
 from codevm.config import Settings
 from codevm.errors import CodevmError
-from codevm.memory.engine import Engine, to_dict
+from codevm.memory.engine import MIN_BUDGET, Engine, to_dict
 
 log = logging.getLogger("codevm.lsp")
 DEBOUNCE_SECONDS = 0.15  # typing pauses longer than this; keeps edit -> symbol under 300 ms
@@ -31,8 +32,6 @@ SYMBOL_KINDS = {
     "interface": t.SymbolKind.Interface, "enum": t.SymbolKind.Enum, "module": t.SymbolKind.Module,
     "struct": t.SymbolKind.Struct, "constant": t.SymbolKind.Constant,
 }
-COMMANDS = ("codevm.ask", "codevm.search", "codevm.remember", "codevm.recall", "codevm.reindex",
-            "codevm.status")
 
 
 class IndexCancelled(Exception):
@@ -48,7 +47,6 @@ class CodevmLanguageServer(LanguageServer):
         super().__init__("codevm", __version__)
         self.engine: Engine | None = None
         self.settings_overrides: dict[str, Any] = {}
-        self.indexed = threading.Event()
         self._timers: dict[str, threading.Timer] = {}
 
     # -- helpers -------------------------------------------------------------------------
@@ -73,11 +71,21 @@ class CodevmLanguageServer(LanguageServer):
                 return m.group(0)
         return None
 
+    def symbol_at(self, uri: str, pos: t.Position) -> str | None:
+        """The identifier under the cursor, with the buffer's pending edits indexed first."""
+        self.flush(uri)
+        return self.word_at(uri, pos)
+
+    def cancel_update(self, uri: str) -> bool:
+        """Drop a pending debounced update; True if there was one."""
+        timer = self._timers.pop(uri, None)
+        if timer:
+            timer.cancel()
+        return timer is not None
+
     def schedule_update(self, uri: str) -> None:
         """Re-chunk an open buffer's unsaved text, debounced."""
-        old = self._timers.pop(uri, None)
-        if old:
-            old.cancel()
+        self.cancel_update(uri)
         timer = threading.Timer(DEBOUNCE_SECONDS, self.update_now, [uri])
         timer.daemon = True
         self._timers[uri] = timer
@@ -93,9 +101,7 @@ class CodevmLanguageServer(LanguageServer):
             self.window_log_message(t.LogMessageParams(t.MessageType.Warning, str(e)))
 
     def flush(self, uri: str) -> None:
-        timer = self._timers.pop(uri, None)
-        if timer:
-            timer.cancel()
+        if self.cancel_update(uri):
             self.update_now(uri)
 
 
@@ -117,10 +123,10 @@ def _settings(root: Path, options: Any) -> Settings:
                 problems.append(f"{key} must be a {kind.__name__}")
     if "budget" in options:
         value = options["budget"]
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 1500:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= MIN_BUDGET:
             server.settings_overrides["budget"] = value
         else:
-            problems.append("budget must be a number of tokens >= 1500")
+            problems.append(f"budget must be a number of tokens >= {MIN_BUDGET}")
     if problems:
         server.window_show_message(t.ShowMessageParams(
             t.MessageType.Warning, "codevm: invalid settings (" + "; ".join(problems) + "); using defaults"))
@@ -174,7 +180,6 @@ def _index_workspace(ls: CodevmLanguageServer, token: str) -> None:
         message = str(e)
         ls.window_show_message(t.ShowMessageParams(t.MessageType.Error, f"codevm: {e}"))
     finally:
-        ls.indexed.set()
         if token:
             progress.end(token, t.WorkDoneProgressEnd(message=message))
 
@@ -184,7 +189,7 @@ def did_change_configuration(ls: CodevmLanguageServer, params: t.DidChangeConfig
     if ls.engine is None:
         return
     options = params.settings.get("codevm", params.settings) if isinstance(params.settings, dict) else None
-    ls.engine.settings = _settings(ls.engine.root, options)
+    ls.engine.configure(_settings(ls.engine.root, options))
 
 
 @server.feature(t.TEXT_DOCUMENT_DID_OPEN)
@@ -199,17 +204,13 @@ def did_change(ls: CodevmLanguageServer, params: t.DidChangeTextDocumentParams) 
 
 @server.feature(t.TEXT_DOCUMENT_DID_SAVE)
 def did_save(ls: CodevmLanguageServer, params: t.DidSaveTextDocumentParams) -> None:
-    timer = ls._timers.pop(params.text_document.uri, None)
-    if timer:
-        timer.cancel()
+    ls.cancel_update(params.text_document.uri)
     ls.update_now(params.text_document.uri, from_disk=True)
 
 
 @server.feature(t.TEXT_DOCUMENT_DID_CLOSE)
 def did_close(ls: CodevmLanguageServer, params: t.DidCloseTextDocumentParams) -> None:
-    timer = ls._timers.pop(params.text_document.uri, None)
-    if timer:
-        timer.cancel()
+    ls.cancel_update(params.text_document.uri)
     ls.update_now(params.text_document.uri, from_disk=True)  # unsaved edits are dropped
 
 
@@ -257,8 +258,7 @@ def document_symbol(ls: CodevmLanguageServer, params: t.DocumentSymbolParams) ->
 @server.feature(t.TEXT_DOCUMENT_DEFINITION)
 def definition(ls: CodevmLanguageServer, params: t.DefinitionParams) -> list[t.Location]:
     assert ls.engine is not None
-    ls.flush(params.text_document.uri)
-    name = ls.word_at(params.text_document.uri, params.position)
+    name = ls.symbol_at(params.text_document.uri, params.position)
     if not name:
         return []
     rel = ls.rel(params.text_document.uri)
@@ -271,8 +271,7 @@ def definition(ls: CodevmLanguageServer, params: t.DefinitionParams) -> list[t.L
 @server.feature(t.TEXT_DOCUMENT_REFERENCES)
 def references(ls: CodevmLanguageServer, params: t.ReferenceParams) -> list[t.Location]:
     assert ls.engine is not None
-    ls.flush(params.text_document.uri)
-    name = ls.word_at(params.text_document.uri, params.position)
+    name = ls.symbol_at(params.text_document.uri, params.position)
     if not name:
         return []
     out = [t.Location(ls.uri(r.path), _range(r.line, r.line)) for r in ls.engine.refs(name, limit=500)]
@@ -285,7 +284,7 @@ def references(ls: CodevmLanguageServer, params: t.ReferenceParams) -> list[t.Lo
 @server.feature(t.TEXT_DOCUMENT_HOVER)
 def hover(ls: CodevmLanguageServer, params: t.HoverParams) -> t.Hover | None:
     assert ls.engine is not None
-    name = ls.word_at(params.text_document.uri, params.position)
+    name = ls.symbol_at(params.text_document.uri, params.position)
     detail = ls.engine.describe(name, ls.rel(params.text_document.uri)) if name else None
     if detail is None:
         return None
@@ -412,7 +411,7 @@ async def cmd_ask(ls: CodevmLanguageServer, *args: Any) -> Any:
     engine = ls.engine
     budget = ls.settings_overrides.get("budget")
     try:
-        result = await __import__("asyncio").get_running_loop().run_in_executor(
+        result = await asyncio.get_running_loop().run_in_executor(
             ls.thread_pool, lambda: _run(lambda: engine.ask(str(question), budget=budget)))
     finally:
         if token:

@@ -193,6 +193,11 @@ class Engine:
         self.notes.mark_stale()
         return report
 
+    def configure(self, settings: Settings) -> None:
+        """New settings (from an editor) for everything that follows, indexing included."""
+        self.settings = settings
+        self.indexer = Indexer(self.root, self.store, settings)
+
     def warm_up(self) -> None:
         """Load what the first search or edit would load (the term dictionary)."""
         with self.store.lock:
