@@ -162,6 +162,7 @@ class MainContext:
         self.estimator = estimator
         self.instructions = instructions
         self.tools = tools
+        self.tools_json = json.dumps(tools)  # counted with every prompt: serialised once
         self.core: list[CoreBlock] = []
         self.working_set = WorkingSet()
         self.summary = ""
@@ -190,38 +191,43 @@ class MainContext:
     def section_tokens(self) -> dict[str, int]:
         count = self.estimator.count
         return {
-            "instructions": count(self.instructions) + count(json.dumps(self.tools)),
+            "instructions": count(self.instructions) + count(self.tools_json),
             "core memory": count(self._core_text()),
             "working set": count(self._pages_text()),
             "summary": count(self._summary_text()),
             "messages": sum(m.tokens for m in self.messages),
         }
 
+    def _sections(self) -> list[str]:
+        parts = [self.instructions, self._core_text(), self._pages_text()]
+        if self.summary:
+            parts.append(self._summary_text())
+        return parts
+
+    def _estimate(self, system: str) -> int:
+        """Tokens of a prompt with this system message: it, the schemas, the messages."""
+        return (self.estimator.count(system) + self.estimator.count(self.tools_json)
+                + sum(m.tokens for m in self.messages) + 8 * (len(self.messages) + 1))
+
     def used(self) -> int:
-        return sum(self.section_tokens().values()) + 8 * (len(self.messages) + 1)
+        return self._estimate("\n\n".join(self._sections()))
 
     def pressure(self) -> bool:
         return self.used() >= PRESSURE_WARNING * self.budget
 
-    def system_prompt(self) -> str:
-        parts = [self.instructions, self._core_text(), self._pages_text()]
-        if self.summary:
-            parts.append(self._summary_text())
-        if self.pressure():
-            share = round(100 * self.used() / self.budget)
-            parts.append(
-                f"## Memory pressure: {share}% of your context is in use. Save what matters "
-                "with archival_memory_insert or core_memory_append and close_code pages you "
-                "no longer need; the oldest messages will soon be evicted to recall storage.")
-        return "\n\n".join(parts)
-
     def prompt(self) -> tuple[list[dict], int]:
         """Messages for Ollama and their estimated token count (system included)."""
-        system = self.system_prompt()
+        parts = self._sections()
+        used = self._estimate("\n\n".join(parts))
+        if used >= PRESSURE_WARNING * self.budget:
+            parts.append(
+                f"## Memory pressure: {round(100 * used / self.budget)}% of your context is in use. "
+                "Save what matters with archival_memory_insert or core_memory_append and "
+                "close_code pages you no longer need; the oldest messages will soon be evicted "
+                "to recall storage.")
+        system = "\n\n".join(parts)
         messages = [{"role": "system", "content": system}] + [m.to_ollama() for m in self.messages]
-        estimate = (self.estimator.count(system) + self.estimator.count(json.dumps(self.tools))
-                    + sum(m.tokens for m in self.messages) + 8 * len(messages))
-        return messages, estimate
+        return messages, self._estimate(system)
 
     # -- eviction ----------------------------------------------------------------------
     def evictable_groups(self) -> list[list[ContextMessage]]:
