@@ -147,7 +147,7 @@ class Agent:
         ws = self.context.working_set
         if id is not None:
             pages = self.engine.pager.pages([Candidate(int(id), 0.9, "opened by the model")],
-                                            self.context.budget)
+                                            self.context.budget, estimator=self.context.estimator)
             if not pages:
                 raise CodevmError(f"no code with id {id}; use an id from search_code")
             page = pages[0]

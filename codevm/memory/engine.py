@@ -446,9 +446,9 @@ class Engine:
         conversation.restore()
         conversation.add(ContextMessage("user", question, estimator.count(question) + 4))
         # the heuristic pager fills the working set's share before the model sees anything
-        self.pager.estimator = estimator
         share = int(settings.pager_share * context.budget) - context.working_set.tokens
-        for page in self.pager.prefetch(question, max(0, share), set(context.working_set.pages)):
+        for page in self.pager.prefetch(question, max(0, share), set(context.working_set.pages),
+                                        estimator):
             page.last_used = context.working_set.clock
             context.working_set.page_in(page)
         conversation.fit()

@@ -154,8 +154,11 @@ class HeuristicPager:
                 best[c.chunk_id] = c
         return sorted(best.values(), key=lambda c: -c.relevance)
 
-    def pages(self, candidates: list[Candidate], budget: int, have: set[str] | None = None) -> list[Page]:
-        """Pages for the most relevant candidates that fit in `budget` tokens."""
+    def pages(self, candidates: list[Candidate], budget: int, have: set[str] | None = None,
+              estimator: TokenEstimator | None = None) -> list[Page]:
+        """Pages for the most relevant candidates that fit in `budget` tokens, counted by
+        `estimator` (the asking context's calibrated one; by default the pager's)."""
+        count = (estimator or self.estimator).count
         if not candidates:
             return []
         con = self.store.cursor()
@@ -172,7 +175,7 @@ class HeuristicPager:
                 continue
             page = Page(f"chunk:{row[0]}", row[1], row[2], row[3], row[4], 0, row[5] or "",
                         relevance=round(c.relevance, 3), reason=c.reason)
-            page.tokens = self.estimator.count(page.render())
+            page.tokens = count(page.render())
             if used + page.tokens > budget:
                 continue  # a smaller page further down may still fit
             if any(p.path == page.path and p.start_line <= page.start_line and page.end_line <= p.end_line
@@ -182,9 +185,11 @@ class HeuristicPager:
             used += page.tokens
         return chosen
 
-    def prefetch(self, question: str, budget: int, have: set[str] | None = None) -> list[Page]:
+    def prefetch(self, question: str, budget: int, have: set[str] | None = None,
+                 estimator: TokenEstimator | None = None) -> list[Page]:
         # enough search hits to fill the budget (chunks average ~250 tokens)
-        return self.pages(self.candidates(question, k_search=max(30, budget // 150)), budget, have)
+        return self.pages(self.candidates(question, k_search=max(30, budget // 150)), budget, have,
+                          estimator)
 
 
 _TEXT_EXTENSIONS = {".md", ".rst", ".txt", ".toml", ".yaml", ".yml", ".json", ".cfg", ".ini"}
