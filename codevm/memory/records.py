@@ -264,21 +264,22 @@ class Recall:
                 "RETURNING created_at", [sid, title[:200]]).fetchone()
         return SessionInfo(sid, title[:200], _iso(row[0]), _iso(row[0]), 0)
 
+    _SESSIONS = ("SELECT s.id, s.title, s.created_at, s.updated_at, "
+                 "(SELECT count(*) FROM messages m WHERE m.session_id = s.id), s.summary "
+                 "FROM sessions s ")
+
+    def _sessions(self, where: str, params: list) -> list[SessionInfo]:
+        rows = self.store.cursor().execute(self._SESSIONS + where, params).fetchall()
+        return [SessionInfo(r[0], r[1], _iso(r[2]), _iso(r[3]), r[4], r[5] or "") for r in rows]
+
     def session(self, session_id: str) -> SessionInfo:
-        row = self.store.cursor().execute(
-            "SELECT s.id, s.title, s.created_at, s.updated_at, "
-            "(SELECT count(*) FROM messages m WHERE m.session_id = s.id), s.summary "
-            "FROM sessions s WHERE s.id = ?", [session_id]).fetchone()
-        if row is None:
+        found = self._sessions("WHERE s.id = ?", [session_id])
+        if not found:
             raise InvalidArgument(f"no session {session_id!r}; `codevm memory sessions` lists them")
-        return SessionInfo(row[0], row[1], _iso(row[2]), _iso(row[3]), row[4], row[5] or "")
+        return found[0]
 
     def sessions(self, limit: int = 50) -> list[SessionInfo]:
-        rows = self.store.cursor().execute(
-            "SELECT s.id, s.title, s.created_at, s.updated_at, "
-            "(SELECT count(*) FROM messages m WHERE m.session_id = s.id), s.summary "
-            "FROM sessions s ORDER BY s.updated_at DESC LIMIT ?", [limit]).fetchall()
-        return [SessionInfo(r[0], r[1], _iso(r[2]), _iso(r[3]), r[4], r[5] or "") for r in rows]
+        return self._sessions("ORDER BY s.updated_at DESC LIMIT ?", [limit])
 
     def latest(self) -> SessionInfo | None:
         found = self.sessions(1)
