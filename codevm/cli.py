@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from codevm import __version__
 from codevm.errors import CodevmError, ProjectNotFound
 from codevm.indexers.pipeline import Progress as IndexProgress
 from codevm.memory.engine import Engine, find_root, to_dict
+from codevm.service import RemoteEngine, open_engine, service_info, stop_service
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -47,8 +49,9 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @contextmanager
-def engine_at(start: str = ".") -> Iterator[Engine]:
-    with Engine.open(start) as engine:
+def engine_at(start: str = ".", root: Path | None = None) -> Iterator[Engine | RemoteEngine]:
+    """The project's engine, through its service (started if need be)."""
+    with open_engine(root or find_root(Path(start))) as engine:
         yield engine
 
 
@@ -75,7 +78,7 @@ def index(path: str, as_json: bool) -> None:
         root = find_root(target)
     except ProjectNotFound:
         root = target
-    with Engine(root) as engine:
+    with engine_at(root=root) as engine:
         only = None if target == root else [str(target)]
         columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[detail]}"), TimeElapsedColumn())
@@ -202,10 +205,59 @@ def status(as_json: bool) -> None:
                   markup=False)
     for e in st.errors:
         out.print(f"error      {e}", markup=False)
+    watching = (f"watching files for changes, {st.pending_changes} pending" if st.watching
+                else st.watch_error or "not watching files")
+    out.print(f"updated    {st.last_updated_at or 'never'}; {watching}", markup=False)
+    owner = "this process" if st.process == os.getpid() else "the codevm service"
+    out.print(f"served by  {owner} (pid {st.process})", markup=False)
 
 
-if __name__ == "__main__":
-    main()
+# -- the engine service --------------------------------------------------------------------
+@main.group()
+def service() -> None:
+    """The engine service: one process per project that owns its index (started on demand)."""
+
+
+@service.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def service_status(as_json: bool) -> None:
+    """Whether the project's service runs, since when, with how many clients."""
+    root = find_root(Path("."))
+    info = service_info(root)
+    if as_json:
+        _print_json({"running": info is not None, **(info or {})})
+        return
+    if info is None:
+        out.print(f"no service runs for {root}; the next command starts one", markup=False)
+        return
+    out.print(f"running    pid {info['pid']} since {info['started_at']} at {info['address']}",
+              markup=False)
+    out.print(f"clients    {info['clients']} connected, {info['calls']} calls served, "
+              f"exits after {info['idle_seconds']}s without clients", markup=False)
+    out.print(f"watching   {'yes' if info['watching'] else 'no'}, "
+              f"{info['pending_changes']} changes pending", markup=False)
+
+
+@service.command("stop")
+@handle_errors
+def service_stop() -> None:
+    """Stop the project's service (clients start a new one when they need it)."""
+    root = find_root(Path("."))
+    info = stop_service(root)
+    out.print(f"stopped the service (pid {info['pid']})" if info else "no service was running",
+              markup=False)
+
+
+@service.command("run")
+@click.option("--root", "root_", default=".", type=click.Path(file_okay=False),
+              help="The project's root folder.")
+@handle_errors
+def service_run(root_: str) -> None:
+    """Run the service in the foreground, logging to stderr (clients start it by themselves)."""
+    from codevm.service import main as run
+
+    sys.exit(run([str(Path(root_).resolve())]))
 
 
 # -- asking and memory -------------------------------------------------------------------

@@ -26,6 +26,11 @@ class Settings:
     answer_reserve: int = 1024  # tokens of num_ctx kept free for the answer
     max_steps: int = 8  # function calls per question
     pager_share: float = 0.5  # share of the budget the working set may take
+    # the engine service (one process per project owns the database)
+    service: bool = True  # False: every command opens the database in its own process
+    service_idle_seconds: int = 600  # the service exits after this long without clients
+    watch: bool = True  # the service re-indexes files as they change on disk
+    watch_debounce_ms: int = 300
 
     @classmethod
     def load(cls, root: Path | None, env: dict[str, str] | None = None) -> Settings:
@@ -51,6 +56,8 @@ class Settings:
             try:
                 if isinstance(default, list):
                     value = [str(v) for v in (value if isinstance(value, list) else [value])]
+                elif isinstance(default, bool):
+                    value = _boolean(value)
                 else:
                     value = type(default)(value)
             except (TypeError, ValueError):
@@ -59,6 +66,17 @@ class Settings:
                 ) from None
             setattr(settings, name, value)
         return settings
+
+
+def _boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(text)
 
 
 def _read_toml(path: Path) -> dict:

@@ -33,3 +33,7 @@ class ModelUnavailable(CodevmError):
 
 class ModelMissing(CodevmError):
     """Ollama runs but does not have the model."""
+
+
+class ServiceUnavailable(CodevmError):
+    """The project's engine service could not be reached or started."""

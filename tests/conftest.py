@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from codevm.memory.engine import Engine
+from codevm.service import stop_service
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -17,15 +19,18 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("CODEVM_"):
             monkeypatch.delenv(key)
+    # a service that a test leaves behind goes away by itself
+    monkeypatch.setenv("CODEVM_SERVICE_IDLE_SECONDS", "60")
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
+def project(tmp_path: Path) -> Iterator[Path]:
     """A copy of the polyglot fixture: one small source file per supported language."""
     root = tmp_path / "project"
     shutil.copytree(FIXTURES / "polyglot", root)
     (root / ".git").mkdir()
-    return root
+    yield root
+    stop_service(root)  # started by the commands, servers and clients under test
 
 
 def add_bad_files(root: Path) -> dict[str, str]:

@@ -100,11 +100,19 @@ def _read_lines(path: str) -> list[str]:
         return []
 
 
+def within(path: str, prefixes: tuple[str, ...] | None) -> bool:
+    """Whether `path` is one of `prefixes` or lies under one (None: everything)."""
+    return prefixes is None or any(path == p or path.startswith(p + "/") for p in prefixes)
+
+
 def walk_project(root: str, extra_ignores: list[str] | None = None,
-                 max_file_bytes: int = 1 << 20) -> Iterator[Candidate | Skipped]:
+                 max_file_bytes: int = 1 << 20,
+                 only: tuple[str, ...] | None = None) -> Iterator[Candidate | Skipped]:
     """Yield every candidate file under `root` and every file skipped with its reason.
 
-    Vanishing or unreadable directories are reported as skipped and the walk goes on.
+    `only`: just these paths (files or folders, relative, '/'-separated); the walk goes
+    down to them without visiting the rest. Vanishing or unreadable directories are
+    reported as skipped and the walk goes on.
     """
     root = os.path.realpath(root)
     rules = IgnoreRules(root, extra_ignores or [])
@@ -126,6 +134,9 @@ def walk_project(root: str, extra_ignores: list[str] | None = None,
         subdirs: list[str] = []
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            if only is not None and not within(rel, only) and not any(
+                    p.startswith(rel + "/") for p in only):
+                continue  # neither one of the paths asked for nor on the way to one
             is_link = False
             try:
                 is_link = entry.is_symlink()

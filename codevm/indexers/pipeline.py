@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from codevm.config import Settings
-from codevm.indexers.discovery import Candidate, Skipped, walk_project
+from codevm.indexers.discovery import Candidate, Skipped, walk_project, within
 from codevm.indexers.languages import EXTRACTOR_VERSION
 from codevm.indexers.worker import Limits, TaskFile, TaskResult, run_task
 from codevm.memory.store import Store
@@ -93,13 +93,8 @@ class Indexer:
         skipped: list[tuple[str, str]] = []
         seen: set[str] = set()
         prefixes = tuple(p.rstrip("/") for p in only) if only else None
-
-        def wanted(path: str) -> bool:
-            return prefixes is None or any(path == p or path.startswith(p + "/") for p in prefixes)
-
-        for item in walk_project(str(self.root), self.settings.ignore, self.settings.max_file_bytes):
-            if not wanted(item.path):
-                continue
+        for item in walk_project(str(self.root), self.settings.ignore, self.settings.max_file_bytes,
+                                 prefixes):
             seen.add(item.path)
             report.files_seen += 1
             old = known.get(item.path)
@@ -118,7 +113,7 @@ class Indexer:
                 continue
             known_hash = old[2] if current and old[4] == "indexed" else None
             todo.append(TaskFile(item.path, item.size, item.mtime_ns, known_hash))
-        deleted = [p for p in known if p not in seen and wanted(p)]
+        deleted = [p for p in known if p not in seen and within(p, prefixes)]
         report.deleted = len(deleted)
         self._index(todo, deleted, skipped, report, notify)
         report.seconds = time.perf_counter() - started

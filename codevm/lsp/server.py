@@ -23,6 +23,7 @@ from codevm import __version__
 from codevm.config import Settings
 from codevm.errors import CodevmError
 from codevm.memory.engine import MIN_BUDGET, Engine, to_dict
+from codevm.service import RemoteEngine, open_engine
 
 log = logging.getLogger("codevm.lsp")
 DEBOUNCE_SECONDS = 0.15  # typing pauses longer than this; keeps edit -> symbol under 300 ms
@@ -45,7 +46,7 @@ def uri_to_path(uri: str) -> Path:
 class CodevmLanguageServer(LanguageServer):
     def __init__(self) -> None:
         super().__init__("codevm", __version__)
-        self.engine: Engine | None = None
+        self.engine: Engine | RemoteEngine | None = None
         self.settings_overrides: dict[str, Any] = {}
         self._timers: dict[str, threading.Timer] = {}
 
@@ -138,7 +139,10 @@ def initialize(ls: CodevmLanguageServer, params: t.InitializeParams) -> None:
     folders = params.workspace_folders or []
     root = uri_to_path(folders[0].uri) if folders else (
         uri_to_path(params.root_uri) if params.root_uri else Path.cwd())
-    ls.engine = Engine(root.resolve(), _settings(root, params.initialization_options))
+    settings = _settings(root, params.initialization_options)
+    ls.engine = open_engine(root.resolve(), settings)  # the project's service, started if need be
+    if params.initialization_options:
+        ls.engine.configure(settings)  # the editor's settings also govern the shared index
 
 
 @server.feature(t.INITIALIZED)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from codevm.memory.records import (
     CoreBlock, CoreMemory, MessageRecord, Note, Notes, Recall, SessionInfo)
 from codevm.memory.search import SearchHit, search
 from codevm.memory.store import Store
+from codevm.memory.watcher import Watcher
 
 DATA_DIR = ".codevm"
 MIN_BUDGET = 1500  # tokens of main context: instructions and schemas take ~1,000
@@ -72,7 +74,12 @@ class Status:
     languages: dict[str, int] = field(default_factory=dict)  # language -> files
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> files
     errors: list[str] = field(default_factory=list)
-    last_indexed_at: str | None = None
+    last_indexed_at: str | None = None  # the last full or partial index run
+    last_updated_at: str | None = None  # the last time a change reached the index
+    process: int = 0  # pid of the process that owns the database
+    watching: bool = False  # files are re-indexed as they change on disk
+    pending_changes: int = 0  # changed files waiting to be indexed
+    watch_error: str = ""
 
 
 @dataclass
@@ -142,22 +149,40 @@ def database_path(root: Path) -> Path:
     return root / DATA_DIR / "index.duckdb"
 
 
+def data_folder(root: Path) -> Path:
+    """The folder of the project's database (created, with a `.gitignore` inside a project)."""
+    folder = database_path(root).parent
+    if not folder.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        if folder == root / DATA_DIR:
+            (folder / ".gitignore").write_text("*\n", encoding="utf-8")
+    return folder
+
+
+def project_path(root: Path, path: str) -> str:
+    """A path given by a user or client -> '/'-separated path inside the project `root`."""
+    if not path or "\0" in path:
+        raise InvalidArgument("empty or invalid path")
+    p = Path(path)
+    full = (p if p.is_absolute() else root / p).resolve()
+    if full != root and root not in full.parents:
+        raise PathOutsideProject(f"{path} is outside the project {root}")
+    return full.relative_to(root).as_posix()
+
+
 class Engine:
     def __init__(self, root: Path, settings: Settings | None = None):
         self.root = root.resolve()
         self.settings = settings or Settings.load(self.root)
-        db = database_path(self.root)
-        data_dir = self.root / DATA_DIR
-        if db.parent == data_dir and not data_dir.exists():
-            data_dir.mkdir(parents=True)
-            (data_dir / ".gitignore").write_text("*\n", encoding="utf-8")
-        self.store = Store(db)
+        data_folder(self.root)
+        self.store = Store(database_path(self.root))
         self.indexer = Indexer(self.root, self.store, self.settings)
         self._indexed = False  # once indexed, a project stays indexed
         self.notes = Notes(self.store)
         self.core = CoreMemory(self.store)
         self.recall_storage = Recall(self.store)
         self.pager = HeuristicPager(self.store, TokenEstimator())
+        self.watcher: Watcher | None = None  # set by the engine service
 
     @classmethod
     def open(cls, start: Path | str = ".") -> Engine:
@@ -175,13 +200,7 @@ class Engine:
     # -- paths -------------------------------------------------------------------------
     def relative_path(self, path: str) -> str:
         """A path given by a user or client -> '/'-separated path inside the project."""
-        if not path or "\0" in path:
-            raise InvalidArgument("empty or invalid path")
-        p = Path(path)
-        full = (p if p.is_absolute() else self.root / p).resolve()
-        if full != self.root and self.root not in full.parents:
-            raise PathOutsideProject(f"{path} is outside the project {self.root}")
-        return full.relative_to(self.root).as_posix()
+        return project_path(self.root, path)
 
     # -- indexing ----------------------------------------------------------------------
     def index(self, paths: list[str] | None = None,
@@ -189,7 +208,11 @@ class Engine:
         only = [self.relative_path(p) for p in paths] if paths else None
         if only == [""]:
             only = None
-        report = self.indexer.run(only, progress)
+        return self._indexed_now(self.indexer.run(only, progress))
+
+    def _indexed_now(self, report: IndexReport) -> IndexReport:
+        if report.parsed or report.deleted or report.errors:
+            self.store.set_meta("last_updated_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         self.notes.mark_stale()
         return report
 
@@ -205,9 +228,7 @@ class Engine:
 
     def update_file(self, path: str, text: str | None = None) -> IndexReport:
         """Re-index one file now, from its unsaved `text` or from disk."""
-        report = self.indexer.update_texts({self.relative_path(path): text})
-        self.notes.mark_stale()
-        return report
+        return self._indexed_now(self.indexer.update_texts({self.relative_path(path): text}))
 
     # -- queries -----------------------------------------------------------------------
     def _require_index(self) -> None:
@@ -329,6 +350,7 @@ class Engine:
         return CodeText(rel, start, end, total, "\n".join(lines[start - 1 : end]))
 
     def status(self) -> Status:
+        watcher = self.watcher
         con = self.store.cursor()
         one = lambda sql: con.execute(sql).fetchone()[0]  # noqa: E731
         db = self.store.path
@@ -351,6 +373,11 @@ class Engine:
                 "SELECT path, reason FROM files WHERE status = 'error' ORDER BY path LIMIT 50"
             ).fetchall()],
             last_indexed_at=self.store.get_meta("last_indexed_at"),
+            last_updated_at=self.store.get_meta("last_updated_at"),
+            process=os.getpid(),
+            watching=watcher is not None and watcher.running,
+            pending_changes=watcher.pending_count() if watcher else 0,
+            watch_error=watcher.error if watcher else "",
         )
 
     # -- memory: notes, core blocks, recall ----------------------------------------------
@@ -395,10 +422,12 @@ class Engine:
 
     # -- asking ------------------------------------------------------------------------
     def ask(self, question: str, session: str | None = None, budget: int | None = None,
-            on_text: Callable[[str], None] | None = None, new_session: bool = False) -> AskResult:
+            on_text: Callable[[str], None] | None = None, new_session: bool = False,
+            settings: Settings | None = None) -> AskResult:
         """Answer a question with the local model inside a bounded main context.
 
         `session`: continue that session; None continues the latest unless `new_session`.
+        `settings`: the asking client's model settings (model, host, context), if not ours.
         Without a reachable model the answer is the pages the heuristic pager chose.
         """
         if not question or not question.strip():
@@ -410,7 +439,7 @@ class Engine:
         else:
             latest = None if new_session else recall.latest()
             info = latest or recall.new_session()
-        settings = self.settings
+        settings = settings or self.settings
         model: OllamaModel | None = OllamaModel(settings.model, settings.ollama_host)
         notice = ""
         num_ctx = settings.num_ctx

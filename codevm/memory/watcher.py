@@ -1,0 +1,107 @@
+"""Keeps a project's index current as its files change on disk.
+
+The engine service runs one watcher per project, so an index shared by several clients
+stays fresh even when no editor reports edits. Changes are debounced into batches; each
+batch re-indexes only its paths (a changed ignore file re-checks everything). On start,
+a catch-up run picks up what changed while no service was running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import TYPE_CHECKING
+
+import watchfiles
+
+from codevm.errors import CodevmError
+from codevm.indexers.discovery import DEFAULT_EXCLUDED_DIRS
+
+if TYPE_CHECKING:
+    from codevm.memory.engine import Engine
+
+log = logging.getLogger("codevm.watcher")
+
+IGNORE_FILES = frozenset({".gitignore", ".codevmignore", "exclude"})
+TICK_MS = 1000  # the watch loop wakes this often even without changes
+
+
+class Watcher:
+    def __init__(self, engine: Engine, debounce_ms: int = 300):
+        self.engine = engine
+        self.root = os.path.realpath(engine.root)
+        self.data = os.path.realpath(engine.store.path.parent)
+        self.debounce_ms = max(debounce_ms, 50)
+        self.running = False
+        self.error = ""
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.running = True
+        self._thread = threading.Thread(target=self._run, name="codevm-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop watching; a batch being indexed is finished first (up to `timeout`)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def _wanted(self, _change: watchfiles.Change, path: str) -> bool:
+        if path == self.data or path.startswith(self.data + os.sep):
+            return False  # our own database and scratch files
+        rel = os.path.relpath(path, self.root)
+        parts = rel.split(os.sep)
+        return parts[0] != ".." and not any(p in DEFAULT_EXCLUDED_DIRS for p in parts[:-1])
+
+    def _run(self) -> None:
+        caught_up = False
+        try:
+            for changes in watchfiles.watch(
+                    self.root, watch_filter=self._wanted, debounce=self.debounce_ms, step=50,
+                    stop_event=self._stop, rust_timeout=TICK_MS, yield_on_timeout=True,
+                    raise_interrupt=False, ignore_permission_denied=True):
+                with self._lock:
+                    self._pending.update(os.path.relpath(p, self.root).replace(os.sep, "/")
+                                         for _, p in changes)
+                if not caught_up:
+                    # the watch is in place: nothing that changes from now on is missed
+                    caught_up = self._apply(everything=True)
+                elif self._pending:
+                    self._apply()
+        except Exception as e:  # noqa: BLE001 - the service goes on without watching
+            self.error = f"watching stopped: {type(e).__name__}: {e}"
+            log.warning("%s", self.error)
+        finally:
+            self.running = False
+
+    def _apply(self, everything: bool = False) -> bool:
+        """Index the pending paths; False when the project has never been indexed."""
+        with self._lock:
+            paths = sorted(self._pending)
+        if self.engine.store.get_meta("last_indexed_at") is None:
+            with self._lock:
+                self._pending.difference_update(paths)
+            return False  # nothing to keep fresh: the first index is the user's to start
+        if any(p.rsplit("/", 1)[-1] in IGNORE_FILES for p in paths):
+            everything = True
+        try:
+            report = self.engine.index(None if everything else paths)
+            if report.parsed or report.deleted:
+                log.info("re-indexed %d changed and %d removed files", report.parsed, report.deleted)
+        except (CodevmError, OSError) as e:
+            log.warning("re-indexing %d changed files failed: %s", len(paths), e)
+        except Exception:  # noqa: BLE001 - a database error must not stop the watching
+            log.exception("re-indexing %d changed files failed", len(paths))
+        finally:
+            with self._lock:
+                self._pending.difference_update(paths)
+        return True

@@ -1,0 +1,263 @@
+"""One engine service per project: the LSP server, the MCP server and the CLI at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from multiprocessing.connection import AuthenticationError, Client as RawClient
+from pathlib import Path
+
+import pytest
+from lsprotocol import types as t
+from mcp import Client, StdioServerParameters
+from pytest_lsp import LanguageClient, client_capabilities, make_test_lsp_client
+
+from codevm.config import Settings
+from codevm.memory.engine import Engine
+from codevm.service import RemoteEngine, ServiceFiles, lock_held, open_engine, service_info, stop_service
+from tests.test_cli import codevm
+from tests.test_mcp import _result
+
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("CODEVM_")}
+ENV["CODEVM_OLLAMA_HOST"] = "http://127.0.0.1:9"
+ENV["CODEVM_SERVICE_IDLE_SECONDS"] = "60"
+
+
+def wait_until(condition, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+async def await_until(condition, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+async def start_lsp(project: Path) -> LanguageClient:
+    client = make_test_lsp_client()
+    await client.start_io(sys.executable, "-m", "codevm", "lsp", env=ENV)
+    await client.initialize_session(t.InitializeParams(
+        capabilities=client_capabilities("visual-studio-code"),
+        workspace_folders=[t.WorkspaceFolder(uri=project.as_uri(), name="project")]))
+    deadline = time.monotonic() + 30
+    while not any(isinstance(p, t.WorkDoneProgressEnd) for r in client.progress_reports.values()
+                  for p in r):
+        assert time.monotonic() < deadline, "the LSP server did not finish its first index"
+        await asyncio.sleep(0.05)
+    return client
+
+
+def mcp_params(project: Path) -> StdioServerParameters:
+    return StdioServerParameters(command=sys.executable,
+                                 args=["-m", "codevm", "mcp", "--project", str(project)], env=ENV)
+
+
+async def hover_text(lsp: LanguageClient, project: Path) -> str:
+    app = project / "src/py/app.py"
+    text = app.read_text()
+    line = next(i for i, l in enumerate(text.splitlines()) if "total_area(" in l)
+    col = text.splitlines()[line].index("total_area") + 2
+    hover = await lsp.text_document_hover_async(t.HoverParams(
+        t.TextDocumentIdentifier(app.as_uri()), t.Position(line, col)))
+    return hover.contents.value
+
+
+def cli(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    result = codevm(project, *args, env=ENV)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.mark.asyncio
+async def test_lsp_mcp_and_cli_at_once_share_one_memory(project: Path) -> None:
+    cli(project, "index")
+    service_pid = service_info(project)["pid"]
+    lsp = await start_lsp(project)
+    try:
+        async with Client(mcp_params(project)) as mcp:
+            # a note remembered through MCP shows in the editor's hover and in the CLI
+            note = _result(await mcp.call_tool("remember", {
+                "text": "total_area is in square metres", "path": "src/py/shapes.py",
+                "symbol": "total_area"}))
+            assert "square metres" in await hover_text(lsp, project)
+            assert "square metres" in cli(project, "memory", "notes", "list").stdout
+
+            # an unsaved edit reported by the editor is found by the assistant
+            app = project / "src/py/app.py"
+            edited = app.read_text() + "\n\ndef zebra_crossing_counter():\n    return 7\n"
+            lsp.text_document_did_open(t.DidOpenTextDocumentParams(
+                t.TextDocumentItem(app.as_uri(), "python", 1, app.read_text())))
+            lsp.text_document_did_change(t.DidChangeTextDocumentParams(
+                t.VersionedTextDocumentIdentifier(version=2, uri=app.as_uri()),
+                [t.TextDocumentContentChangeWholeDocument(edited)]))
+
+            async def found() -> bool:
+                hits = _result(await mcp.call_tool("search_code", {"query": "zebra_crossing_counter"}))
+                return bool(hits["items"]) and hits["items"][0]["path"] == "src/py/app.py"
+            await await_until(found, "the edit to reach the assistant")
+
+            # all at the same time: CLI processes, MCP calls and LSP requests together
+            async def cli_search() -> str:
+                return (await asyncio.to_thread(cli, project, "search", "zebra", "crossing")).stdout
+            results = await asyncio.gather(
+                *(cli_search() for _ in range(3)),
+                *(mcp.call_tool("recall", {"query": "square metres"}) for _ in range(3)),
+                *(lsp.workspace_symbol_async(t.WorkspaceSymbolParams(query="total_area"))
+                  for _ in range(3)))
+            assert all("src/py/app.py" in r for r in results[:3])
+            assert all(_result(r)["items"][0]["id"] == note["id"] for r in results[3:6])
+            assert all(r and r[0].name == "total_area" for r in results[6:])
+            # one process served them all
+            status = json.loads(cli(project, "status", "--json").stdout)
+            assert status["process"] == service_pid == service_info(project)["pid"]
+    finally:
+        await lsp.shutdown_session()
+
+
+@pytest.mark.asyncio
+async def test_kill_9_of_the_service_and_every_client_recovers(project: Path) -> None:
+    cli(project, "index")
+    lsp = await start_lsp(project)
+    try:
+        async with Client(mcp_params(project)) as mcp:
+            _result(await mcp.call_tool("remember", {"text": "first note from the assistant"}))
+            cli(project, "memory", "notes", "add", "second note from the terminal")
+            await lsp.workspace_execute_command_async(t.ExecuteCommandParams(
+                "codevm.remember", [{"text": "third note from the editor"}]))
+            pid = service_info(project)["pid"]
+
+            os.kill(pid, signal.SIGKILL)
+            files = ServiceFiles.of(project)
+            wait_until(lambda: not lock_held(files), "the killed service to be gone")
+            assert files.info.exists()  # it had no chance to clean up
+
+            # every client's next request starts a new service and gets its answer
+            recalled = _result(await mcp.call_tool("recall", {"query": "note"}))["items"]
+            symbols = await lsp.workspace_symbol_async(t.WorkspaceSymbolParams(query="total_area"))
+            listed = cli(project, "memory", "notes", "list").stdout
+    finally:
+        await lsp.shutdown_session()
+    assert {n["text"] for n in recalled} == {"first note from the assistant",
+                                            "second note from the terminal", "third note from the editor"}
+    assert symbols and symbols[0].name == "total_area"
+    assert all(n in listed for n in ("first note", "second note", "third note"))
+    new_pid = service_info(project)["pid"]
+    assert new_pid != pid
+
+
+def test_clients_starting_at_the_same_instant_make_one_service(project: Path) -> None:
+    with Engine(project) as engine:  # in-process: index without any service
+        engine.index()
+    assert not lock_held(ServiceFiles.of(project))
+    starters = [subprocess.Popen([sys.executable, "-m", "codevm", "status", "--json"], cwd=project,
+                                 env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for _ in range(4)]
+    outputs = [p.communicate(timeout=120) for p in starters]
+    assert all(p.returncode == 0 for p in starters), [err for _, err in outputs]
+    pids = {json.loads(out)["process"] for out, _ in outputs}
+    assert len(pids) == 1 and pids == {service_info(project)["pid"]}
+    # the services that lost the race have left
+    if Path("/proc").is_dir():
+        def services() -> int:
+            count = 0
+            for proc in Path("/proc").iterdir():
+                try:
+                    cmd = (proc / "cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                count += b"codevm.service" in b" ".join(cmd) and str(project).encode() in cmd
+            return count
+        wait_until(lambda: services() == 1, "one service process")
+
+
+def test_the_socket_and_key_are_private_and_a_wrong_key_is_refused(project: Path) -> None:
+    with RemoteEngine(project) as engine:
+        engine.index()
+        files = ServiceFiles.of(project)
+        info = files.read_info()
+        assert info["family"] == "AF_UNIX"  # nothing listens on a network address
+        for path in (files.key, files.info, Path(info["address"])):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        with pytest.raises(AuthenticationError):
+            RawClient(info["address"], "AF_UNIX", authkey=b"not the key")
+        keyless = RawClient(info["address"], "AF_UNIX")
+        assert keyless.recv_bytes().startswith(b"#CHALLENGE#")  # and nothing else
+        keyless.send_bytes(b"garbage")
+        assert keyless.recv_bytes() == b"#FAILURE#"
+        with pytest.raises(EOFError):
+            keyless.recv_bytes()
+        assert engine.search("HandleHealth")[0].path == "src/native/server.go"  # still serving
+
+
+def test_idle_exit_status_stop_and_stale_files(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    files = ServiceFiles.of(project)
+    cli(project, "index")
+    shown = cli(project, "service", "status").stdout
+    assert f"pid {service_info(project)['pid']}" in shown and "watching   yes" in shown
+    assert "stopped the service" in cli(project, "service", "stop").stdout
+    assert not lock_held(files) and not files.info.exists()
+    assert "no service runs" in cli(project, "service", "status").stdout
+    assert "no service was running" in cli(project, "service", "stop").stdout
+
+    # files left by a crashed service: the next client replaces them
+    files.info.write_text(json.dumps({"pid": 999999, "family": "AF_UNIX",
+                                      "address": str(files.folder / "service.sock")}))
+    (files.folder / "service.sock").write_text("not a socket")
+    files.key.write_bytes(b"old key")
+    assert "src/native/server.go" in cli(project, "search", "HandleHealth").stdout
+    assert service_info(project)["pid"] != 999999
+
+    # a service with no client exits after its idle period
+    stop_service(project)
+    monkeypatch.setenv("CODEVM_SERVICE_IDLE_SECONDS", "1")
+    with RemoteEngine(project) as engine:
+        assert engine.status().files > 15
+        time.sleep(1.5)
+        assert lock_held(files)  # a connected client keeps it alive
+    wait_until(lambda: not lock_held(files), "the idle service to exit", timeout=15)
+    assert not files.info.exists()
+
+
+def test_the_service_keeps_the_index_fresh_without_an_editor(project: Path) -> None:
+    cli(project, "index")
+    with RemoteEngine(project) as engine:
+        wait_until(lambda: engine.status().watching, "the watcher")
+        extra = project / "src/py/extra.py"
+        extra.write_text("def freshly_written_helper():\n    return 42\n")
+        wait_until(lambda: any(h.path == "src/py/extra.py"
+                               for h in engine.search("freshly_written_helper")), "a new file")
+        status = engine.status()
+        assert status.last_updated_at and status.pending_changes == 0
+        extra.unlink()
+        wait_until(lambda: not engine.symbol("freshly_written_helper"), "a deleted file")
+    # what changes while no service runs is caught up when the next one starts
+    stop_service(project)
+    (project / "src/py/late.py").write_text("def written_while_nobody_watched():\n    pass\n")
+    with RemoteEngine(project) as engine:
+        wait_until(lambda: bool(engine.symbol("written_while_nobody_watched")), "the catch-up")
+
+
+def test_in_process_mode_and_a_project_another_process_holds(project: Path) -> None:
+    settings = Settings(service=False)
+    with open_engine(project, settings) as engine:
+        assert isinstance(engine, Engine)
+        engine.index()
+        assert engine.status().process == os.getpid()
+        # the database is ours: a service cannot open it, and says why in one line
+        result = codevm(project, "status", env=ENV)
+        assert result.returncode == 1
+        assert "in use by another codevm process" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not lock_held(ServiceFiles.of(project))
+    result = codevm(project, "status", "--json", env={**ENV, "CODEVM_SERVICE": "off"})
+    assert result.returncode == 0 and not lock_held(ServiceFiles.of(project))
