@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -18,9 +18,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from codevm import __version__
 from codevm.errors import CodevmError, ProjectNotFound
-from codevm.indexers.pipeline import Progress as IndexProgress
-from codevm.memory.engine import Engine, find_root, to_dict
+from codevm.api import Progress as IndexProgress
+from codevm.api import to_dict
+from codevm.project import find_root
 from codevm.service import RemoteEngine, open_engine, service_info, stop_service
+
+if TYPE_CHECKING:
+    from codevm.memory.engine import Engine
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -43,13 +43,15 @@ from dataclasses import dataclass
 from multiprocessing.connection import (
     AuthenticationError, Client, Connection, Listener, answer_challenge, deliver_challenge)
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from codevm import __version__
 from codevm.config import Settings
 from codevm.errors import CodevmError, InvalidArgument, ServiceUnavailable
-from codevm.memory.engine import Engine, data_folder, database_path, project_path
-from codevm.memory.watcher import Watcher
+from codevm.project import data_folder, database_path, project_path
+
+if TYPE_CHECKING:
+    from codevm.memory.engine import Engine
 
 try:
     import fcntl
@@ -65,9 +67,15 @@ START_TIMEOUT = 30.0  # seconds to wait for a service to answer (it may replay a
 STOP_TIMEOUT = 10.0
 MAX_LOG_BYTES = 1 << 20
 SERVICE_MAIN = "import sys; from codevm.service import main; sys.exit(main())"
-ENGINE_METHODS = frozenset(
-    name for name in dir(Engine)
-    if not name.startswith("_") and callable(getattr(Engine, name)) and name not in ("open", "close"))
+# what clients may call: the Engine's public API (a test checks that none is missing).
+# Clients import none of the engine's modules (database, parsers, model client): a CLI
+# command then starts in a fraction of the time.
+ENGINE_METHODS = frozenset({
+    "ask", "configure", "conversation_search", "core_memory", "core_memory_block",
+    "core_memory_update", "definitions", "describe", "find_symbols", "forget", "index",
+    "list_notes", "new_session", "outline", "read", "read_chunk", "recall", "refs",
+    "relative_path", "remember", "search", "session_messages", "sessions", "status", "symbol",
+    "update_file", "warm_up"})
 
 
 # -- files and locks ----------------------------------------------------------------------
@@ -203,6 +211,9 @@ class Service:
             time.sleep(0.05)
         listener = None
         try:
+            from codevm.memory.engine import Engine
+            from codevm.memory.watcher import Watcher
+
             self.engine = Engine(self.root, self.settings)
             key = secrets.token_bytes(32)
             listener = self._listen(key)
@@ -596,6 +607,8 @@ def open_engine(root: Path, settings: Settings | None = None) -> Engine | Remote
     """The project's engine: through its service, or in this process if `service` is off."""
     settings = settings or Settings.load(root)
     if not settings.service:
+        from codevm.memory.engine import Engine
+
         return Engine(root, settings)
     return RemoteEngine(root, settings)
 

@@ -20,7 +20,8 @@ from pytest_lsp import LanguageClient, client_capabilities, make_test_lsp_client
 
 from codevm.config import Settings
 from codevm.memory.engine import Engine
-from codevm.service import RemoteEngine, ServiceFiles, lock_held, open_engine, service_info, stop_service
+from codevm.service import (
+    ENGINE_METHODS, RemoteEngine, ServiceFiles, lock_held, open_engine, service_info, stop_service)
 from tests.test_cli import codevm
 from tests.test_mcp import _result
 
@@ -261,3 +262,17 @@ def test_in_process_mode_and_a_project_another_process_holds(project: Path) -> N
     assert not lock_held(ServiceFiles.of(project))
     result = codevm(project, "status", "--json", env={**ENV, "CODEVM_SERVICE": "off"})
     assert result.returncode == 0 and not lock_held(ServiceFiles.of(project))
+
+
+def test_clients_reach_every_engine_method_and_load_no_engine_module(project: Path) -> None:
+    public = {n for n in dir(Engine) if not n.startswith("_") and callable(getattr(Engine, n))}
+    assert public - {"open", "close"} == ENGINE_METHODS
+    # a CLI client unpickles answers without the database, parsers or model client
+    cli(project, "index")
+    probe = ("import sys, runpy; sys.argv = ['codevm', 'search', 'total_area']\n"
+             "try:\n    runpy.run_module('codevm', run_name='__main__')\n"
+             "except SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('duckdb', 'tree_sitter', 'ollama') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=project, env=ENV, capture_output=True,
+                            text=True, timeout=60)
+    assert "src/py/shapes.py" in result.stdout and result.stdout.strip().endswith("[]"), result

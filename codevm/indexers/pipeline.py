@@ -12,7 +12,6 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from codevm.config import Settings
@@ -20,32 +19,14 @@ from codevm.indexers.discovery import Candidate, Skipped, walk_project, within
 from codevm.indexers.languages import EXTRACTOR_VERSION
 from codevm.indexers.worker import Limits, TaskFile, TaskResult, run_task
 from codevm.memory.store import Store
+from codevm.api import IndexReport, Progress
 
 TASK_FILES = 24  # files per worker task: small enough to balance the cores
 IN_PROCESS_MAX = 8  # fewer changed files than this are parsed without worker processes
 
 
-@dataclass
-class Progress:
-    phase: str  # "scanning", "indexing", "done"
-    done: int = 0
-    total: int = 0
-    chunks: int = 0
-    skipped: int = 0
-    errors: int = 0
 
 
-@dataclass
-class IndexReport:
-    files_seen: int = 0
-    parsed: int = 0
-    unchanged: int = 0
-    skipped: int = 0
-    errors: int = 0
-    deleted: int = 0
-    chunks: int = 0
-    seconds: float = 0.0
-    messages: list[str] = field(default_factory=list)
 
 
 def _alive(pid: int) -> bool:

@@ -13,7 +13,7 @@ import re
 import threading
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from lsprotocol import types as t
@@ -22,8 +22,11 @@ from pygls.lsp.server import LanguageServer
 from codevm import __version__
 from codevm.config import Settings
 from codevm.errors import CodevmError
-from codevm.memory.engine import MIN_BUDGET, Engine, to_dict
+from codevm.api import MIN_BUDGET, to_dict
 from codevm.service import RemoteEngine, open_engine
+
+if TYPE_CHECKING:
+    from codevm.memory.engine import Engine
 
 log = logging.getLogger("codevm.lsp")
 DEBOUNCE_SECONDS = 0.15  # typing pauses longer than this; keeps edit -> symbol under 300 ms

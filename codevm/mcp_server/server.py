@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 import anyio.from_thread
@@ -18,10 +18,11 @@ from mcp.types import ToolAnnotations
 from pydantic import Field
 
 from codevm.errors import CodevmError
-from codevm.indexers.pipeline import Progress
+from codevm.api import CORE_BLOCKS, Progress, to_dict
 from codevm.mcp_server import tools
-from codevm.memory.engine import Engine, to_dict
-from codevm.memory.records import CORE_BLOCKS
+
+if TYPE_CHECKING:
+    from codevm.memory.engine import Engine
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 WRITES = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)

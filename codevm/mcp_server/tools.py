@@ -8,10 +8,13 @@ Bad arguments raise InvalidArgument, which the server turns into a tool error.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from codevm.errors import InvalidArgument
-from codevm.memory.engine import Engine, to_dict
+from codevm.api import to_dict
+
+if TYPE_CHECKING:  # or the RemoteEngine of a service: the same API
+    from codevm.memory.engine import Engine
 
 MAX_K = 50
 DEFAULT_MAX_CHARS = 12_000

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from codevm.errors import CodevmError
 from codevm.memory.context import ContextMessage, MainContext, Page
 from codevm.memory.pager import Candidate
+from codevm.api import StepLog
 
 if TYPE_CHECKING:
     from codevm.memory.engine import Engine
@@ -100,12 +101,6 @@ def parse_text_call(content: str) -> dict | None:
     return None
 
 
-@dataclass
-class StepLog:
-    function: str
-    arguments: dict
-    ok: bool
-    summary: str
 
 
 @dataclass

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from codevm.errors import InvalidArgument
 from codevm.memory.records import CoreBlock
+from codevm.api import ContextReport, SectionReport
 
 PRESSURE_WARNING = 0.72  # share of the budget at which the model is warned
 CHARS_PER_TOKEN = 3.6  # code and prose with a BPE tokenizer, before calibration
@@ -133,22 +134,8 @@ class ContextMessage:
         return out
 
 
-@dataclass
-class SectionReport:
-    name: str
-    tokens: int
-    items: list[str] = field(default_factory=list)
 
 
-@dataclass
-class ContextReport:
-    """What main context holds, for `--show-context` and status views."""
-
-    budget: int
-    num_ctx: int
-    used: int
-    sections: list[SectionReport]
-    pressure: bool
 
 
 class MainContext:

@@ -5,169 +5,30 @@ Arguments and results are plain JSON-serialisable dataclasses.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from codevm.api import (
+    MIN_BUDGET, AskResult, CodeText, CoreBlock, IndexReport, MessageRecord, Note, PageInfo, Progress, RefInfo,
+    SearchHit, SessionInfo, Status, SymbolDetail, SymbolInfo, to_dict)
 from codevm.config import Settings
-from codevm.errors import InvalidArgument, NotIndexed, PathOutsideProject, ProjectNotFound
-from codevm.indexers.pipeline import Indexer, IndexReport, Progress
-from codevm.errors import ModelMissing, ModelUnavailable
-from codevm.memory.agent import INSTRUCTIONS, TOOLS, Agent, StepLog
-from codevm.memory.context import ContextMessage, ContextReport, MainContext, TokenEstimator
+from codevm.errors import InvalidArgument, ModelMissing, ModelUnavailable, NotIndexed
+from codevm.indexers.pipeline import Indexer
+from codevm.memory.agent import INSTRUCTIONS, TOOLS, Agent
+from codevm.memory.context import ContextMessage, MainContext, TokenEstimator
 from codevm.memory.conversation import SUMMARY_PROMPT, Conversation
 from codevm.memory.model import ModelReply, OllamaModel
 from codevm.memory.pager import HeuristicPager
-from codevm.memory.records import (
-    CoreBlock, CoreMemory, MessageRecord, Note, Notes, Recall, SessionInfo)
-from codevm.memory.search import SearchHit, search
+from codevm.memory.records import CoreMemory, Notes, Recall
+from codevm.memory.search import search
 from codevm.memory.store import Store
 from codevm.memory.watcher import Watcher
+from codevm.project import data_folder, database_path, find_root, project_path
 
-DATA_DIR = ".codevm"
-MIN_BUDGET = 1500  # tokens of main context: instructions and schemas take ~1,000
+__all__ = ["Engine", "MIN_BUDGET", "find_root", "to_dict"]
 
-
-@dataclass
-class SymbolInfo:
-    name: str
-    qualified_name: str
-    kind: str
-    path: str
-    start_line: int
-    end_line: int
-    signature: str
-    language: str
-
-
-@dataclass
-class RefInfo:
-    name: str
-    kind: str  # call | import
-    path: str
-    line: int
-    caller: str  # qualified name of the enclosing definition ('' at module level)
-    language: str
-
-
-@dataclass
-class CodeText:
-    path: str
-    start_line: int
-    end_line: int
-    total_lines: int
-    text: str
-
-
-@dataclass
-class Status:
-    root: str
-    database: str
-    database_bytes: int
-    files: int
-    chunks: int
-    symbols: int
-    refs: int
-    languages: dict[str, int] = field(default_factory=dict)  # language -> files
-    skipped: dict[str, int] = field(default_factory=dict)  # reason -> files
-    errors: list[str] = field(default_factory=list)
-    last_indexed_at: str | None = None  # the last full or partial index run
-    last_updated_at: str | None = None  # the last time a change reached the index
-    process: int = 0  # pid of the process that owns the database
-    watching: bool = False  # files are re-indexed as they change on disk
-    pending_changes: int = 0  # changed files waiting to be indexed
-    watch_error: str = ""
-
-
-@dataclass
-class SymbolDetail:
-    """What an editor shows for a symbol: where, its signature, docstring and notes."""
-
-    definition: SymbolInfo
-    signature: str
-    docstring: str
-    notes: list[Note] = field(default_factory=list)
-
-
-@dataclass
-class PageInfo:
-    citation: str
-    path: str
-    start_line: int
-    end_line: int
-    symbol: str
-    tokens: int
-    relevance: float
-    reason: str
-    text: str
-
-
-@dataclass
-class AskResult:
-    question: str
-    answer: str  # empty when no model answered
-    session_id: str
-    model: str
-    model_used: bool
-    notice: str = ""  # why no model answered, and what to do
-    citations: list[str] = field(default_factory=list)
-    pages: list[PageInfo] = field(default_factory=list)
-    steps: list[StepLog] = field(default_factory=list)
-    context: ContextReport | None = None
-    evicted_messages: int = 0
-    finished: bool = True
-
-
-def to_dict(obj: object) -> object:
-    if isinstance(obj, list):
-        return [to_dict(o) for o in obj]
-    return asdict(obj)  # type: ignore[call-overload]
-
-
-def find_root(start: Path) -> Path:
-    """The project root: the nearest folder holding `.codevm` or `.git`."""
-    start = start.resolve()
-    if not start.exists():
-        raise ProjectNotFound(f"{start} does not exist")
-    here = start if start.is_dir() else start.parent
-    for folder in (here, *here.parents):
-        if (folder / DATA_DIR).is_dir() or (folder / ".git").exists():
-            return folder
-    raise ProjectNotFound(
-        f"no project found at {start}: run `codevm index` in the project's root folder first"
-    )
-
-
-def database_path(root: Path) -> Path:
-    home = os.environ.get("CODEVM_HOME")
-    if home:
-        digest = hashlib.sha1(str(root).encode()).hexdigest()[:10]
-        return Path(home) / f"{root.name}-{digest}" / "index.duckdb"
-    return root / DATA_DIR / "index.duckdb"
-
-
-def data_folder(root: Path) -> Path:
-    """The folder of the project's database (created, with a `.gitignore` inside a project)."""
-    folder = database_path(root).parent
-    if not folder.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        if folder == root / DATA_DIR:
-            (folder / ".gitignore").write_text("*\n", encoding="utf-8")
-    return folder
-
-
-def project_path(root: Path, path: str) -> str:
-    """A path given by a user or client -> '/'-separated path inside the project `root`."""
-    if not path or "\0" in path:
-        raise InvalidArgument("empty or invalid path")
-    p = Path(path)
-    full = (p if p.is_absolute() else root / p).resolve()
-    if full != root and root not in full.parents:
-        raise PathOutsideProject(f"{path} is outside the project {root}")
-    return full.relative_to(root).as_posix()
 
 
 class Engine:

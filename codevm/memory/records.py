@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass, field
 from datetime import datetime
 
 import duckdb
@@ -15,13 +14,8 @@ import duckdb
 from codevm.errors import InvalidArgument
 from codevm.indexers.tokens import IDENTIFIER, expand_identifier
 from codevm.memory.store import Store
+from codevm.api import CORE_BLOCKS, CoreBlock, MessageRecord, Note, SessionInfo
 
-# label -> (character limit, what the block is for); the model sees these descriptions
-CORE_BLOCKS: dict[str, tuple[int, str]] = {
-    "project": (2000, "what this codebase is, its layout and conventions"),
-    "user": (1000, "the user's preferences"),
-    "task": (2000, "the current goal and a scratchpad"),
-}
 NOTE_SOURCES = ("user", "agent", "mcp", "lsp")
 MAX_NOTE_CHARS = 8000
 MAX_TAGS = 20
@@ -53,47 +47,12 @@ def _match_params(query: str) -> tuple[list[str], dict[str, object]]:
     return terms, {f"t{i}": t for i, t in enumerate(terms)}
 
 
-@dataclass
-class CoreBlock:
-    label: str
-    value: str
-    limit: int
-    description: str
 
 
-@dataclass
-class Note:
-    id: int
-    text: str
-    tags: list[str] = field(default_factory=list)
-    source: str = "user"
-    path: str | None = None
-    symbol: str | None = None
-    stale: bool = False
-    created_at: str = ""
-    updated_at: str = ""
 
 
-@dataclass
-class SessionInfo:
-    id: str
-    title: str
-    created_at: str
-    updated_at: str
-    messages: int
-    summary: str = ""
 
 
-@dataclass
-class MessageRecord:
-    id: int
-    session_id: str
-    role: str  # system | user | assistant | tool
-    content: str
-    created_at: str
-    tool_name: str = ""
-    tool_calls: list[dict] = field(default_factory=list)
-    in_context: bool = True
 
 
 class CoreMemory:

@@ -15,6 +15,7 @@ import duckdb
 from codevm.errors import InvalidArgument
 from codevm.indexers.tokens import IDENTIFIER, expand_identifier
 from codevm.memory.store import TermDictionary
+from codevm.api import SearchHit
 
 K1 = 1.2
 B = 0.75
@@ -29,18 +30,6 @@ _CODE_LIKE = re.compile(r"[a-z][A-Z]|_|[A-Za-z][0-9]|^[A-Z][a-z]+[A-Z]")
 _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
 
 
-@dataclass
-class SearchHit:
-    id: int
-    path: str
-    start_line: int
-    end_line: int
-    symbol: str  # qualified name ('' for module code, windows)
-    kind: str
-    language: str
-    score: float
-    snippet: str
-    signature: str = ""
 
 
 @dataclass

@@ -1,0 +1,54 @@
+"""Where a project is, where its data lives, and which paths belong to it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from codevm.errors import InvalidArgument, PathOutsideProject, ProjectNotFound
+
+DATA_DIR = ".codevm"
+
+
+def find_root(start: Path) -> Path:
+    """The project root: the nearest folder holding `.codevm` or `.git`."""
+    start = start.resolve()
+    if not start.exists():
+        raise ProjectNotFound(f"{start} does not exist")
+    here = start if start.is_dir() else start.parent
+    for folder in (here, *here.parents):
+        if (folder / DATA_DIR).is_dir() or (folder / ".git").exists():
+            return folder
+    raise ProjectNotFound(
+        f"no project found at {start}: run `codevm index` in the project's root folder first"
+    )
+
+
+def database_path(root: Path) -> Path:
+    home = os.environ.get("CODEVM_HOME")
+    if home:
+        digest = hashlib.sha1(str(root).encode()).hexdigest()[:10]
+        return Path(home) / f"{root.name}-{digest}" / "index.duckdb"
+    return root / DATA_DIR / "index.duckdb"
+
+
+def data_folder(root: Path) -> Path:
+    """The folder of the project's database (created, with a `.gitignore` inside a project)."""
+    folder = database_path(root).parent
+    if not folder.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        if folder == root / DATA_DIR:
+            (folder / ".gitignore").write_text("*\n", encoding="utf-8")
+    return folder
+
+
+def project_path(root: Path, path: str) -> str:
+    """A path given by a user or client -> '/'-separated path inside the project `root`."""
+    if not path or "\0" in path:
+        raise InvalidArgument("empty or invalid path")
+    p = Path(path)
+    full = (p if p.is_absolute() else root / p).resolve()
+    if full != root and root not in full.parents:
+        raise PathOutsideProject(f"{path} is outside the project {root}")
+    return full.relative_to(root).as_posix()
