@@ -220,6 +220,8 @@ class Service:
             self.engine.watcher = Watcher(self.engine, self.settings.watch_debounce_ms)
             if self.settings.watch:
                 self.engine.watcher.start()
+            # first searches look their terms up in SQL until the dictionary is loaded
+            threading.Thread(target=self.engine.warm_up, name="codevm-warm-up", daemon=True).start()
             threading.Thread(target=self._idle_monitor, name="codevm-idle", daemon=True).start()
             if threading.current_thread() is threading.main_thread():
                 for sig in (signal.SIGTERM, signal.SIGINT):
@@ -446,8 +448,9 @@ def _spawn(root: Path, files: ServiceFiles) -> tuple[subprocess.Popen, int]:
     fd = os.open(files.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with os.fdopen(fd, "ab") as log_file:
         offset = log_file.seek(0, os.SEEK_END)
-        # -c, not -m: the module must not also be __main__ (its classes would exist twice)
-        return subprocess.Popen([sys.executable, "-c", SERVICE_MAIN, str(root)], cwd=root,
+        # -c, not -m: the module must not also be __main__ (its classes would exist twice);
+        # -P and a cwd of our own: the project's files must never shadow a Python module
+        return subprocess.Popen([sys.executable, "-P", "-c", SERVICE_MAIN, str(root)], cwd=files.folder,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=log_file, close_fds=True, **detach), offset
 
@@ -487,7 +490,7 @@ def connect(root: Path, files: ServiceFiles | None = None) -> Connection:
             raise ServiceUnavailable(f"the codevm service for {root} did not answer within "
                                      f"{START_TIMEOUT:.0f}s (log: {files.log})")
         time.sleep(delay)
-        delay = min(delay * 1.5, 0.1)
+        delay = min(delay * 1.5, 0.05)
 
 
 def _exchange(conn: Connection, message: tuple, callbacks: list) -> tuple[str, Any]:

@@ -182,6 +182,8 @@ def test_clients_starting_at_the_same_instant_make_one_service(project: Path) ->
 
 
 def test_the_socket_and_key_are_private_and_a_wrong_key_is_refused(project: Path) -> None:
+    # the service never imports the project's files as Python modules
+    (project / "logging.py").write_text("raise SystemExit('the service imported a project file')\n")
     with RemoteEngine(project) as engine:
         engine.index()
         files = ServiceFiles.of(project)

@@ -104,8 +104,8 @@ class Engine:
     def search(self, query: str, k: int = 10, language: str | None = None,
                path_glob: str | None = None, kind: str | None = None) -> list[SearchHit]:
         self._require_index()
-        with self.store.lock:
-            return search(self.store.cursor(), query, k, language, path_glob, kind, self.store.terms)
+        # no lock: committed terms only, so a search never waits for an index batch
+        return search(self.store.cursor(), query, k, language, path_glob, kind, self.store.terms)
 
     def symbol(self, name: str, limit: int = 50) -> list[SymbolInfo]:
         """Where `name` (a name or a qualified name like Class.method) is defined."""

@@ -104,7 +104,7 @@ def search(con: duckdb.DuckDBPyConnection, query: str, k: int = 10, language: st
     q = analyse_query(query)
     if not q.terms:
         return []
-    ids = (terms or TermDictionary()).ids(con, list(q.terms))
+    ids = (terms or TermDictionary()).find(con, list(q.terms))
     filters = ["TRUE"]
     params: dict[str, object] = {
         "ids": list(ids.values()), "weights": [q.terms[t] for t in ids],

@@ -163,6 +163,15 @@ class TermDictionary:
         get = self.map.get
         return {t: i for t in terms if (i := get(t, self.pending.get(t))) is not None}
 
+    def find(self, con: duckdb.DuckDBPyConnection, terms: list[str]) -> dict[str, int]:
+        """Ids of a few committed terms: from memory once loaded, else in one SQL lookup
+        (a fresh process answers its first searches while the dictionary loads)."""
+        if self.loaded:
+            get = self.map.get
+            return {t: i for t in terms if (i := get(t)) is not None}
+        return dict(con.execute("SELECT term, id FROM terms WHERE term IN (SELECT unnest($t))",
+                                {"t": terms}).fetchall())
+
     def add(self, rows: list[tuple[int, str]]) -> None:
         self.pending.update((term, tid) for tid, term in rows)
 
