@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from codevm.errors import InvalidArgument, NotIndexed, PathOutsideProject
