@@ -1,8 +1,8 @@
 """Latency through the front ends on an indexed corpus (default: the standard library).
 Prints one JSON object.
 
-MCP: time from starting `codevm mcp` (stdio) to the first `search_code` answer, and
-`search_code` p50/p95 through the SDK's in-memory client. LSP: `workspace/symbol` p50/p95
+MCP: time from starting `codevm mcp` (stdio) to the first `search_code` answer (the
+engine service included), and `search_code` p50/p95 over that stdio session. LSP: `workspace/symbol` p50/p95
 over stdio against `codevm lsp`, and the time from a `didChange` that adds a function to
 `workspace/symbol` returning it (debounce included).
 """
@@ -29,8 +29,8 @@ from mcp import Client, StdioServerParameters  # noqa: E402
 from pygls.lsp.client import LanguageClient  # noqa: E402
 
 from codevm.config import Settings  # noqa: E402
-from codevm.mcp_server.server import build_server  # noqa: E402
 from codevm.memory.engine import Engine  # noqa: E402
+from codevm.service import stop_service  # noqa: E402
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -43,18 +43,16 @@ async def mcp_figures(root: Path, queries: list[str]) -> dict:
     params = StdioServerParameters(command=sys.executable, args=["-m", "codevm", "mcp", "--project",
                                                                   str(root)], env=dict(os.environ))
     started = time.perf_counter()
-    async with Client(params) as client:
+    async with Client(params) as client:  # the server starts the engine service
         await client.call_tool("search_code", {"query": queries[0], "k": 10})
         first = time.perf_counter() - started
-    with Engine(root, Settings()) as engine:
-        async with Client(build_server(engine)) as client:
-            await client.call_tool("search_code", {"query": "warm up", "k": 10})
-            latencies = []
-            for q in queries:
-                t0 = time.perf_counter()
-                result = await client.call_tool("search_code", {"query": q, "k": 10})
-                latencies.append((time.perf_counter() - t0) * 1000)
-                assert not result.is_error, result.content
+        await client.call_tool("search_code", {"query": "warm up", "k": 10})
+        latencies = []
+        for q in queries:
+            t0 = time.perf_counter()
+            result = await client.call_tool("search_code", {"query": q, "k": 10})
+            latencies.append((time.perf_counter() - t0) * 1000)
+            assert not result.is_error, result.content
     p50, p95 = percentiles(latencies)
     return {"mcp_start_to_first_search_s": round(first, 2), "mcp_search_code_p50_ms": p50,
             "mcp_search_code_p95_ms": p95}
@@ -137,9 +135,11 @@ def main() -> None:
         names = [rng.choice(symbols)[: rng.randint(3, 8)] for _ in range(args.queries)]
         out = {"corpus": args.path}
         out.update(asyncio.run(mcp_figures(root, queries)))
+        stop_service(root)  # the LSP server starts its own
         out.update(asyncio.run(lsp_figures(root, names)))
         print(json.dumps(out))
     finally:
+        stop_service(root)
         shutil.rmtree(work, ignore_errors=True)
 
 
