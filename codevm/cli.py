@@ -518,11 +518,16 @@ def memory_search(query: tuple[str, ...], since: str | None, until: str | None, 
 def mcp_command(project: str, transport: str, host: str, port: int) -> None:
     """Serve codevm's memory to assistants over the Model Context Protocol."""
     import logging
-
-    from codevm.mcp_server.server import build_server
+    from concurrent.futures import ThreadPoolExecutor
 
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)  # stdout is the wire
-    with engine_at(project) as engine:
+    root = find_root(Path(project))
+    with ThreadPoolExecutor(1) as pool:
+        opening = pool.submit(open_engine, root)  # the service starts while the SDK loads
+        from codevm.mcp_server.server import build_server
+
+        engine = opening.result()
+    with engine:
         server = build_server(engine)
         if transport == "stdio":
             server.run("stdio")

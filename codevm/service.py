@@ -470,6 +470,9 @@ def _startup_error(files: ServiceFiles, offset: int) -> str:
 def connect(root: Path, files: ServiceFiles | None = None) -> Connection:
     """A connection to the project's service, started here if none runs."""
     files = files or ServiceFiles.of(root)
+    info = files.read_info()
+    if info is not None and info.get("version") != __version__:
+        stop_service(root)  # a service of another codevm version: replace it
     conn = _connect_once(files)
     if conn is not None:
         return conn

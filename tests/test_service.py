@@ -220,6 +220,13 @@ def test_idle_exit_status_stop_and_stale_files(project: Path, monkeypatch: pytes
     assert "src/native/server.go" in cli(project, "search", "HandleHealth").stdout
     assert service_info(project)["pid"] != 999999
 
+    # a service of another codevm version (an upgrade) is replaced by the next client
+    old = service_info(project)["pid"]
+    info = json.loads(files.info.read_text())
+    files.info.write_text(json.dumps({**info, "version": "0.0.1"}))
+    assert "src/native/server.go" in cli(project, "search", "HandleHealth").stdout
+    assert service_info(project)["pid"] != old
+
     # a service with no client exits after its idle period
     stop_service(project)
     monkeypatch.setenv("CODEVM_SERVICE_IDLE_SECONDS", "1")
