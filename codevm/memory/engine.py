@@ -6,6 +6,7 @@ Arguments and results are plain JSON-serialisable dataclasses.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,7 @@ class Engine:
         self.recall_storage = Recall(self.store)
         self.pager = HeuristicPager(self.store, TokenEstimator())
         self.watcher: Watcher | None = None  # set by the engine service
+        self._index_lock = threading.Lock()
 
     @classmethod
     def open(cls, start: Path | str = ".") -> Engine:
@@ -69,7 +71,10 @@ class Engine:
         only = [self.relative_path(p) for p in paths] if paths else None
         if only == [""]:
             only = None
-        return self._indexed_now(self.indexer.run(only, progress))
+        # one run at a time (a client's, the watcher's): the second then finds little to do.
+        # Edits (update_file) do not wait for a long run.
+        with self._index_lock:
+            return self._indexed_now(self.indexer.run(only, progress))
 
     def _indexed_now(self, report: IndexReport) -> IndexReport:
         if report.parsed or report.deleted or report.errors:
