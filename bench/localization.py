@@ -28,7 +28,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from codevm.config import Settings  # noqa: E402
-from codevm.memory.engine import Engine  # noqa: E402
+from codevm.memory.engine import Engine, weights  # noqa: E402
+from codevm.memory.retrieval import SIGNAL_DEPTH, SIGNALS, fuse  # noqa: E402
 
 DATA = HERE.parent.parent / "shared" / "bench" / "swebench_lite.jsonl"
 SWE_BENCH_MIRRORS = {"django/django", "scikit-learn/scikit-learn", "matplotlib/matplotlib"}
@@ -98,26 +99,42 @@ def checkout(git_dir: Path, tree: Path, manifest_file: Path, commit: str) -> int
 FILE_CONTEXT = 0.3
 
 
-def rank(engine: Engine, query: str) -> tuple[list[str], list[str]]:
+# one ranked chunk: (path, qualified name, kind, start line, score)
+Item = tuple[str, str, str, int, float]
+
+
+def signal_items(engine: Engine, query: str) -> dict[str, list[Item]]:
+    """Each retrieval signal's ranking alone, and their fusion, as chunk rows."""
+    _, signals = engine.retriever.signals(query)
+    ranked = {name: [(cid, score) for cid, score, _ in r.items] for name, r in signals.items()}
+    ranked["fusion"] = [(cid, score) for score, cid, _ in fuse(signals, engine.retriever.weights)]
+    ids = {cid for items in ranked.values() for cid, _ in items}
+    meta = {r[0]: r[1:] for r in engine.store.cursor().execute(
+        f"SELECT id, path, qualified_name, kind, start_line FROM chunks WHERE id IN "
+        f"({', '.join(str(int(i)) for i in ids) or 'NULL'})").fetchall()}
+    return {name: [(*meta[cid], score) for cid, score in items if cid in meta]
+            for name, items in ranked.items()}
+
+
+def rank(items: list[Item]) -> tuple[list[str], list[str]]:
     """Files by their best chunk; functions (path::Qualified.name) by their best chunk
     plus FILE_CONTEXT x their file's best. SWE-bench names edits of a file's import block
     `path::imports`: a module-level chunk holds them, or the file's first chunk (short
     module code is merged into the definition that follows it)."""
-    hits = engine.search(query, k=400)
     best_in_file: dict[str, float] = {}
-    for h in hits:
-        best_in_file[h.path] = max(best_in_file.get(h.path, 0.0), h.score)
+    for path, _, _, _, score in items:
+        best_in_file[path] = max(best_in_file.get(path, 0.0), score)
     files = sorted(best_in_file, key=lambda p: -best_in_file[p])
     functions: dict[str, float] = {}
-    for h in hits:
+    for path, symbol, kind, start_line, score in items:
         keys = []
-        if h.symbol and h.kind in ("function", "method", "class"):
-            keys.append(f"{h.path}::{h.symbol}")
-        if h.kind == "module" or h.start_line == 1:
-            keys.append(f"{h.path}::imports")
-        score = h.score + FILE_CONTEXT * best_in_file[h.path]
+        if symbol and kind in ("function", "method", "class"):
+            keys.append(f"{path}::{symbol}")
+        if kind == "module" or start_line == 1:
+            keys.append(f"{path}::imports")
+        total = score + FILE_CONTEXT * best_in_file[path]
         for key in keys:
-            functions[key] = max(functions.get(key, 0.0), score)
+            functions[key] = max(functions.get(key, 0.0), total)
     return files, sorted(functions, key=lambda f: -functions[f])
 
 
@@ -127,22 +144,28 @@ def first_rank(ranked: list[str], gold: list[str]) -> int | None:
     return None if any(p is None for p in positions) else max(positions)  # type: ignore[type-var]
 
 
-def evaluate(instance: dict, engine: Engine) -> dict:
-    started = time.perf_counter()
-    files, functions = rank(engine, instance["query"])
-    search_ms = (time.perf_counter() - started) * 1000
-    gold_files = instance["gold_files"]
-    gold_functions = instance["gold_functions"]
-    file_rank = first_rank(files, gold_files)
+def ranks(items: list[Item], gold_files: list[str], gold_functions: list[str]) -> dict:
+    files, functions = rank(items)
     return {
-        "id": instance["id"],
-        "file_rank": file_rank,
+        "file_rank": first_rank(files, gold_files),
         "file_rr": 1 / min(files.index(g) + 1 for g in gold_files if g in files)
         if any(g in files for g in gold_files) else 0.0,
         "function_rank": first_rank(functions, gold_functions) if gold_functions else None,
-        "has_functions": bool(gold_functions),
-        "search_ms": round(search_ms, 1),
     }
+
+
+def evaluate(instance: dict, engine: Engine) -> dict:
+    started = time.perf_counter()
+    engine.search(instance["query"], k=10)  # what a front end waits for
+    search_ms = (time.perf_counter() - started) * 1000
+    signals = signal_items(engine, instance["query"])
+    row = {"id": instance["id"], "has_functions": bool(instance["gold_functions"]),
+           "search_ms": round(search_ms, 1)}
+    for name, items in signals.items():
+        row[name] = ranks(items, instance["gold_files"], instance["gold_functions"])
+    # every signal's ranking, kept so that fusion weights can be tuned without re-running
+    row["items"] = {name: items[:SIGNAL_DEPTH] for name, items in signals.items() if name != "fusion"}
+    return row
 
 
 def bench_arguments(description: str) -> argparse.Namespace:
@@ -217,22 +240,34 @@ def run_instances(args: argparse.Namespace, name: str,
     return results, missing, index_seconds
 
 
+def accuracy(rows: list[dict]) -> dict[str, float]:
+    """File and function Acc@k and file MRR over per-instance ranks."""
+    n = len(rows)
+    with_functions = [r for r in rows if r["has_functions"]]
+    out: dict[str, float] = {}
+    for k in FILE_KS:
+        out[f"file_acc@{k}"] = round(sum(1 for r in rows if r["file_rank"] and r["file_rank"] <= k)
+                                     / max(n, 1), 4)
+    out["file_mrr"] = round(sum(r["file_rr"] for r in rows) / max(n, 1), 4)
+    for k in FUNCTION_KS:
+        out[f"function_acc@{k}"] = round(
+            sum(1 for r in with_functions if r["function_rank"] and r["function_rank"] <= k)
+            / max(len(with_functions), 1), 4)
+    return out
+
+
 def main() -> None:
     args = bench_arguments(__doc__ or "")
     results, missing, index_seconds = run_instances(
-        args, "localization", evaluate,
-        lambda row: f"file rank {row['file_rank']}, function rank {row['function_rank']}")
+        args, "localization-signals", evaluate,
+        lambda row: f"file rank {row['fusion']['file_rank']}, "
+                    f"function rank {row['fusion']['function_rank']}")
     n = len(results)
     with_functions = [r for r in results if r["has_functions"]]
-    summary: dict[str, object] = {"instances": n, "missing_repositories": missing}
-    for k in FILE_KS:
-        summary[f"file_acc@{k}"] = round(
-            sum(1 for r in results if r["file_rank"] and r["file_rank"] <= k) / max(n, 1), 4)
-    summary["file_mrr"] = round(sum(r["file_rr"] for r in results) / max(n, 1), 4)
-    for k in FUNCTION_KS:
-        summary[f"function_acc@{k}"] = round(
-            sum(1 for r in with_functions if r["function_rank"] and r["function_rank"] <= k)
-            / max(len(with_functions), 1), 4)
+    summary: dict[str, object] = {"instances": n, "missing_repositories": missing,
+                                  "weights": weights(Settings())}
+    for name in ("fusion", *SIGNALS):
+        summary[name] = accuracy([{**r[name], "has_functions": r["has_functions"]} for r in results])
     summary["instances_with_gold_functions"] = len(with_functions)
     latencies = sorted(r["search_ms"] for r in results)
     if latencies:

@@ -23,13 +23,18 @@ from codevm.memory.conversation import SUMMARY_PROMPT, Conversation
 from codevm.memory.model import ModelReply, OllamaModel
 from codevm.memory.pager import HeuristicPager
 from codevm.memory.records import CoreMemory, Notes, Recall
-from codevm.memory.search import search
+from codevm.memory.retrieval import Retriever
 from codevm.memory.store import Store
 from codevm.memory.watcher import Watcher
 from codevm.project import data_folder, database_path, find_root, project_path
 
 __all__ = ["Engine", "MIN_BUDGET", "find_root", "to_dict"]
 
+
+
+def weights(settings: Settings) -> dict[str, float]:
+    return {"lexical": settings.weight_lexical, "named": settings.weight_named,
+            "graph": settings.weight_graph}
 
 
 class Engine:
@@ -43,7 +48,8 @@ class Engine:
         self.notes = Notes(self.store)
         self.core = CoreMemory(self.store)
         self.recall_storage = Recall(self.store)
-        self.pager = HeuristicPager(self.store, TokenEstimator())
+        self.retriever = Retriever(self.store.cursor, self.store.terms, weights(self.settings))
+        self.pager = HeuristicPager(self.store, self.retriever, TokenEstimator())
         self.watcher: Watcher | None = None  # set by the engine service
         self._index_lock = threading.Lock()
 
@@ -86,6 +92,7 @@ class Engine:
         """New settings (from an editor) for everything that follows, indexing included."""
         self.settings = settings
         self.indexer = Indexer(self.root, self.store, settings)
+        self.retriever.weights = weights(settings)
 
     def warm_up(self) -> None:
         """Load what the first search or edit would load (the term dictionary)."""
@@ -110,7 +117,7 @@ class Engine:
                path_glob: str | None = None, kind: str | None = None) -> list[SearchHit]:
         self._require_index()
         # no lock: committed terms only, so a search never waits for an index batch
-        return search(self.store.cursor(), query, k, language, path_glob, kind, self.store.terms)
+        return self.retriever.search(query, k, language, path_glob, kind)
 
     def symbol(self, name: str, limit: int = 50) -> list[SymbolInfo]:
         """Where `name` (a name or a qualified name like Class.method) is defined."""

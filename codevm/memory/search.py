@@ -97,19 +97,23 @@ FROM chunks WHERE id IN ({ids})
 def search(con: duckdb.DuckDBPyConnection, query: str, k: int = 10, language: str | None = None,
            path_glob: str | None = None, kind: str | None = None,
            terms: TermDictionary | None = None) -> list[SearchHit]:
+    """The lexical ranking alone, as hits."""
+    q, ranked = lexical(con, query, k, language, path_glob, kind, terms)
+    return make_hits(con, ranked, q, k)
+
+
+def check_query(query: str, k: int) -> None:
     if not query or not query.strip():
         raise InvalidArgument("the search query is empty")
     if k < 1 or k > 1000:
         raise InvalidArgument(f"k must be between 1 and 1000, got {k}")
-    q = analyse_query(query)
-    if not q.terms:
-        return []
-    ids = (terms or TermDictionary()).find(con, list(q.terms))
+
+
+def chunk_filters(language: str | None, path_glob: str | None,
+                  kind: str | None) -> tuple[str, dict[str, object]]:
+    """A WHERE clause over `chunks c` for the search filters, and its parameters."""
     filters = ["TRUE"]
-    params: dict[str, object] = {
-        "ids": list(ids.values()), "weights": [q.terms[t] for t in ids],
-        "limit": max(k * 4, 50),
-    }
+    params: dict[str, object] = {}
     if language:
         filters.append("c.language = $language")
         params["language"] = language
@@ -120,8 +124,24 @@ def search(con: duckdb.DuckDBPyConnection, query: str, k: int = 10, language: st
     if kind:
         filters.append("c.kind = $kind")
         params["kind"] = kind
-    where = " AND ".join(filters)
-    chunk_filter = f"AND p.chunk_id IN (SELECT id FROM chunks c WHERE {where})" if len(filters) > 1 else ""
+    return " AND ".join(filters), params
+
+
+def lexical(con: duckdb.DuckDBPyConnection, query: str, k: int = 10, language: str | None = None,
+            path_glob: str | None = None, kind: str | None = None,
+            terms: TermDictionary | None = None) -> tuple[QueryTerms, list[tuple[float, int]]]:
+    """BM25 with exact symbol matches boosted: (score, chunk id), best first."""
+    check_query(query, k)
+    q = analyse_query(query)
+    if not q.terms:
+        return q, []
+    ids = (terms or TermDictionary()).find(con, list(q.terms))
+    where, filter_params = chunk_filters(language, path_glob, kind)
+    params: dict[str, object] = {
+        "ids": list(ids.values()), "weights": [q.terms[t] for t in ids],
+        "limit": max(k * 4, 50), **filter_params,
+    }
+    chunk_filter = f"AND p.chunk_id IN (SELECT id FROM chunks c WHERE {where})" if filter_params else ""
     scored = con.execute(_SCORE_SQL.replace("{chunk_filter}", chunk_filter), params).fetchall()
     exact: set[int] = set()
     if q.names:
@@ -130,7 +150,7 @@ def search(con: duckdb.DuckDBPyConnection, query: str, k: int = 10, language: st
         exact = {r[0] for r in con.execute(_EXACT_SQL.format(names=names, filters=where),
                                            exact_params).fetchall()}
     if not scored and not exact:
-        return []
+        return q, []
     top = max((r[1] for r in scored), default=1.0) or 1.0
     scores = dict(scored)
     ranked: list[tuple[float, int]] = []
@@ -143,6 +163,14 @@ def search(con: duckdb.DuckDBPyConnection, query: str, k: int = 10, language: st
     ranked.sort(key=lambda r: -r[0])
     if not q.short and not q.about_tests:
         ranked = _demote_tests(con, ranked[: params["limit"]])
+    return q, ranked
+
+
+def make_hits(con: duckdb.DuckDBPyConnection, ranked: list[tuple[float, int]], q: QueryTerms,
+              k: int) -> list[SearchHit]:
+    """The top `k` of (score, chunk id) pairs, best first, as hits with snippets."""
+    if not ranked:
+        return []
     # ties are broken by path and line below, so read a few more rows than needed
     cut = ranked[k - 1][0] if len(ranked) >= k else None
     keep = {cid: score for score, cid in ranked[: k + 50] if cut is None or score >= cut}
