@@ -44,6 +44,8 @@ GRAPH_SEEDS = 12
 MAX_FANOUT = 8  # callees of one name / callers of one chunk followed
 RESTART = 0.5  # personalised PageRank: the chance to jump back to a seed
 ITERATIONS = 12
+HOP_FRONTIER = 60  # nodes the second hop expands
+GRAPH_MIN_WORDS = 8  # shorter queries are searches: the graph costs more than it brings
 EDGE_WEIGHTS = {"callee": 1.0, "caller": 0.7, "class": 0.6, "sibling": 0.3}
 
 
@@ -72,11 +74,24 @@ def chunk_at(con: duckdb.DuckDBPyConnection, path: str, line: int) -> int | None
 
 
 def _resolve_path(con: duckdb.DuckDBPyConnection, named: str) -> str | None:
-    named = named.replace("\\", "/").lstrip("./")
-    row = con.execute(
-        "SELECT path FROM files WHERE status = 'indexed' AND (path = $p OR path LIKE '%/' || $p) "
-        "ORDER BY length(path) LIMIT 1", {"p": named}).fetchone()
-    return row[0] if row else None
+    """The project file a path from a question means: the one sharing the longest tail
+    of folders with it (a traceback's /usr/lib/.../site-packages/pkg/mod.py is pkg/mod.py)."""
+    parts = [p for p in named.replace("\\", "/").split("/") if p not in ("", ".", "..")]
+    if not parts:
+        return None
+    rows = con.execute(
+        "SELECT path FROM files WHERE status = 'indexed' AND (path = $p OR path LIKE '%/' || $p)",
+        {"p": parts[-1]}).fetchall()
+
+    def shared(path: str) -> int:
+        theirs = path.split("/")
+        n = 0
+        while n < min(len(theirs), len(parts)) and theirs[-1 - n] == parts[-1 - n]:
+            n += 1
+        return n
+
+    best = max(rows, key=lambda r: (shared(r[0]), -len(r[0])), default=None)
+    return best[0] if best else None
 
 
 # -- named: what the question names outright ---------------------------------------------
@@ -153,57 +168,83 @@ def _definitions(con: duckdb.DuckDBPyConnection, question: str) -> list[tuple[in
 
 
 # -- graph: a personalised PageRank around the seeds --------------------------------------
+def _quoted(values: set[str] | list[str]) -> str:
+    return ", ".join("'" + v.replace("'", "''") + "'" for v in sorted(values)) or "NULL"
+
+
 def _neighbours(con: duckdb.DuckDBPyConnection, ids: list[int]) -> dict[int, list[tuple[int, str]]]:
     """Edges from each chunk of `ids`: its callees' definitions, its callers, its class
-    and its sibling methods (in the same file)."""
+    and its sibling methods (in the same file). Each lookup scans `refs` once (a few ms
+    on the standard library): the signal is for questions, not for every keystroke."""
     edges: dict[int, list[tuple[int, str]]] = defaultdict(list)
     if not ids:
         return edges
-    id_list = ", ".join(str(int(i)) for i in ids)
-    # callees: calls made inside the chunk's definition, resolved by name
-    rows = con.execute(f"""
-        WITH f AS (SELECT id, path, qualified_name FROM chunks
-                   WHERE id IN ({id_list}) AND qualified_name <> ''),
-        called AS (SELECT DISTINCT f.id AS src, f.path, r.name FROM f
-                   JOIN refs r ON r.path = f.path AND r.caller = f.qualified_name AND r.kind = 'call')
-        SELECT called.src, called.name, c.id, c.path = called.path FROM called
-        JOIN chunks c ON c.name = called.name AND c.kind IN ('function', 'method', 'class')
-    """).fetchall()
-    targets: dict[tuple[int, str], list[tuple[int, bool]]] = defaultdict(list)
-    for src, name, dst, same_file in rows:
-        targets[(src, name)].append((dst, same_file))
-    for (src, _), dsts in targets.items():
-        local = [d for d, same in dsts if same]
-        chosen = local or ([d for d, _ in dsts] if len(dsts) <= MAX_FANOUT else [])
-        edges[src].extend((d, "callee") for d in chosen if d != src)
-    # callers: the chunks holding calls to the chunk's name
-    rows = con.execute(f"""
-        WITH f AS (SELECT id, name FROM chunks WHERE id IN ({id_list}) AND name <> ''),
-        sites AS (SELECT f.id AS dst, r.path, r.line FROM f JOIN refs r ON r.name = f.name AND r.kind = 'call'),
-        counted AS (SELECT *, count(*) OVER (PARTITION BY dst) AS n FROM sites)
-        SELECT counted.dst, c.id FROM counted JOIN chunks c ON c.path = counted.path
-            AND c.start_line <= counted.line AND c.end_line >= counted.line
-        WHERE counted.n <= {MAX_FANOUT * 4}
-    """).fetchall()
-    for dst, caller in rows:
-        if caller != dst:
-            edges[dst].append((caller, "caller"))
+    nodes = con.execute(
+        "SELECT id, path, name, qualified_name, kind FROM chunks WHERE id IN ("
+        + ", ".join(str(int(i)) for i in ids) + ")").fetchall()
+    by_def = {(path, qual): cid for cid, path, _, qual, _ in nodes if qual}
+    by_name: dict[str, list[int]] = defaultdict(list)
+    for cid, _, name, _, _ in nodes:
+        if name:
+            by_name[name].append(cid)
+    # callees: calls made inside each chunk's definition, resolved by name (same file first)
+    calls: dict[int, set[str]] = defaultdict(set)
+    if by_def:
+        for path, caller, name in con.execute(
+                "SELECT path, caller, name FROM refs WHERE caller IN ("
+                + _quoted({q for _, q in by_def}) + ") AND kind = 'call'").fetchall():
+            if (src := by_def.get((path, caller))) is not None:
+                calls[src].add(name)
+    callee_names = set().union(*calls.values()) if calls else set()
+    defs: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    if callee_names:
+        for cid, name, path in con.execute(
+                "SELECT id, name, path FROM chunks WHERE name IN (" + _quoted(callee_names)
+                + ") AND kind IN ('function', 'method', 'class')").fetchall():
+            defs[name].append((cid, path))
+    paths = {cid: path for cid, path, _, _, _ in nodes}
+    for src, names in calls.items():
+        for name in names:
+            found = defs.get(name, [])
+            local = [d for d, p in found if p == paths[src]]
+            chosen = local or ([d for d, _ in found] if len(found) <= MAX_FANOUT else [])
+            edges[src].extend((d, "callee") for d in chosen if d != src)
+    # callers: the chunks that hold calls to each chunk's name (not too common a name)
+    sites: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    if by_name:
+        for name, path, line in con.execute(
+                "SELECT name, path, line FROM refs WHERE name IN (" + _quoted(set(by_name))
+                + ") AND kind = 'call'").fetchall():
+            sites[name].append((path, line))
+    sites = {n: s for n, s in sites.items() if len(s) <= MAX_FANOUT * 4}
+    owners = {cid: qual.split(".")[0] for cid, _, _, qual, kind in nodes if kind == "method"}
+    files = {p for s in sites.values() for p, _ in s} | {paths[c] for c in owners}
+    spans: dict[str, list[tuple[int, int, int, str, str]]] = defaultdict(list)
+    if files:
+        for cid, path, start, end, qual, kind in con.execute(
+                "SELECT id, path, start_line, end_line, qualified_name, kind FROM chunks WHERE path IN ("
+                + _quoted(files) + ")").fetchall():
+            spans[path].append((start, end, cid, qual or "", kind))
+    for name, where in sites.items():
+        for path, line in where:
+            inner = [s for s in spans.get(path, []) if s[0] <= line <= s[1]]
+            if not inner:
+                continue
+            caller = min(inner, key=lambda s: s[1] - s[0])[2]
+            for dst in by_name[name]:
+                if caller != dst:
+                    edges[dst].append((caller, "caller"))
     # the enclosing class and sibling methods, in the same file
-    rows = con.execute(f"""
-        WITH f AS (SELECT id, path, split_part(qualified_name, '.', 1) AS owner FROM chunks
-                   WHERE id IN ({id_list}) AND kind = 'method')
-        SELECT f.id, c.id, c.kind FROM f JOIN chunks c ON c.path = f.path
-            AND (c.qualified_name = f.owner OR c.qualified_name LIKE f.owner || '.%')
-    """).fetchall()
-    siblings: dict[int, int] = defaultdict(int)
-    for src, dst, kind in rows:
-        if dst == src:
-            continue
-        if kind == "class":
-            edges[src].append((dst, "class"))
-        elif siblings[src] < MAX_FANOUT:
-            siblings[src] += 1
-            edges[src].append((dst, "sibling"))
+    for src, owner in owners.items():
+        siblings = 0
+        for _, _, cid, qual, kind in spans.get(paths[src], []):
+            if cid == src:
+                continue
+            if qual == owner and kind == "class":
+                edges[src].append((cid, "class"))
+            elif qual.startswith(owner + ".") and siblings < MAX_FANOUT:
+                siblings += 1
+                edges[src].append((cid, "sibling"))
     return edges
 
 
@@ -211,22 +252,25 @@ def graph_signal(con: duckdb.DuckDBPyConnection, seeds: dict[int, float]) -> Ran
     """Personalised PageRank over the two-hop reference graph around `seeds` (id -> weight)."""
     if not seeds:
         return Ranked([])
-    graph: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    graph: dict[int, dict[int, float]] = defaultdict(dict)
     frontier = list(seeds)
     seen = set(frontier)
-    for _hop in range(2):
-        edges = _neighbours(con, frontier)
-        nxt = []
-        for src, outs in edges.items():
+    for hop in range(2):
+        reach: dict[int, float] = defaultdict(float)
+        for src, outs in _neighbours(con, frontier).items():
             for dst, kind in outs:
-                graph[src].append((dst, kind))
-                graph[dst].append((src, kind))  # a walk goes both ways along a reference
+                w = EDGE_WEIGHTS[kind]
+                # a walk goes both ways along a reference
+                graph[src][dst] = max(graph[src].get(dst, 0.0), w)
+                graph[dst][src] = max(graph[dst].get(src, 0.0), w)
                 if dst not in seen:
-                    seen.add(dst)
-                    nxt.append(dst)
-        frontier = nxt[:400]
+                    reach[dst] += w * seeds.get(src, 1.0)
+        # the second hop starts from the nodes the seeds reach most strongly
+        frontier = sorted(reach, key=lambda n: -reach[n])[:HOP_FRONTIER]
+        seen.update(reach)
     total = sum(seeds.values()) or 1.0
     restart = {n: w / total for n, w in seeds.items()}
+    out_weight = {n: sum(outs.values()) for n, outs in graph.items()}
     rank = dict(restart)
     for _ in range(ITERATIONS):
         nxt_rank: dict[int, float] = defaultdict(float)
@@ -235,9 +279,9 @@ def graph_signal(con: duckdb.DuckDBPyConnection, seeds: dict[int, float]) -> Ran
             if not outs:
                 nxt_rank[node] += (1 - RESTART) * mass
                 continue
-            weight = sum(EDGE_WEIGHTS[k] for _, k in outs)
-            for dst, kind in outs:
-                nxt_rank[dst] += (1 - RESTART) * mass * EDGE_WEIGHTS[kind] / weight
+            share = (1 - RESTART) * mass / out_weight[node]
+            for dst, w in outs.items():
+                nxt_rank[dst] += share * w
         for node, w in restart.items():
             nxt_rank[node] += RESTART * w
         rank = nxt_rank
@@ -271,10 +315,11 @@ class Retriever:
         self.weights = weights or {name: 1.0 for name in SIGNALS}
 
     def signals(self, query: str, language: str | None = None, path_glob: str | None = None,
-                kind: str | None = None) -> tuple[QueryTerms, dict[str, Ranked]]:
+                kind: str | None = None, depth: int = SIGNAL_DEPTH) -> tuple[QueryTerms, dict[str, Ranked]]:
+        """Each signal's ranking of up to `depth` chunks."""
         con = self.cursor()
-        q, ranked = lexical(con, query, SIGNAL_DEPTH, language, path_glob, kind, self.terms)
-        out = {"lexical": Ranked([(cid, score, "search hit") for score, cid in ranked[:SIGNAL_DEPTH]])}
+        q, ranked = lexical(con, query, depth, language, path_glob, kind, self.terms)
+        out = {"lexical": Ranked([(cid, score, "search hit") for score, cid in ranked[:depth]])}
         named = named_signal(con, query, self.terms) if not q.short or q.names else Ranked([])
         if language or path_glob or kind:
             named = _only(con, named, language, path_glob, kind)
@@ -283,7 +328,9 @@ class Retriever:
         for items in (out["lexical"].items[:GRAPH_SEEDS], named.items[:GRAPH_SEEDS]):
             for rank, (cid, _, _) in enumerate(items):
                 seeds[cid] = seeds.get(cid, 0.0) + 1.0 / (rank + 1)
-        graph = graph_signal(con, seeds) if self.weights.get("graph", 0) > 0 else Ranked([])
+        # a question or an issue (not a few words typed in a search box) gets the graph
+        wanted = self.weights.get("graph", 0) > 0 and q.n_idents >= GRAPH_MIN_WORDS
+        graph = graph_signal(con, seeds) if wanted else Ranked([])
         if language or path_glob or kind:
             graph = _only(con, graph, language, path_glob, kind)
         out["graph"] = graph
@@ -292,15 +339,20 @@ class Retriever:
     def retrieve(self, query: str, k: int = 10, language: str | None = None,
                  path_glob: str | None = None, kind: str | None = None) -> list[tuple[float, int, str]]:
         check_query(query, k)
-        _, signals = self.signals(query, language, path_glob, kind)
+        _, signals = self.signals(query, language, path_glob, kind, _depth(k))
         return fuse(signals, self.weights)[:k]
 
     def search(self, query: str, k: int = 10, language: str | None = None,
                path_glob: str | None = None, kind: str | None = None) -> list[SearchHit]:
         check_query(query, k)
-        q, signals = self.signals(query, language, path_glob, kind)
+        q, signals = self.signals(query, language, path_glob, kind, _depth(k))
         fused = fuse(signals, self.weights)
         return make_hits(self.cursor(), [(s, cid) for s, cid, _ in fused], q, k)
+
+
+def _depth(k: int) -> int:
+    """How deep each signal ranks for the top `k` of the fusion."""
+    return min(1000, max(3 * k, 60))
 
 
 def _only(con: duckdb.DuckDBPyConnection, ranked: Ranked, language: str | None,

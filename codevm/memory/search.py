@@ -38,6 +38,7 @@ class QueryTerms:
     names: set[str]  # identifiers and dotted names, for exact symbol matches
     short: bool  # a few identifiers: exact symbol matches go first
     about_tests: bool = False  # the query asks about tests: no prior against test files
+    n_idents: int = 0  # words and identifiers in the query
 
 
 def analyse_query(query: str) -> QueryTerms:
@@ -55,7 +56,8 @@ def analyse_query(query: str) -> QueryTerms:
     weights = {t: 1.0 + 0.5 * (c - 1) ** 0.5 if c > 1 else 1.0 for t, c in terms.items()}
     # a long text (an issue, a traceback) mentions tests in passing; a short query means it
     about_tests = len(idents) <= 30 and any(t in weights for t in ("test", "testing", "fixture"))
-    return QueryTerms(weights, names, short=len(idents) <= 3, about_tests=about_tests)
+    return QueryTerms(weights, names, short=len(idents) <= 3, about_tests=about_tests,
+                      n_idents=len(idents))
 
 
 # Step 1 ranks chunk ids from the postings alone (each carries its chunk's length);

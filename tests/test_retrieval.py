@@ -1,0 +1,67 @@
+"""Retrieval signals (named, graph) and their reciprocal-rank fusion, on a real index."""
+
+from __future__ import annotations
+
+from codevm.config import Settings
+from codevm.memory.engine import Engine
+from codevm.memory.retrieval import Ranked, fuse, graph_signal, named_signal
+
+
+def _chunk(engine: Engine, qualified: str) -> int:
+    return engine.store.cursor().execute(
+        "SELECT id FROM chunks WHERE qualified_name = ?", [qualified]).fetchone()[0]
+
+
+def _names(engine: Engine, ids: list[int]) -> list[str]:
+    rows = dict(engine.store.cursor().execute(
+        f"SELECT id, qualified_name FROM chunks WHERE id IN ({', '.join(map(str, ids))})").fetchall())
+    return [rows[i] for i in ids]
+
+
+def test_named_signal_resolves_frames_dotted_names_and_paths(engine: Engine) -> None:
+    con = engine.store.cursor()
+    question = ('Traceback (most recent call last):\n  File "/home/me/src/py/shapes.py", line 22, '
+                'in total_area\nAttributeError: ...\nand Circle.scale returns the wrong radius; '
+                "see src/py/app.py")
+    ranked = named_signal(con, question, engine.store.terms)
+    names = _names(engine, [cid for cid, _, _ in ranked.items])
+    reasons = [why for _, _, why in ranked.items]
+    assert names[0] == "total_area" and reasons[0] == "traceback src/py/shapes.py:22"
+    assert "Circle.scale" in names and "main" in names  # the dotted name, the named file
+    assert named_signal(con, "nothing here is written like code", engine.store.terms).items == []
+
+
+def test_graph_signal_walks_calls_callers_and_the_class(engine: Engine) -> None:
+    con = engine.store.cursor()
+    # from main: what it calls (total_area, Circle) ranks above what it does not reach
+    ranked = graph_signal(con, {_chunk(engine, "main"): 1.0})
+    names = _names(engine, [cid for cid, _, _ in ranked.items])
+    assert names[0] == "main" and {"total_area", "Circle"} <= set(names[1:4])
+    # from a method: its class and its sibling
+    names = _names(engine, [cid for cid, _, _ in graph_signal(
+        con, {_chunk(engine, "Circle.scale"): 1.0}).items])
+    assert {"Circle", "Circle.area"} <= set(names)
+    assert graph_signal(con, {}).items == []
+
+
+def test_fusion_rewards_agreement_and_honours_weights() -> None:
+    a = Ranked([(1, 9.0, "a"), (2, 8.0, "a"), (3, 7.0, "a")])
+    b = Ranked([(3, 1.0, "b"), (4, 0.9, "b"), (1, 0.8, "b")])
+    fused = [cid for _, cid, _ in fuse({"lexical": a, "named": b}, {"lexical": 1.0, "named": 1.0})]
+    assert fused[:2] == [1, 3] and set(fused) == {1, 2, 3, 4}  # both signals rank 1 and 3
+    only_b = [cid for _, cid, _ in fuse({"lexical": a, "named": b}, {"lexical": 0.0, "named": 1.0})]
+    assert only_b == [3, 4, 1]
+
+
+def test_search_fuses_the_signals_and_keeps_its_filters(project) -> None:
+    with Engine(project, Settings(service=False)) as engine:
+        engine.index()
+        question = ("When I call main the printed total is wrong: total_area seems to sum the "
+                    "areas of the circles twice, maybe Circle.area is the culprit")
+        hits = engine.search(question, k=5)
+        assert {h.symbol for h in hits[:3]} >= {"total_area", "Circle.area"}
+        assert all(h.language == "go" for h in engine.search(question, k=5, language="go"))
+        # each signal can be turned off; with only the named one, only named code comes back
+        engine.configure(Settings(service=False, weight_lexical=0.0, weight_graph=0.0))
+        named_only = engine.search(question, k=10)
+        assert {h.symbol for h in named_only} <= {"total_area", "Circle.area", "main"}
