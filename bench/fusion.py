@@ -19,28 +19,28 @@ sys.path.insert(0, str(HERE))
 
 from localization import accuracy, ranks  # noqa: E402
 
-from codevm.memory.retrieval import FUSION_K, SIGNALS  # noqa: E402
+from codevm.memory.retrieval import SIGNALS, Ranked, fuse  # noqa: E402
 
 
-def fused_items(items: dict[str, list], weights: dict[str, float], k: int) -> list:
-    scores: dict[tuple, float] = {}
-    rows: dict[tuple, list] = {}
+def fused_items(items: dict[str, list], weights: dict[str, float]) -> list:
+    """The fusion that codevm runs, over the kept rankings (chunks keyed by their rows)."""
+    keys: dict[tuple, int] = {}
+    signals = {}
     for name in SIGNALS:
-        w = weights.get(name, 0.0)
-        if w <= 0:
-            continue
-        for rank, item in enumerate(items.get(name, [])):
-            key = (item[0], item[1], item[2], item[3])
-            scores[key] = scores.get(key, 0.0) + w / (k + rank + 1)
-            rows[key] = item
-    return [[*key, s] for key, s in sorted(scores.items(), key=lambda kv: -kv[1])]
+        ranked = []
+        for path, symbol, kind, start, score in items.get(name, []):
+            cid = keys.setdefault((path, symbol, kind, start), len(keys))
+            ranked.append((cid, score, name))
+        signals[name] = Ranked(ranked)
+    rows = {cid: key for key, cid in keys.items()}
+    return [[*rows[cid], score] for score, cid, _ in fuse(signals, weights)]
 
 
-def score(rows: list[dict], data: dict[str, dict], weights: dict[str, float], k: int) -> dict:
+def score(rows: list[dict], data: dict[str, dict], weights: dict[str, float]) -> dict:
     out = []
     for row in rows:
         gold = data[row["id"]]
-        ranked = ranks(fused_items(row["items"], weights, k), gold["gold_files"], gold["gold_functions"])
+        ranked = ranks(fused_items(row["items"], weights), gold["gold_files"], gold["gold_functions"])
         out.append({**ranked, "has_functions": row["has_functions"]})
     return accuracy(out)
 
@@ -56,19 +56,18 @@ def main() -> None:
         row = json.loads(line)
         latest[row["id"]] = row
     rows = list(latest.values())
-    grid = [0.0, 0.25, 0.5, 1.0, 2.0]
     results = []
-    for wl, wn, wg in itertools.product(grid, grid, grid):
-        if wl == wn == wg == 0:
-            continue
-        for k in (10, 30, FUSION_K):
-            weights = {"lexical": wl, "named": wn, "graph": wg}
-            acc = score(rows, data, weights, k)
-            # the objective: file Acc@5 and function Acc@10 together
-            results.append((acc["file_acc@5"] + acc["function_acc@10"], weights, k, acc))
+    # lexical is the reference (weight 1); the others are scaled against it
+    for wn, wg in itertools.product((0.0, 0.1, 0.2, 0.35, 0.5, 1.0), (0.0, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)):
+        weights = {"lexical": 1.0, "named": wn, "graph": wg}
+        acc = score(rows, data, weights)
+        # the objective: file Acc@1 and Acc@5 and function Acc@10 together
+        results.append((acc["file_acc@1"] + acc["file_acc@5"] + acc["function_acc@10"], weights, acc))
     results.sort(key=lambda r: -r[0])
-    print(json.dumps({"instances": len(rows),
-                      "best": [{"weights": w, "k": k, **acc} for _, w, k, acc in results[:8]]}))
+    alone = {name: accuracy([{**r[name], "has_functions": r["has_functions"]} for r in rows])
+             for name in SIGNALS}
+    print(json.dumps({"instances": len(rows), "alone": alone,
+                      "best": [{"weights": w, **acc} for _, w, acc in results[:8]]}))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ For each instance the repository is checked out at its base commit and indexed (
 bench/localization.py, sharing its cache); the issue text is the question. At budgets of
 2k, 4k, 8k and 16k tokens for the working set it reports the share of instances whose
 gold files (a chunk of each) and gold functions (each one's chunk; `imports` = a
-module-level chunk or the first chunk of the file) are in the working set, for the heuristic pager and, in
-the same run, for a plain baseline that fills the same budget with the top search chunks.
+module-level chunk or the first chunk of the file) are in the working set, for the heuristic
+pager (the fusion of every retrieval signal, as `codevm ask` pages in) and, in the same run,
+for each signal alone filling the same budget (`lexical` is plain search).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from localization import bench_arguments, run_instances  # noqa: E402
 from codevm.memory.context import Page  # noqa: E402
 from codevm.memory.engine import Engine  # noqa: E402
 from codevm.memory.pager import Candidate  # noqa: E402
+from codevm.memory.retrieval import SIGNALS  # noqa: E402
 
 BUDGETS = (2000, 4000, 8000, 16000)
 
@@ -43,8 +45,9 @@ def covered(pages: list[Page], kinds: dict[int, str], instance: dict) -> tuple[b
 
 def evaluate(engine: Engine, instance: dict) -> dict:
     question = instance["query"]
-    hits = engine.search(question, k=300)
-    baseline = [Candidate(h.id, h.score, "search") for h in hits]
+    _, signals = engine.retriever.signals(question, depth=300)
+    alone = {name: [Candidate(cid, score, name) for cid, score, _ in ranked.items]
+             for name, ranked in signals.items()}
     row: dict[str, object] = {"id": instance["id"]}
     con = engine.store.cursor()
     for budget in BUDGETS:
@@ -52,7 +55,8 @@ def evaluate(engine: Engine, instance: dict) -> dict:
         pager_pages = engine.pager.prefetch(question, budget)  # what `ask` pages in
         if budget == 8000:
             row["pager_ms"] = round((time.perf_counter() - started) * 1000, 1)
-        for name, pages in (("pager", pager_pages), ("baseline", engine.pager.pages(baseline, budget))):
+        runs = [("pager", pager_pages)] + [(name, engine.pager.pages(c, budget)) for name, c in alone.items()]
+        for name, pages in runs:
             ids = ", ".join(p.key.split(":")[1] for p in pages) or "0"
             kinds = dict(con.execute(f"SELECT id, kind FROM chunks WHERE id IN ({ids})").fetchall())
             files_ok, functions_ok = covered(pages, kinds, instance)
@@ -64,12 +68,12 @@ def evaluate(engine: Engine, instance: dict) -> dict:
 def main() -> None:
     args = bench_arguments(__doc__ or "")
     results, missing, _ = run_instances(
-        args, "paging", lambda inst, engine: evaluate(engine, inst),
+        args, "paging-signals", lambda inst, engine: evaluate(engine, inst),
         lambda row: f"8k pager file {row['pager_file_8000']} function {row['pager_function_8000']}")
     n = max(len(results), 1)
     summary: dict[str, object] = {"instances": len(results), "missing_repositories": missing}
     for budget in BUDGETS:
-        for name in ("pager", "baseline"):
+        for name in ("pager", *SIGNALS):
             for what in ("file", "function"):
                 key = f"{name}_{what}_{budget}"
                 summary[key] = round(sum(1 for r in results if r[key]) / n, 4)

@@ -26,10 +26,11 @@ class Settings:
     answer_reserve: int = 1024  # tokens of num_ctx kept free for the answer
     max_steps: int = 8  # function calls per question
     pager_share: float = 0.5  # share of the budget the working set may take
-    # retrieval: weights of each signal in the reciprocal-rank fusion (0 turns one off)
+    # retrieval: weights of each signal in the fusion (0 turns one off)
+    # (defaults from bench/fusion.py on SWE-bench Lite)
     weight_lexical: float = 1.0
-    weight_named: float = 1.0
-    weight_graph: float = 0.5
+    weight_named: float = 0.2
+    weight_graph: float = 1.5
     # the engine service (one process per project owns the database)
     service: bool = True  # False: every command opens the database in its own process
     service_idle_seconds: int = 600  # the service exits after this long without clients
