@@ -23,7 +23,7 @@ import duckdb
 
 from codevm.api import SearchHit
 from codevm.indexers.languages import EXTENSIONS
-from codevm.memory.search import QueryTerms, analyse_query, check_query, chunk_filters, lexical, make_hits
+from codevm.memory.search import QueryTerms, check_query, chunk_filters, lexical, make_hits
 from codevm.memory.store import TermDictionary
 
 SIGNALS = ("lexical", "named", "graph")
@@ -256,7 +256,7 @@ def graph_signal(con: duckdb.DuckDBPyConnection, seeds: dict[int, float]) -> Ran
     graph: dict[int, dict[int, float]] = defaultdict(dict)
     frontier = list(seeds)
     seen = set(frontier)
-    for hop in range(2):
+    for _hop in range(2):
         reach: dict[int, float] = defaultdict(float)
         for src, outs in _neighbours(con, frontier).items():
             for dst, kind in outs:
@@ -291,8 +291,7 @@ def graph_signal(con: duckdb.DuckDBPyConnection, seeds: dict[int, float]) -> Ran
 
 
 # -- fusion -------------------------------------------------------------------------------
-def fuse(signals: dict[str, Ranked], weights: dict[str, float],
-         depth: int = SIGNAL_DEPTH) -> list[tuple[float, int, str]]:
+def fuse(signals: dict[str, Ranked], weights: dict[str, float]) -> list[tuple[float, int, str]]:
     """Weighted sum of max-normalised scores: (score, chunk id, why), best first."""
     scores: dict[int, float] = defaultdict(float)
     why: dict[int, tuple[float, str, str]] = {}
@@ -301,8 +300,8 @@ def fuse(signals: dict[str, Ranked], weights: dict[str, float],
         w = weights.get(name, 0.0)
         if w <= 0 or not ranked.items:
             continue
-        top = max(score for _, score, _ in ranked.items[:depth]) or 1.0
-        for cid, score, reason in ranked.items[:depth]:
+        top = max(score for _, score, _ in ranked.items) or 1.0
+        for cid, score, reason in ranked.items:
             share = w * max(score, 0.0) / top
             scores[cid] += share
             if cid not in why or (why[cid][2] != "named" and share > why[cid][0]):
@@ -367,7 +366,3 @@ def _only(con: duckdb.DuckDBPyConnection, ranked: Ranked, language: str | None,
     keep = {r[0] for r in con.execute(f"SELECT id FROM chunks c WHERE id IN ({ids}) AND {where}",
                                       params).fetchall()}
     return Ranked([item for item in ranked.items if item[0] in keep])
-
-
-__all__ = ["SIGNALS", "Ranked", "Retriever", "analyse_query", "fuse", "graph_signal",
-           "looks_like_path", "named_signal"]
