@@ -147,10 +147,14 @@ def _definitions(con: duckdb.DuckDBPyConnection, question: str) -> list[tuple[in
         parts = name.split(".")
         keys.setdefault(".".join(parts[-2:]), name)  # Class.method, module.func
         keys.setdefault(parts[-1], name)
+    # names inlined: the indexes on chunks.name and chunks.qualified_name answer (a
+    # parameter list would scan the table)
+    quoted = _quoted(set(keys))
     rows = con.execute(
-        "SELECT id, name, qualified_name, path FROM chunks WHERE kind IN "
-        "('function', 'method', 'class') AND (qualified_name IN (SELECT unnest($k)) "
-        "OR name IN (SELECT unnest($k)))", {"k": list(keys)}).fetchall()
+        f"SELECT id, name, qualified_name, path FROM chunks WHERE qualified_name IN ({quoted}) "
+        f"AND kind IN ('function', 'method', 'class') UNION "
+        f"SELECT id, name, qualified_name, path FROM chunks WHERE name IN ({quoted}) "
+        f"AND kind IN ('function', 'method', 'class')").fetchall()
     by_key: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
     for cid, name, qualified, path in rows:
         key = qualified if qualified in keys else name
