@@ -2,8 +2,9 @@
 
 For each question it takes the fused ranking of the retrieval signals (retrieval.py):
 search hits, traceback frames, paths and definitions the question names, and the
-reference graph around the best of them. It then fills its share of the budget, most
-relevant first, never paging the same code twice.
+reference graph around the best of them; a candidate gains a share of its file's best
+score. It then fills its share of the budget, most relevant first, never paging the same
+code twice.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from dataclasses import dataclass
 from codevm.memory.context import Page, TokenEstimator
 from codevm.memory.retrieval import Retriever
 from codevm.memory.store import Store
+
+
+FILE_PRIOR = 0.3  # share of its file's best score that a candidate adds to its own
 
 
 @dataclass
@@ -34,8 +38,19 @@ class HeuristicPager:
         if not question.strip():
             return []
         fused = self.retriever.retrieve(question, k=min(1000, 2 * k_search))
-        top = fused[0][0] if fused else 1.0
-        return [Candidate(cid, score / top, reason) for score, cid, reason in fused]
+        if not fused:
+            return []
+        # code in the file that matches best is likelier than an equal hit elsewhere
+        ids = ", ".join(str(int(cid)) for _, cid, _ in fused)
+        paths = dict(self.store.cursor().execute(
+            f"SELECT id, path FROM chunks WHERE id IN ({ids})").fetchall())
+        best: dict[str, float] = {}
+        for score, cid, _ in fused:
+            best[paths.get(cid, "")] = max(best.get(paths.get(cid, ""), 0.0), score)
+        ranked = sorted(((score + FILE_PRIOR * best[paths.get(cid, "")], cid, reason)
+                         for score, cid, reason in fused), key=lambda r: -r[0])
+        top = ranked[0][0] or 1.0
+        return [Candidate(cid, score / top, reason) for score, cid, reason in ranked]
 
     def pages(self, candidates: list[Candidate], budget: int, have: set[str] | None = None,
               estimator: TokenEstimator | None = None) -> list[Page]:
