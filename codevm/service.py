@@ -183,7 +183,8 @@ class Service:
         self.settings = settings or Settings.load(self.root)
         self.files = ServiceFiles.of(self.root)
         self.engine: Engine | None = None
-        self.address = ""
+        self.address = ""  # for people: path, or host:port
+        self._listening: tuple[Any, str] | None = None  # (address, family) of the listener
         self.started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.clients = 0
         self.calls = 0
@@ -251,6 +252,7 @@ class Service:
             listener = Listener(address, family)
         finally:
             os.umask(old)
+        self._listening = (listener.address, family)
         self.address = listener.address if family == "AF_UNIX" else "%s:%d" % listener.address
         _write_private(self.files.info, json.dumps({
             "pid": os.getpid(), "root": str(self.root), "family": family,
@@ -264,9 +266,8 @@ class Service:
                 return
             self.stopping.set()
         try:  # wake the accept loop
-            info = self.files.read_info()
-            if info:
-                Client(_address(info), info["family"]).close()
+            if self._listening is not None:
+                Client(*self._listening).close()
         except OSError:
             pass
 
@@ -619,31 +620,28 @@ def open_engine(root: Path, settings: Settings | None = None) -> Engine | Remote
     return RemoteEngine(root, settings)
 
 
-def service_info(root: Path, files: ServiceFiles | None = None) -> dict[str, Any] | None:
-    """What the running service reports about itself, or None when none answers."""
-    conn = _connect_once(files or ServiceFiles.of(root))
+def _once(files: ServiceFiles, request: str) -> dict[str, Any] | None:
+    """One service-level request ("info", "stop") to a running service; None if none answers."""
+    conn = _connect_once(files)
     if conn is None:
         return None
     try:
-        return _exchange(conn, ("info",), [])[1]
+        return _exchange(conn, (request,), [])[1]
     except (EOFError, OSError):
         return None
     finally:
         conn.close()
 
 
+def service_info(root: Path, files: ServiceFiles | None = None) -> dict[str, Any] | None:
+    """What the running service reports about itself, or None when none answers."""
+    return _once(files or ServiceFiles.of(root), "info")
+
+
 def stop_service(root: Path) -> dict[str, Any] | None:
     """Stop the project's service and wait until it has let go; what it was, or None."""
     files = ServiceFiles.of(root)
-    info = None
-    conn = _connect_once(files)
-    if conn is not None:
-        try:
-            info = _exchange(conn, ("stop",), [])[1]
-        except (EOFError, OSError):
-            pass
-        finally:
-            conn.close()
+    info = _once(files, "stop")
     if info is None and lock_held(files):  # it holds the lock but does not answer
         stale = files.read_info()
         if stale and stale.get("pid"):
