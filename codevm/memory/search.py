@@ -96,14 +96,6 @@ FROM chunks WHERE id IN ({ids})
 """
 
 
-def search(con: duckdb.DuckDBPyConnection, query: str, k: int = 10, language: str | None = None,
-           path_glob: str | None = None, kind: str | None = None,
-           terms: TermDictionary | None = None) -> list[SearchHit]:
-    """The lexical ranking alone, as hits."""
-    q, ranked = lexical(con, query, k, language, path_glob, kind, terms)
-    return make_hits(con, ranked, q, k)
-
-
 def check_query(query: str, k: int) -> None:
     if not query or not query.strip():
         raise InvalidArgument("the search query is empty")
