@@ -18,7 +18,6 @@ import shutil
 import statistics
 import sys
 import sysconfig
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from lsprotocol import types as t  # noqa: E402
 from mcp import Client, StdioServerParameters  # noqa: E402
 from pygls.lsp.client import LanguageClient  # noqa: E402
 
+from bench.index_speed import bench_queries, copy_corpus  # noqa: E402
 from codevm.config import Settings  # noqa: E402
 from codevm.memory.engine import Engine  # noqa: E402
 from codevm.service import stop_service  # noqa: E402
@@ -116,22 +116,14 @@ def main() -> None:
     parser.add_argument("path", nargs="?", default=sysconfig.get_paths()["stdlib"])
     parser.add_argument("--queries", type=int, default=100)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="codevm-bench-"))
-    os.environ["CODEVM_HOME"] = str(work / "home")
     os.environ["CODEVM_OLLAMA_HOST"] = "http://127.0.0.1:9"
+    work, root = copy_corpus(Path(args.path).resolve())
     try:
-        root = work / "corpus"
-        shutil.copytree(Path(args.path).resolve(), root, symlinks=True,
-                        ignore=shutil.ignore_patterns("site-packages", "__pycache__"))
-        (root / ".git").mkdir(exist_ok=True)
         with Engine(root, Settings()) as engine:
             engine.index()
+            queries = bench_queries(engine, args.queries)
             symbols = [r.name for r in engine.find_symbols("", limit=1000)]
         rng = random.Random(7)
-        words = ["parse header", "open file for reading", "thread lock acquire", "decode utf-8",
-                 "socket timeout", "http request headers", "json encoder", "temporary directory"]
-        queries = [rng.choice(symbols) for _ in range(args.queries // 2)]
-        queries += [rng.choice(words) for _ in range(args.queries - len(queries))]
         names = [rng.choice(symbols)[: rng.randint(3, 8)] for _ in range(args.queries)]
         out = {"corpus": args.path}
         out.update(asyncio.run(mcp_figures(root, queries)))

@@ -46,6 +46,18 @@ def bare_parse_seconds(root: Path) -> tuple[float, int, int]:
     return time.perf_counter() - started, len(files), sum(d.count(b"\n") for _, d in files)
 
 
+def copy_corpus(source: Path) -> tuple[Path, Path]:
+    """A scratch copy of `source` to index (edits never touch the real corpus), with its own
+    CODEVM_HOME; returns (the scratch folder to delete, the project root)."""
+    work = Path(tempfile.mkdtemp(prefix="codevm-bench-"))
+    os.environ["CODEVM_HOME"] = str(work / "home")
+    root = work / "corpus"
+    shutil.copytree(source, root, symlinks=True,
+                    ignore=shutil.ignore_patterns("site-packages", "__pycache__"))
+    (root / ".git").mkdir(exist_ok=True)
+    return work, root
+
+
 def bench_queries(engine: Engine, n: int) -> list[str]:
     """Half symbol names of the corpus, half natural phrases; the same for every run."""
     rng = random.Random(7)
@@ -76,14 +88,8 @@ def main() -> None:
     args = parser.parse_args()
     source = Path(args.path).resolve()
 
-    work = Path(tempfile.mkdtemp(prefix="codevm-bench-"))
-    os.environ["CODEVM_HOME"] = str(work / "home")
+    work, root = copy_corpus(source)
     try:
-        # copy so that the one-file change does not touch the real corpus
-        root = work / "corpus"
-        shutil.copytree(source, root, symlinks=True,
-                        ignore=shutil.ignore_patterns("site-packages", "__pycache__"))
-        (root / ".git").mkdir(exist_ok=True)
         bare, n_parsed_files, n_lines = bare_parse_seconds(root)
 
         engine = Engine(root, Settings())
@@ -98,7 +104,9 @@ def main() -> None:
         engine.search("warm up the search path")
         # one changed file: the engine is told about it (as the LSP/watcher does); the
         # median of several edits, each adding a new function that must then be found
-        target = next(p for p in sorted(root.rglob("*.py")) if p.stat().st_size > 2000)
+        files = sorted(root.rglob("*.py"))
+        target = next((p for p in files if p.stat().st_size > 2000),
+                      max(files, key=lambda p: p.stat().st_size))
         rel = target.relative_to(root).as_posix()
         original = target.read_text()
         one_file_ms = []

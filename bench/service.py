@@ -19,13 +19,12 @@ import statistics
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.index_speed import bench_queries, percentile  # noqa: E402
+from bench.index_speed import bench_queries, copy_corpus, percentile  # noqa: E402
 from codevm.memory.engine import Engine  # noqa: E402
 from codevm.service import RemoteEngine, ServiceFiles, lock_held, stop_service  # noqa: E402
 
@@ -53,13 +52,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5, help="starts, kills and edits to time")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="codevm-bench-"))
-    os.environ["CODEVM_HOME"] = str(work / "home")
-    root = work / "corpus"
+    work, root = copy_corpus(Path(args.path).resolve())
     try:
-        shutil.copytree(Path(args.path), root, symlinks=True,
-                        ignore=shutil.ignore_patterns("site-packages", "__pycache__"))
-        (root / ".git").mkdir(exist_ok=True)
         with Engine(root) as engine:
             engine.index()
             engine.warm_up()  # as the service does when it starts
