@@ -321,37 +321,38 @@ class Retriever:
 
     def signals(self, query: str, language: str | None = None, path_glob: str | None = None,
                 kind: str | None = None, depth: int = SIGNAL_DEPTH) -> tuple[QueryTerms, dict[str, Ranked]]:
-        """Each signal's ranking of up to `depth` chunks."""
+        """Each signal's ranking of up to `depth` chunks. The search filters apply to the
+        lexical ranking; the others also rank code outside them (see `_fused`)."""
         con = self.cursor()
         q, ranked = lexical(con, query, depth, language, path_glob, kind, self.terms)
         out = {"lexical": Ranked([(cid, score, "search hit") for score, cid in ranked[:depth]])}
-        named = named_signal(con, query, self.terms) if not q.short or q.names else Ranked([])
-        if language or path_glob or kind:
-            named = _only(con, named, language, path_glob, kind)
-        out["named"] = named
+        out["named"] = named = named_signal(con, query, self.terms)
         seeds: dict[int, float] = {}
         for items in (out["lexical"].items[:GRAPH_SEEDS], named.items[:GRAPH_SEEDS]):
             for rank, (cid, _, _) in enumerate(items):
                 seeds[cid] = seeds.get(cid, 0.0) + 1.0 / (rank + 1)
         # a question or an issue (not a few words typed in a search box) gets the graph
         wanted = self.weights.get("graph", 0) > 0 and q.n_idents >= GRAPH_MIN_WORDS
-        graph = graph_signal(con, seeds) if wanted else Ranked([])
-        if language or path_glob or kind:
-            graph = _only(con, graph, language, path_glob, kind)
-        out["graph"] = graph
+        out["graph"] = graph_signal(con, seeds) if wanted else Ranked([])
         return q, out
 
-    def retrieve(self, query: str, k: int = 10, language: str | None = None,
-                 path_glob: str | None = None, kind: str | None = None) -> list[tuple[float, int, str]]:
-        check_query(query, k)
-        _, signals = self.signals(query, language, path_glob, kind, _depth(k))
-        return fuse(signals, self.weights)[:k]
-
-    def search(self, query: str, k: int = 10, language: str | None = None,
-               path_glob: str | None = None, kind: str | None = None) -> list[SearchHit]:
+    def _fused(self, query: str, k: int, language: str | None, path_glob: str | None,
+               kind: str | None) -> tuple[QueryTerms, list[tuple[float, int, str]]]:
         check_query(query, k)
         q, signals = self.signals(query, language, path_glob, kind, _depth(k))
         fused = fuse(signals, self.weights)
+        if language or path_glob or kind:
+            fused = _only(self.cursor(), fused, language, path_glob, kind)
+        return q, fused
+
+    def retrieve(self, query: str, k: int = 10, language: str | None = None,
+                 path_glob: str | None = None, kind: str | None = None) -> list[tuple[float, int, str]]:
+        """The fused ranking: (score, chunk id, why), best first."""
+        return self._fused(query, k, language, path_glob, kind)[1][:k]
+
+    def search(self, query: str, k: int = 10, language: str | None = None,
+               path_glob: str | None = None, kind: str | None = None) -> list[SearchHit]:
+        q, fused = self._fused(query, k, language, path_glob, kind)
         return make_hits(self.cursor(), [(s, cid) for s, cid, _ in fused], q, k)
 
 
@@ -360,13 +361,13 @@ def _depth(k: int) -> int:
     return min(1000, max(3 * k, 60))
 
 
-def _only(con: duckdb.DuckDBPyConnection, ranked: Ranked, language: str | None,
-          path_glob: str | None, kind: str | None) -> Ranked:
-    """The items of a ranking that pass the search filters."""
-    if not ranked.items:
-        return ranked
+def _only(con: duckdb.DuckDBPyConnection, fused: list[tuple[float, int, str]], language: str | None,
+          path_glob: str | None, kind: str | None) -> list[tuple[float, int, str]]:
+    """The chunks of a fused ranking that pass the search filters."""
+    if not fused:
+        return fused
     where, params = chunk_filters(language, path_glob, kind)
-    ids = ", ".join(str(int(cid)) for cid, _, _ in ranked.items)
+    ids = ", ".join(str(int(cid)) for _, cid, _ in fused)
     keep = {r[0] for r in con.execute(f"SELECT id FROM chunks c WHERE id IN ({ids}) AND {where}",
                                       params).fetchall()}
-    return Ranked([item for item in ranked.items if item[0] in keep])
+    return [item for item in fused if item[1] in keep]
