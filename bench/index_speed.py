@@ -46,14 +46,16 @@ def bare_parse_seconds(root: Path) -> tuple[float, int, int]:
     return time.perf_counter() - started, len(files), sum(d.count(b"\n") for _, d in files)
 
 
-def copy_corpus(source: Path) -> tuple[Path, Path]:
+def copy_corpus(source: Path, into: Path | None = None) -> tuple[Path, Path]:
     """A scratch copy of `source` to index (edits never touch the real corpus), with its own
-    CODEVM_HOME; returns (the scratch folder to delete, the project root)."""
-    work = Path(tempfile.mkdtemp(prefix="codevm-bench-"))
+    CODEVM_HOME; returns (the scratch folder to delete, the project root). With `into`, the
+    copy (and the index) is kept there and reused by later runs."""
+    work = into or Path(tempfile.mkdtemp(prefix="codevm-bench-"))
     os.environ["CODEVM_HOME"] = str(work / "home")
     root = work / "corpus"
-    shutil.copytree(source, root, symlinks=True,
-                    ignore=shutil.ignore_patterns("site-packages", "__pycache__"))
+    if not root.is_dir():
+        shutil.copytree(source, root, symlinks=True,
+                        ignore=shutil.ignore_patterns("site-packages", "__pycache__"))
     (root / ".git").mkdir(exist_ok=True)
     return work, root
 

@@ -163,6 +163,36 @@ class CodeText:
 
 
 @dataclass
+class EmbeddingProgress:
+    """How far the dense vectors of the index are (search uses whatever is done)."""
+
+    embedder: str = ""  # "ollama:nomic-embed-text", "local:all-MiniLM-L6-v2"; "" when off
+    dimension: int = 0  # 0 until the first vector is made
+    embedded: int = 0  # chunks that have a vector
+    total: int = 0  # chunks in the index
+    running: bool = False  # the background embedder is working
+    state: str = "off"  # off | waiting | running | done | unavailable
+    message: str = ""  # why it is off or unavailable, and what to do
+
+    @property
+    def complete(self) -> bool:
+        return self.total > 0 and self.embedded >= self.total
+
+    @property
+    def partial(self) -> bool:
+        """An embedder works on this index but has not embedded all of it (yet)."""
+        return bool(self.embedder) and self.state != "off" and not self.complete
+
+    def describe(self) -> str:
+        """How far the vectors are, in a line."""
+        if not self.embedder or self.state == "off":
+            return f"vectors: off ({self.message})" if self.message else "vectors: off"
+        line = f"vectors: {self.embedded:,} of {self.total:,} chunks embedded ({self.embedder}"
+        line += ", working)" if self.running else ")"
+        return line + (f"; {self.message}" if self.message else "")
+
+
+@dataclass
 class Status:
     root: str
     database: str
@@ -180,6 +210,7 @@ class Status:
     watching: bool = False  # files are re-indexed as they change on disk
     pending_changes: int = 0  # changed files waiting to be indexed
     watch_error: str = ""
+    embeddings: EmbeddingProgress = field(default_factory=EmbeddingProgress)
 
 
 @dataclass

@@ -18,8 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from codevm import __version__
 from codevm.errors import CodevmError, ProjectNotFound
+from codevm.api import EmbeddingProgress, to_dict
 from codevm.api import Progress as IndexProgress
-from codevm.api import to_dict
 from codevm.project import find_root
 from codevm.service import RemoteEngine, open_engine, service_info, stop_service
 
@@ -118,6 +118,7 @@ def search(query: tuple[str, ...], k: int, language: str | None, path_glob: str 
     """Find code by words, identifiers or symbol names."""
     with engine_at() as engine:
         hits = engine.search(" ".join(query), k, language, path_glob, kind)
+        vectors = engine.embedding_progress()
     if as_json:
         _print_json(to_dict(hits))
         return
@@ -129,6 +130,30 @@ def search(query: tuple[str, ...], k: int, language: str | None, path_glob: str 
                   f"[dim]({hit.score:.2f})[/]")
         for line in hit.snippet.split("\n"):
             out.print(f"    {line}", markup=False)
+    if vectors.partial:
+        err.print(f"[dim]{vectors.describe()}: results improve as embedding goes on[/]")
+
+
+@main.command()
+@click.option("--reset", is_flag=True, help="Drop this embedder's vectors first and embed again.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@handle_errors
+def embed(reset: bool, as_json: bool) -> None:
+    """Give every chunk its dense vector now (the service also does it in the background)."""
+    with engine_at() as engine:
+        columns = (TextColumn("[bold]embedding"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn())
+        with Progress(*columns, console=err, transient=True, disable=as_json) as bar:
+            task = bar.add_task("embedding", total=None)
+
+            def on_progress(p: EmbeddingProgress) -> None:
+                bar.update(task, completed=p.embedded, total=p.total or None)
+
+            result = engine.embed(on_progress, reset)
+    if as_json:
+        _print_json(to_dict(result))
+        return
+    out.print(result.describe(), markup=False)
 
 
 @main.command()
@@ -212,6 +237,7 @@ def status(as_json: bool) -> None:
     watching = (f"watching files for changes, {st.pending_changes} pending" if st.watching
                 else st.watch_error or "not watching files")
     out.print(f"updated    {st.last_updated_at or 'never'}; {watching}", markup=False)
+    out.print(f"vectors    {st.embeddings.describe().removeprefix('vectors: ')}", markup=False)
     owner = "this process" if st.process == os.getpid() else "the codevm service"
     out.print(f"served by  {owner} (pid {st.process})", markup=False)
 

@@ -37,3 +37,7 @@ class ModelMissing(CodevmError):
 
 class ServiceUnavailable(CodevmError):
     """The project's engine service could not be reached or started."""
+
+
+class EmbeddingUnavailable(CodevmError):
+    """The configured embedder cannot make vectors (search goes on without them)."""

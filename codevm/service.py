@@ -72,7 +72,8 @@ SERVICE_MAIN = "import sys; from codevm.service import main; sys.exit(main())"
 # command then starts in a fraction of the time.
 ENGINE_METHODS = frozenset({
     "ask", "configure", "conversation_search", "core_memory", "core_memory_block",
-    "core_memory_update", "definitions", "describe", "find_symbols", "forget", "index",
+    "core_memory_update", "definitions", "describe", "embed", "embedding_progress",
+    "find_symbols", "forget", "index",
     "list_notes", "new_session", "outline", "read", "read_chunk", "recall", "refs",
     "relative_path", "remember", "search", "session_messages", "sessions", "status", "symbol",
     "update_file", "warm_up"})
@@ -216,6 +217,7 @@ class Service:
             from codevm.memory.watcher import Watcher
 
             self.engine = Engine(self.root, self.settings)
+            self.engine.background_embedding = True
             key = secrets.token_bytes(32)
             listener = self._listen(key)
             self.engine.watcher = Watcher(self.engine, self.settings.watch_debounce_ms)
@@ -298,7 +300,9 @@ class Service:
                 quiet = (self.clients == 0 and self.active_calls == 0
                          and time.monotonic() - self.last_active >= idle)
             watcher = self.engine.watcher if self.engine else None
-            if quiet and not (watcher and watcher.pending_count()):
+            busy = (watcher is not None and watcher.pending_count() > 0) or (
+                self.engine is not None and self.engine.vectors.running)
+            if quiet and not busy:  # changes to index and code to embed are finished first
                 log.info("no client for %ds: exiting", idle)
                 self.stop()
 

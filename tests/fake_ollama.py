@@ -8,12 +8,34 @@ the request that returns one) and is recorded, so tests can check what was sent.
 from __future__ import annotations
 
 import json
+import re
 import threading
+import zlib
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 Reply = dict[str, Any] | Callable[[dict], dict[str, Any]]
+
+
+# words that the fake embedding model takes for one meaning: each group is one dimension
+CONCEPTS = (
+    {"pause", "sleep", "wait", "delay", "halt", "suspend", "nap"},
+    {"money", "price", "cost", "invoice", "bill", "payment", "charge"},
+    {"colour", "color", "paint", "hue", "tint", "shade"},
+)
+
+
+def fake_embedding(text: str, dimension: int) -> list[float]:
+    """A bag of words in `dimension` numbers: synonyms (CONCEPTS) share one, other words
+    are hashed into the rest. Enough meaning to tell a vector search from a lexical one."""
+    vector = [0.0] * dimension
+    for word in re.findall(r"[a-z]+", re.sub(r"([a-z])([A-Z])", r"\1 \2", text).lower()):
+        group = next((i for i, words in enumerate(CONCEPTS) if word in words), None)
+        if group is None:
+            group = len(CONCEPTS) + zlib.crc32(word.encode()) % (dimension - len(CONCEPTS))
+        vector[group] += 1.0
+    return vector
 
 
 def call(name: str, **arguments: Any) -> dict:
@@ -25,6 +47,10 @@ class FakeOllama:
         self.models = models if models is not None else {"qwen2.5-coder:7b": 4096}
         self.script: list[Reply] = []
         self.requests: list[dict] = []
+        self.dimension = 16  # of the vectors /api/embed returns (tests change it)
+        self.embed_gate = threading.Event()  # /api/embed waits until it is set...
+        self.embed_gate.set()
+        self.embed_pause_after: int | None = None  # ...after this many requests, if set
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -42,6 +68,15 @@ class FakeOllama:
 
     def chat_requests(self) -> list[dict]:
         return [r for r in self.requests if r["path"] == "/api/chat"]
+
+    def embedded_texts(self) -> list[str]:
+        """Every text sent to /api/embed, in order."""
+        out: list[str] = []
+        for r in self.requests:
+            if r["path"] == "/api/embed":
+                inputs = r["body"].get("input")
+                out.extend([inputs] if isinstance(inputs, str) else inputs)
+        return out
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
@@ -78,10 +113,13 @@ class FakeOllama:
                                      "model_info": {"qwen2.context_length": 32768},
                                      "details": {"family": "qwen2"}})
                 elif self.path == "/api/embed":
+                    served = sum(r["path"] == "/api/embed" for r in fake.requests) - 1
+                    if fake.embed_pause_after is None or served >= fake.embed_pause_after:
+                        fake.embed_gate.wait(30)
                     inputs = body.get("input")
                     inputs = [inputs] if isinstance(inputs, str) else inputs
                     self._send(200, {"model": model, "embeddings": [
-                        [float(len(t) % 7), 1.0, 0.5] for t in inputs]})
+                        fake_embedding(t, fake.dimension) for t in inputs]})
                 elif self.path == "/api/chat":
                     self._chat(body)
                 else:

@@ -51,7 +51,11 @@ def search_code(engine: Engine, query: str, k: int = 10, language: str | None = 
     _bounded(k, offset, max_chars)
     hits = engine.search(query, k=offset + k + 1, language=language, path_glob=path_glob, kind=kind)
     window = [to_dict(h) for h in hits[offset: offset + k]]
-    return page(window, offset, max_chars, more=len(hits) > offset + k)
+    result = page(window, offset, max_chars, more=len(hits) > offset + k)
+    vectors = engine.embedding_progress()
+    if vectors.partial:  # the ranking will change as embedding goes on
+        result["vectors"] = vectors.describe()
+    return result
 
 
 def find_symbol(engine: Engine, name: str) -> dict:

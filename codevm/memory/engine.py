@@ -12,12 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from codevm.api import (
-    MIN_BUDGET, AskResult, CodeText, CoreBlock, IndexReport, MessageRecord, Note, PageInfo, Progress, RefInfo,
-    SearchHit, SessionInfo, Status, SymbolDetail, SymbolInfo, to_dict)
+    MIN_BUDGET, AskResult, CodeText, CoreBlock, EmbeddingProgress, IndexReport, MessageRecord, Note,
+    PageInfo, Progress, RefInfo, SearchHit, SessionInfo, Status, SymbolDetail, SymbolInfo, to_dict)
 from codevm.config import Settings
-from codevm.errors import InvalidArgument, ModelMissing, ModelUnavailable, NotIndexed
+from codevm.errors import CodevmError, InvalidArgument, ModelMissing, ModelUnavailable, NotIndexed
 from codevm.indexers.pipeline import Indexer
 from codevm.memory.agent import INSTRUCTIONS, TOOLS, Agent
+from codevm.memory.embeddings import LocalEmbedder, Vectors
 from codevm.memory.context import ContextMessage, MainContext, TokenEstimator
 from codevm.memory.conversation import SUMMARY_PROMPT, Conversation
 from codevm.memory.model import ModelReply, OllamaModel
@@ -34,7 +35,10 @@ __all__ = ["Engine", "MIN_BUDGET", "find_root", "to_dict"]
 
 def weights(settings: Settings) -> dict[str, float]:
     return {"lexical": settings.weight_lexical, "named": settings.weight_named,
-            "graph": settings.weight_graph}
+            "graph": settings.weight_graph, "vector": settings.weight_vector}
+
+
+_EMBEDDING_SETTINGS = ("embedder", "embed_model", "embed_batch", "embed_max_tokens", "ollama_host")
 
 
 class Engine:
@@ -48,9 +52,14 @@ class Engine:
         self.notes = Notes(self.store)
         self.core = CoreMemory(self.store)
         self.recall_storage = Recall(self.store)
-        self.retriever = Retriever(self.store.cursor, self.store.terms, weights(self.settings))
+        self.vectors = Vectors(self.store, self.settings)
+        self.retriever = Retriever(self.store.cursor, self.store.terms, weights(self.settings),
+                                   self.vectors)
         self.pager = HeuristicPager(self.store, self.retriever, TokenEstimator())
         self.watcher: Watcher | None = None  # set by the engine service
+        # the engine service embeds new code in the background; an Engine used in-process
+        # (a library, CODEVM_SERVICE=0) embeds when asked: embed()
+        self.background_embedding = False
         self._index_lock = threading.Lock()
 
     @classmethod
@@ -58,6 +67,7 @@ class Engine:
         return cls(find_root(Path(start)))
 
     def close(self) -> None:
+        self.vectors.close()
         self.store.close()
 
     def __enter__(self) -> Engine:
@@ -86,18 +96,48 @@ class Engine:
         if report.parsed or report.deleted or report.errors:
             self.store.set_meta("last_updated_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         self.notes.mark_stale()
+        if report.chunks and self.background_embedding:
+            self.vectors.kick()  # new code gets its vectors in the background
         return report
 
     def configure(self, settings: Settings) -> None:
         """New settings (from an editor) for everything that follows, indexing included."""
-        self.settings = settings
+        old, self.settings = self.settings, settings
         self.indexer = Indexer(self.root, self.store, settings)
         self.retriever.weights = weights(settings)
+        if any(getattr(old, name) != getattr(settings, name) for name in _EMBEDDING_SETTINGS):
+            self.vectors.close()
+            self.vectors = self.retriever.vectors = Vectors(self.store, settings)
+            if self.background_embedding:
+                self.vectors.kick()
 
     def warm_up(self) -> None:
-        """Load what the first search or edit would load (the term dictionary)."""
+        """Load what the first search or edit would load (the term dictionary, the
+        in-process embedding model) and resume embedding where it stopped."""
         with self.store.lock:
             self.store.terms.load(self.store.cursor())
+        embedder = self.vectors.embedder
+        if isinstance(embedder, LocalEmbedder) and embedder.dimension is not None:
+            try:
+                embedder.load()
+            except CodevmError:
+                pass  # progress() tells why when embedding runs into it
+        if self.background_embedding:
+            self.vectors.kick()
+
+    # -- dense vectors -------------------------------------------------------------------
+    def embed(self, progress: Callable[[EmbeddingProgress], None] | None = None,
+              reset: bool = False) -> EmbeddingProgress:
+        """Embed every chunk that has no vector yet, now (`reset`: drop this embedder's
+        vectors first). The background work does the same after each index run."""
+        self._require_index()
+        if reset:
+            self.vectors.reset()
+        self.vectors.embed(progress)
+        return self.vectors.progress()
+
+    def embedding_progress(self) -> EmbeddingProgress:
+        return self.vectors.progress()
 
     def update_file(self, path: str, text: str | None = None) -> IndexReport:
         """Re-index one file now, from its unsaved `text` or from disk."""
@@ -251,6 +291,7 @@ class Engine:
             watching=watcher is not None and watcher.running,
             pending_changes=watcher.pending_count() if watcher else 0,
             watch_error=watcher.error if watcher else "",
+            embeddings=self.vectors.progress(),
         )
 
     # -- memory: notes, core blocks, recall ----------------------------------------------

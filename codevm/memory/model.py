@@ -20,30 +20,35 @@ class ModelReply:
     prompt_tokens: int | None = None  # Ollama's prompt_eval_count (may be missing)
 
 
+def ollama_failure(error: Exception, host: str, model: str) -> ModelUnavailable | ModelMissing:
+    """What a failed request to Ollama means for the user, in one line."""
+    if isinstance(error, ollama.ResponseError) and error.status_code == 404:
+        return ModelMissing(f"Ollama at {host} does not have the model {model}: "
+                            f"run `ollama pull {model}`")
+    if isinstance(error, ollama.ResponseError):
+        return ModelUnavailable(f"Ollama at {host} failed: {error.error}")
+    if isinstance(error, ValueError):  # a reply that is not what Ollama sends
+        return ModelUnavailable(f"the server at {host} does not answer like Ollama: {error}")
+    return ModelUnavailable(
+        f"no Ollama server answered at {host}: start it with `ollama serve` (or set OLLAMA_HOST)")
+
+
+# what the ollama client raises when a request fails
+OLLAMA_ERRORS = (ConnectionError, httpx.HTTPError, ollama.ResponseError, ValueError)
+
+
 class OllamaModel:
     def __init__(self, model: str, host: str, timeout: float = 300.0):
         self.model = model
         self.host = host
         self.client = ollama.Client(host=host, timeout=timeout)
 
-    def _fail(self, error: Exception) -> Exception:
-        if isinstance(error, ollama.ResponseError) and error.status_code == 404:
-            return ModelMissing(f"Ollama at {self.host} does not have the model {self.model}: "
-                                f"run `ollama pull {self.model}`")
-        if isinstance(error, ollama.ResponseError):
-            return ModelUnavailable(f"Ollama at {self.host} failed: {error.error}")
-        if isinstance(error, ValueError):  # a reply that is not what Ollama sends
-            return ModelUnavailable(f"the server at {self.host} does not answer like Ollama: {error}")
-        return ModelUnavailable(
-            f"no Ollama server answered at {self.host}: start it with `ollama serve` "
-            "(or set OLLAMA_HOST)")
-
     def context_length(self, default: int) -> int:
         """num_ctx set in the model's parameters, else min(its trained length, default)."""
         try:
             info = self.client.show(self.model)
-        except (ConnectionError, httpx.HTTPError, ollama.ResponseError, ValueError) as e:
-            raise self._fail(e) from None
+        except OLLAMA_ERRORS as e:
+            raise ollama_failure(e, self.host, self.model) from None
         m = re.search(r"^\s*num_ctx\s+(\d+)", info.parameters or "", re.MULTILINE)
         if m:
             return int(m.group(1))
@@ -71,6 +76,6 @@ class OllamaModel:
                                   "arguments": dict(call.function.arguments or {})})
                 if part.done:
                     prompt_tokens = part.prompt_eval_count
-        except (ConnectionError, httpx.HTTPError, ollama.ResponseError, ValueError) as e:
-            raise self._fail(e) from None
+        except OLLAMA_ERRORS as e:
+            raise ollama_failure(e, self.host, self.model) from None
         return ModelReply("".join(content), calls, prompt_tokens)

@@ -5,7 +5,8 @@
   frames (file, line), file paths and modules, and the definitions of identifiers it
   writes like code (dotted, CamelCase, snake_case), the rarer the name the higher;
 - graph: a personalised PageRank over the reference graph around the best lexical and
-  named hits: callees, callers, the enclosing class and sibling methods.
+  named hits: callees, callers, the enclosing class and sibling methods;
+- vector: cosine similarity of dense vectors (embeddings.py), when an embedder is set.
 
 Fusion is a weighted sum of each signal's scores scaled to its best (CombSUM with max
 normalisation): score(c) = sum_s w_s * score_s(c) / max score_s. Reciprocal-rank fusion
@@ -23,10 +24,11 @@ import duckdb
 
 from codevm.api import SearchHit
 from codevm.indexers.languages import EXTENSIONS
+from codevm.memory.embeddings import Vectors
 from codevm.memory.search import QueryTerms, check_query, chunk_filters, lexical, make_hits
 from codevm.memory.store import TermDictionary
 
-SIGNALS = ("lexical", "named", "graph")
+SIGNALS = ("lexical", "named", "graph", "vector")
 SIGNAL_DEPTH = 200  # chunks each signal ranks
 
 _PY_FRAME = re.compile(r'File "([^"]+)", line (\d+)(?:, in ([\w<>.]+))?')
@@ -48,6 +50,10 @@ ITERATIONS = 12
 HOP_FRONTIER = 60  # nodes the second hop expands
 GRAPH_MIN_WORDS = 8  # shorter queries are searches: the graph costs more than it brings
 EDGE_WEIGHTS = {"callee": 1.0, "caller": 0.7, "class": 0.6, "sibling": 0.3}
+# the vector signal counts each chunk by how far its cosine is above the one ranked here:
+# raw cosines of a small model crowd into a narrow band that max-normalisation would
+# leave almost flat. A fixed rank keeps scores the same however deep a search ranks.
+FLOOR_RANK = 50
 
 
 @dataclass
@@ -304,8 +310,12 @@ def fuse(signals: dict[str, Ranked], weights: dict[str, float]) -> list[tuple[fl
         w = weights.get(name, 0.0)
         if w <= 0 or not ranked.items:
             continue
-        top = max(score for _, score, _ in ranked.items) or 1.0
-        for cid, score, reason in ranked.items:
+        items = ranked.items
+        if name == "vector" and len(items) >= FLOOR_RANK:
+            floor = items[FLOOR_RANK - 1][1]
+            items = [(cid, score - floor, reason) for cid, score, reason in items[: FLOOR_RANK - 1]]
+        top = max(score for _, score, _ in items) or 1.0
+        for cid, score, reason in items:
             share = w * max(score, 0.0) / top
             scores[cid] += share
             if cid not in why or (why[cid][2] != "named" and share > why[cid][0]):
@@ -313,16 +323,25 @@ def fuse(signals: dict[str, Ranked], weights: dict[str, float]) -> list[tuple[fl
     return sorted(((s, cid, why[cid][1]) for cid, s in scores.items()), key=lambda r: (-r[0], r[1]))
 
 
+def vector_signal(vectors: Vectors | None, con: duckdb.DuckDBPyConnection, query: str, depth: int,
+                  language: str | None, path_glob: str | None, kind: str | None) -> Ranked:
+    """Chunks by cosine similarity to the query (raw cosines; see `fuse`)."""
+    ranked = vectors.rank(con, query, max(depth, FLOOR_RANK), language, path_glob, kind) if vectors else []
+    return Ranked([(cid, score, "similar meaning") for cid, score in ranked])
+
+
 class Retriever:
-    def __init__(self, con_factory, terms: TermDictionary, weights: dict[str, float] | None = None):
+    def __init__(self, con_factory, terms: TermDictionary, weights: dict[str, float] | None = None,
+                 vectors: Vectors | None = None):
         self.cursor = con_factory
         self.terms = terms
         self.weights = weights or {name: 1.0 for name in SIGNALS}
+        self.vectors = vectors
 
     def signals(self, query: str, language: str | None = None, path_glob: str | None = None,
                 kind: str | None = None, depth: int = SIGNAL_DEPTH) -> tuple[QueryTerms, dict[str, Ranked]]:
         """Each signal's ranking of up to `depth` chunks. The search filters apply to the
-        lexical ranking; the others also rank code outside them (see `_fused`)."""
+        lexical and vector rankings; the others also rank code outside them (see `_fused`)."""
         con = self.cursor()
         q, ranked = lexical(con, query, depth, language, path_glob, kind, self.terms)
         out = {"lexical": Ranked([(cid, score, "search hit") for score, cid in ranked[:depth]])}
@@ -334,6 +353,8 @@ class Retriever:
         # a question or an issue (not a few words typed in a search box) gets the graph
         wanted = self.weights.get("graph", 0) > 0 and q.n_idents >= GRAPH_MIN_WORDS
         out["graph"] = graph_signal(con, seeds) if wanted else Ranked([])
+        out["vector"] = (vector_signal(self.vectors, con, query, depth, language, path_glob, kind)
+                         if self.weights.get("vector", 0) > 0 else Ranked([]))
         return q, out
 
     def _fused(self, query: str, k: int, language: str | None, path_glob: str | None,

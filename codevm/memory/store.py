@@ -95,9 +95,18 @@ def m005_memory(con: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
+def m006_embeddings(con: duckdb.DuckDBPyConnection) -> None:
+    # dense vectors live in one table per dimension, embeddings_<n> (model, hash,
+    # vec FLOAT[n]), created with an embedder's first vectors: a model's dimension is known
+    # only once it answers. This table records each embedder's dimension.
+    con.execute("""
+        CREATE TABLE embedding_models (
+            model VARCHAR PRIMARY KEY, dimension INTEGER, created_at TIMESTAMP)""")
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     m001_initial, m002_search_indexes, m003_terms_from_workers, m004_postings_carry_lengths,
-    m005_memory]
+    m005_memory, m006_embeddings]
 
 # Postings are kept sorted by term so that a query reads a few row groups (zone maps);
 # rows appended since the last sort, and those of replaced chunks (left behind by updates

