@@ -178,16 +178,18 @@ def bench_arguments(description: str) -> argparse.Namespace:
     parser.add_argument("--repo", action="append", help="only this repository (repeatable)")
     parser.add_argument("--id", action="append", dest="ids", help="only this instance")
     parser.add_argument("--fresh", action="store_true", help="ignore cached results")
+    parser.add_argument("--embedder", default="local", choices=("local", "ollama", "off"),
+                        help="vectors for the vector signal (local: all-MiniLM-L6-v2 in-process)")
     return parser.parse_args()
 
 
 def run_instances(args: argparse.Namespace, name: str,
                   evaluate_one: Callable[[dict, Engine], dict],
-                  describe: Callable[[dict], str]) -> tuple[list[dict], list[str], float]:
-    """Check out, index and evaluate each selected instance, repository by repository.
+                  describe: Callable[[dict], str]) -> tuple[list[dict], list[str], dict[str, float]]:
+    """Check out, index, embed and evaluate each selected instance, repository by repository.
 
     Per-instance rows are cached in `<cache>/<name>.jsonl`; returns the rows, the
-    repositories without a mirror and the seconds spent indexing.
+    repositories without a mirror and the seconds spent indexing and embedding.
     """
     instances = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
     if args.repo:
@@ -208,7 +210,7 @@ def run_instances(args: argparse.Namespace, name: str,
     for inst in instances:
         by_repo[inst["repo"]].append(inst)
     results: list[dict] = []
-    index_seconds = 0.0
+    seconds = {"index": 0.0, "embed": 0.0}
     missing: list[str] = []
     with results_file.open("a") as out:
         for repo, items in by_repo.items():
@@ -226,10 +228,14 @@ def run_instances(args: argparse.Namespace, name: str,
             for inst in todo:
                 checkout(git_dir, tree, args.cache / f"{slug}.manifest.json", inst["commit"])
                 if engine is None:
-                    engine = Engine(tree, Settings())
+                    engine = Engine(tree, Settings(embedder=args.embedder))
                 started = time.perf_counter()
                 engine.index()
-                index_seconds += time.perf_counter() - started
+                seconds["index"] += time.perf_counter() - started
+                if args.embedder != "off":  # the changed chunks get their vectors
+                    started = time.perf_counter()
+                    engine.embed()
+                    seconds["embed"] += time.perf_counter() - started
                 row = evaluate_one(inst, engine)
                 results.append(row)
                 out.write(json.dumps(row) + "\n")
@@ -237,7 +243,7 @@ def run_instances(args: argparse.Namespace, name: str,
                 print(f"{inst['id']}: {describe(row)}", file=sys.stderr)
             if engine is not None:
                 engine.close()
-    return results, missing, index_seconds
+    return results, missing, seconds
 
 
 def accuracy(rows: list[dict]) -> dict[str, float]:
@@ -258,14 +264,14 @@ def accuracy(rows: list[dict]) -> dict[str, float]:
 
 def main() -> None:
     args = bench_arguments(__doc__ or "")
-    results, missing, index_seconds = run_instances(
+    results, missing, seconds = run_instances(
         args, "localization-signals", evaluate,
         lambda row: f"file rank {row['fusion']['file_rank']}, "
                     f"function rank {row['fusion']['function_rank']}")
     n = len(results)
     with_functions = [r for r in results if r["has_functions"]]
     summary: dict[str, object] = {"instances": n, "missing_repositories": missing,
-                                  "weights": weights(Settings())}
+                                  "weights": weights(Settings()), "embedder": args.embedder}
     for name in ("fusion", *SIGNALS):
         summary[name] = accuracy([{**r[name], "has_functions": r["has_functions"]} for r in results])
     summary["instances_with_gold_functions"] = len(with_functions)
@@ -273,7 +279,8 @@ def main() -> None:
     if latencies:
         summary["search_p50_ms"] = latencies[len(latencies) // 2]
         summary["search_p95_ms"] = latencies[max(0, int(len(latencies) * 0.95) - 1)]
-    summary["index_seconds_this_run"] = round(index_seconds, 1)
+    summary["index_seconds_this_run"] = round(seconds["index"], 1)
+    summary["embed_seconds_this_run"] = round(seconds["embed"], 1)
     print(json.dumps(summary))
 
 
