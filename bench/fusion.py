@@ -58,8 +58,10 @@ def main() -> None:
     rows = list(latest.values())
     results = []
     # lexical is the reference (weight 1); the others are scaled against it
-    for wn, wg in itertools.product((0.0, 0.1, 0.2, 0.35, 0.5, 1.0), (0.0, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)):
-        weights = {"lexical": 1.0, "named": wn, "graph": wg}
+    grid = itertools.product((0.0, 0.1, 0.2, 0.35, 0.5), (0.0, 0.75, 1.0, 1.5, 2.0, 3.0),
+                             (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0))
+    for wn, wg, wv in grid:
+        weights = {"lexical": 1.0, "named": wn, "graph": wg, "vector": wv}
         acc = score(rows, data, weights)
         # the objective: file Acc@1 and Acc@5 and function Acc@10 together
         results.append((acc["file_acc@1"] + acc["file_acc@5"] + acc["function_acc@10"], weights, acc))

