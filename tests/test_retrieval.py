@@ -65,3 +65,33 @@ def test_search_fuses_the_signals_and_keeps_its_filters(project) -> None:
         engine.configure(Settings(service=False, weight_lexical=0.0, weight_graph=0.0))
         named_only = engine.search(question, k=10)
         assert {h.symbol for h in named_only} <= {"total_area", "Circle.area", "main"}
+
+
+def test_named_signal_resolves_modules_error_messages_and_quoted_names(tmp_path) -> None:
+    root = tmp_path / "solids"
+    (root / "src/pkg/geometry").mkdir(parents=True)
+    (root / ".git").mkdir()
+    (root / "src/pkg/geometry/__init__.py").write_text("")
+    (root / "src/pkg/geometry/solids.py").write_text(
+        "def check(radius):\n"
+        "    if radius <= 0:\n"
+        "        raise ValueError('radius must be positive, got %r' % radius)\n"
+        "    return radius\n\n\n"
+        "def unrelated(x):\n    return x * 2\n")
+    (root / "src/pkg/volume.py").write_text("def volume(r):\n    return 4 / 3 * 3.14159 * r ** 3\n")
+    (root / "src/pkg/other.py").write_text("def noise(y):\n    return y\n")
+    with Engine(root, Settings(service=False, min_chunk_tokens=1)) as engine:
+        engine.index()
+        con = engine.store.cursor()
+        question = ("After upgrading, pkg.geometry.solids rejects a sphere:\n"
+                    "ValueError: radius must be positive, got -2.5\n"
+                    "and then `volume` returns nonsense")
+        ranked = named_signal(con, question, engine.store.terms)
+        why = {name: reason for name, (_, _, reason) in
+               zip(_names(engine, [cid for cid, _, _ in ranked.items]), ranked.items)}
+        assert why["check"] == "holds the error message"
+        assert why["volume"] == "definition of volume"  # a plain word, quoted as code
+        assert why.get("unrelated", "").startswith("module src/pkg/geometry/solids.py")
+        assert "noise" not in why
+        # a message too common to point anywhere, and prose with no code, find nothing
+        assert named_signal(con, "it just returns the value", engine.store.terms).items == []

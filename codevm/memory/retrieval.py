@@ -39,10 +39,18 @@ _CODE_IDENT = re.compile(
     r"|\b_*[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b"  # snake_case
     r"|\b[A-Z][a-z0-9]+(?:[A-Z][a-z0-9]*)+\b"  # CamelCase
     r"|\b[a-z]+[A-Z]\w*\b")  # camelCase
+_DOTTED = re.compile(r"\b[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+\b")
+_BACKTICK_NAME = re.compile(r"`((?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*)(?:\([^`]*\))?`")
+# "SomeError: message" on a line of its own (a traceback's last line, a quoted error)
+_ERROR_LINE = re.compile(r"^[ \t>]*(?:[\w.]+\.)?\w*(?:Error|Exception|Warning)\b:[ \t]*(.{8,300})$",
+                         re.MULTILINE)
+# the parts of a message that a program fills in: quoted values, numbers, <objects>
+_VARIABLE = re.compile(r"'[^']*'|\"[^\"]*\"|<[^>]*>|\b0x[0-9a-fA-F]+\b|\b\d+(?:\.\d+)?\b")
 _TEXT_EXTENSIONS = {".md", ".rst", ".txt", ".toml", ".yaml", ".yml", ".json", ".cfg", ".ini"}
 
 MAX_NAMED = 24  # identifiers and paths taken from one question
 MAX_DEFINITIONS = 6  # a name defined more often than this is too generic to resolve
+MAX_MESSAGES = 3  # error message fragments looked up in the code
 GRAPH_SEEDS = 12
 MAX_FANOUT = 8  # callees of one name / callers of one chunk followed
 RESTART = 0.5  # personalised PageRank: the chance to jump back to a seed
@@ -114,6 +122,7 @@ def named_signal(con: duckdb.DuckDBPyConnection, question: str,
             found.append((cid, 1.0 - 0.03 * depth, f"traceback {path}:{line}"))
     # paths named in the text (with a line, that line's chunk)
     words = _words(question)
+    named_files: list[str] = []
     for m in [m for m in _PATH.finditer(question) if looks_like_path(m.group(1))][:MAX_NAMED]:
         path = _resolve_path(con, m.group(1))
         if not path:
@@ -121,14 +130,14 @@ def named_signal(con: duckdb.DuckDBPyConnection, question: str,
         if m.group(2) and (cid := chunk_at(con, path, int(m.group(2)))) is not None:
             found.append((cid, 0.95, f"named {path}:{m.group(2)}"))
             continue
-        # the file's chunks that the question's words match best, else its first chunk
-        _, ranked = lexical(con, words, 3, path_glob=path, terms=terms) if words else (None, [])
-        ids = [cid for _, cid in ranked[:3]]
-        if not ids:
-            row = con.execute("SELECT id FROM chunks WHERE path = ? ORDER BY ord LIMIT 1",
-                              [path]).fetchone()
-            ids = [row[0]] if row else []
-        found.extend((cid, 0.75 - 0.05 * i, f"named file {path}") for i, cid in enumerate(ids))
+        named_files.append(path)
+    for path in named_files:
+        found.extend(_file_chunks(con, path, words, terms, 0.75, f"named file {path}"))
+    # modules named by their dotted import path (django.db.models.query)
+    for path in _module_files(con, question):
+        if path not in named_files:
+            found.extend(_file_chunks(con, path, words, terms, 0.7, f"module {path}"))
+    found.extend(_error_messages(con, question))
     found.extend(_definitions(con, question))
     best: dict[int, tuple[int, float, str]] = {}
     for item in found:
@@ -137,12 +146,71 @@ def named_signal(con: duckdb.DuckDBPyConnection, question: str,
     return Ranked(sorted(best.values(), key=lambda r: -r[1]))
 
 
+def _file_chunks(con: duckdb.DuckDBPyConnection, path: str, words: str, terms: TermDictionary | None,
+                 score: float, reason: str) -> list[tuple[int, float, str]]:
+    """The chunks of a named file that the question's words match best, else its first."""
+    _, ranked = lexical(con, words, 3, path_glob=path, terms=terms) if words else (None, [])
+    ids = [cid for _, cid in ranked[:3]]
+    if not ids:
+        row = con.execute("SELECT id FROM chunks WHERE path = ? ORDER BY ord LIMIT 1",
+                          [path]).fetchone()
+        ids = [row[0]] if row else []
+    return [(cid, score - 0.05 * i, reason) for i, cid in enumerate(ids)]
+
+
+def _module_files(con: duckdb.DuckDBPyConnection, question: str) -> list[str]:
+    """Project files of the Python modules a question names by dotted path: for a.b.c.d,
+    the longest of a/b/c/d.py, a/b/c/d/__init__.py, a/b/c.py ... that is a file of the
+    project (at its root or under a source folder)."""
+    wanted: dict[str, tuple[int, int]] = {}  # candidate path -> (order, parts)
+    dotted = [m.group(0) for m in _DOTTED.finditer(question) if not looks_like_path(m.group(0))]
+    for order, name in enumerate(dict.fromkeys(dotted)):
+        parts = name.split(".")
+        for n in range(len(parts), 1, -1):
+            stem = "/".join(parts[:n])
+            wanted.setdefault(stem + ".py", (order, n))
+            wanted.setdefault(stem + "/__init__.py", (order, n))
+        if len(wanted) > 4 * MAX_NAMED:
+            break
+    if not wanted:
+        return []
+    rows = con.execute(
+        "SELECT c.cand, f.path FROM files f JOIN (SELECT unnest($c) AS cand) c "
+        "ON f.path = c.cand OR ends_with(f.path, '/' || c.cand) WHERE f.status = 'indexed'",
+        {"c": list(wanted)}).fetchall()
+    best: dict[int, tuple[int, str]] = {}  # per name: the longest module path that exists
+    for cand, path in rows:
+        order, n = wanted[cand]
+        if order not in best or n > best[order][0] or (n == best[order][0] and len(path) < len(best[order][1])):
+            best[order] = (n, path)
+    return list(dict.fromkeys(path for _, (_, path) in sorted(best.items())))
+
+
+def _error_messages(con: duckdb.DuckDBPyConnection, question: str) -> list[tuple[int, float, str]]:
+    """Chunks holding the constant text of an error message the question quotes
+    (`ValueError: Unknown format code 'd' for object`: 'Unknown format code')."""
+    fragments: list[str] = []
+    for m in _ERROR_LINE.finditer(question):
+        for part in _VARIABLE.split(m.group(1)):
+            part = part.strip(" .,:;!?-")
+            if len(part) >= 12 and " " in part:
+                fragments.append(part)
+    found: list[tuple[int, float, str]] = []
+    for fragment in sorted(dict.fromkeys(fragments), key=len, reverse=True)[:MAX_MESSAGES]:
+        rows = con.execute("SELECT id FROM chunks WHERE contains(text, ?) LIMIT ?",
+                           [fragment, MAX_DEFINITIONS + 1]).fetchall()
+        if 0 < len(rows) <= MAX_DEFINITIONS:  # more: too common a phrase to point anywhere
+            found.extend((r[0], 0.85 / len(rows) ** 0.5, "holds the error message") for r in rows)
+    return found
+
+
 def _definitions(con: duckdb.DuckDBPyConnection, question: str) -> list[tuple[int, float, str]]:
     """Chunks defining the identifiers a question writes like code; a rare name (one
     definition) ranks above a common one, a dotted name above a bare one."""
     names: list[str] = []
-    for m in _CODE_IDENT.finditer(question):
-        name = m.group(0)
+    # names written like code, and any name quoted as code (`sort`, `Model.save()`)
+    quoted = [m.group(1) for m in _BACKTICK_NAME.finditer(question)]
+    for name in [m.group(0) for m in _CODE_IDENT.finditer(question)] + quoted:
         if name not in names and not looks_like_path(name):
             names.append(name)
     names = names[:MAX_NAMED]
