@@ -4,12 +4,16 @@ service, progress, and failures that leave search working."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
+from lsprotocol import types as t
+from pytest_lsp import client_capabilities, make_test_lsp_client
 
 from codevm.config import Settings
 from codevm.errors import EmbeddingUnavailable
@@ -17,7 +21,7 @@ from codevm.memory.engine import Engine
 from codevm.service import service_info, stop_service
 from tests.fake_ollama import FakeOllama
 from tests.test_cli import codevm
-from tests.test_service import wait_until
+from tests.test_service import await_until, wait_until
 
 MODEL = "nomic-embed-text"
 WORK = '''import time
@@ -237,3 +241,43 @@ def retry(call, attempts=3):
         assert top("how are emails sent") == "send_mail"
         assert top("parse a spreadsheet export") == "read_rows"
         assert top("what happens when a network request fails") == "retry"
+
+
+@pytest.mark.asyncio
+async def test_lsp_reports_the_background_embedding(small: Path, fake: FakeOllama) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEVM_")}
+    env.update({"CODEVM_OLLAMA_HOST": fake.host, "CODEVM_EMBED_BATCH": "1",
+                "CODEVM_SERVICE_IDLE_SECONDS": "60"})
+    fake.embed_gate.clear()  # embedding lasts until the test lets it go on
+    client = make_test_lsp_client()
+    await client.start_io(sys.executable, "-m", "codevm", "lsp", env=env)
+    try:
+        await client.initialize_session(t.InitializeParams(
+            capabilities=client_capabilities("visual-studio-code"),
+            workspace_folders=[t.WorkspaceFolder(uri=small.as_uri(), name="small")]))
+
+        def embedding() -> list:
+            return next((r for r in client.progress_reports.values() if r and isinstance(
+                r[0], t.WorkDoneProgressBegin) and r[0].title == "codevm: embedding"), [])
+
+        await await_until(lambda: asyncio.sleep(0, bool(embedding())), "embedding progress")
+        assert embedding()[0].message == "0/3 chunks"
+        fake.embed_gate.set()
+        await await_until(lambda: asyncio.sleep(0, isinstance(embedding()[-1], t.WorkDoneProgressEnd)),
+                          "the end of the embedding")
+        assert embedding()[-1].message.startswith("vectors: 3 of 3 chunks embedded")
+    finally:
+        fake.embed_gate.set()
+        await client.shutdown_session()
+        await client.stop()
+
+
+def test_mcp_search_says_how_far_the_vectors_are(small: Path, fake: FakeOllama) -> None:
+    from codevm.mcp_server import tools
+
+    with ollama_engine(small, fake.host) as engine:
+        result = tools.search_code(engine, "sleep_briefly", k=2)
+        assert result["items"][0]["symbol"] == "sleep_briefly"
+        assert result["vectors"] == "vectors: 0 of 3 chunks embedded (ollama:nomic-embed-text)"
+        engine.embed()
+        assert "vectors" not in tools.search_code(engine, "sleep_briefly", k=2)

@@ -155,7 +155,37 @@ async def initialized(ls: CodevmLanguageServer, params: t.InitializedParams) -> 
         await ls.work_done_progress.create_async(token)
     except Exception:  # the client may not support progress: index anyway
         token = ""
-    ls.thread_pool.submit(_index_workspace, ls, token)
+    indexing = ls.thread_pool.submit(_index_workspace, ls, token)
+    if token:
+        asyncio.ensure_future(_embedding_progress(ls, asyncio.wrap_future(indexing)))
+
+
+EMBED_POLL_SECONDS = 1.0
+
+
+async def _embedding_progress(ls: CodevmLanguageServer, indexing: asyncio.Future) -> None:
+    """After indexing, $/progress for the service's background embedding while it lasts."""
+    await indexing
+    engine = ls.engine
+    assert engine is not None
+    try:
+        state = await asyncio.to_thread(engine.embedding_progress)
+        if not (state.partial and state.running):
+            return
+        token = str(uuid.uuid4())
+        await ls.work_done_progress.create_async(token)
+        ls.work_done_progress.begin(token, t.WorkDoneProgressBegin(
+            title="codevm: embedding", message=f"{state.embedded}/{state.total} chunks",
+            percentage=int(100 * state.embedded / max(state.total, 1))))
+        while state.running and not state.complete:
+            await asyncio.sleep(EMBED_POLL_SECONDS)
+            state = await asyncio.to_thread(engine.embedding_progress)
+            ls.work_done_progress.report(token, t.WorkDoneProgressReport(
+                message=f"{state.embedded}/{state.total} chunks",
+                percentage=int(100 * state.embedded / max(state.total, 1))))
+        ls.work_done_progress.end(token, t.WorkDoneProgressEnd(message=state.describe()))
+    except Exception as e:  # noqa: BLE001 - progress is a courtesy: never fail the server
+        log.debug("embedding progress: %s", e)
 
 
 def _index_workspace(ls: CodevmLanguageServer, token: str) -> None:
