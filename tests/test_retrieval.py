@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from codevm.config import Settings
 from codevm.memory.engine import Engine
 from codevm.memory.retrieval import Ranked, fuse, graph_signal, named_signal
@@ -51,6 +53,18 @@ def test_fusion_rewards_agreement_and_honours_weights() -> None:
     assert fused[:2] == [1, 3] and set(fused) == {1, 2, 3, 4}  # both signals rank 1 and 3
     only_b = [cid for _, cid, _ in fuse({"lexical": a, "named": b}, {"lexical": 0.0, "named": 1.0})]
     assert only_b == [3, 4, 1]
+
+
+def test_fusion_spreads_the_narrow_band_of_cosines() -> None:
+    # 60 cosines between 0.60 and 0.54: scaled to the best alone, the last would still
+    # count 0.9; counted above the 50th, the best counts 1 and the 50th nothing
+    vector = Ranked([(100 + i, 0.60 - 0.001 * i, "v") for i in range(60)])
+    lexical = Ranked([(200, 5.0, "l")])
+    fused = {cid: score for score, cid, _ in fuse({"vector": vector, "lexical": lexical},
+                                                   {"vector": 1.0, "lexical": 1.0})}
+    assert fused[100] == pytest.approx(1.0) and fused[200] == pytest.approx(1.0)
+    assert fused[125] == pytest.approx(0.5, abs=0.03)
+    assert all(cid not in fused for cid in range(149, 160))
 
 
 def test_search_fuses_the_signals_and_keeps_its_filters(project) -> None:
