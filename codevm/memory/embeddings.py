@@ -246,6 +246,8 @@ class Vectors:
         self._available: bool | None = None  # for "auto": whether Ollama has the model
         self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
         self._queries_lock = threading.Lock()
+        self._saved = 0  # batches of vectors committed (and deleted) by this process
+        self._counted: tuple[tuple, tuple[int, int]] | None = None
         self._run_lock = threading.Lock()  # one embedding run at a time
         self._thread: threading.Thread | None = None
         self._again = threading.Event()  # more to do since the running pass started
@@ -388,6 +390,7 @@ class Vectors:
                             f"ANTI JOIN {_table(dimension)} e ON e.model = $m AND e.hash = b.hash",
                             {"m": embedder.key})
                 con.execute("COMMIT")
+                self._saved += 1
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
@@ -410,6 +413,7 @@ class Vectors:
                 if stored - live > max(live, 10_000):
                     con.execute(f"DELETE FROM {table} WHERE model = ? "
                                 "AND hash NOT IN (SELECT hash FROM chunks)", [embedder.key])
+                    self._saved += 1
             finally:
                 con.close()
 
@@ -427,6 +431,7 @@ class Vectors:
                     removed = con.execute(f"DELETE FROM {_table(row[0])} WHERE model = ?",
                                           [self.key]).fetchone()[0]
                     con.execute("DELETE FROM embedding_models WHERE model = ?", [self.key])
+                self._saved += 1
                 self.embedder.dimension = None
                 with self._queries_lock:
                     self._queries.clear()
@@ -435,13 +440,16 @@ class Vectors:
                 con.close()
 
     # -- progress and queries ---------------------------------------------------------
-    def progress(self) -> EmbeddingProgress:
-        self._usable()  # "auto": whether Ollama has the model, asked once
+    def _counts(self, dimension: int | None) -> tuple[int, int]:
+        """(chunks with a vector, chunks): counted again only after the index or the
+        vectors changed (search asks on every call)."""
+        version = (self.store.generation, self._saved, dimension)
+        if self._counted is not None and self._counted[0] == version:
+            return self._counted[1]
         con = self.store.cursor()
         try:
             total = con.execute("SELECT count(*) FROM chunks").fetchone()[0]
             embedded = 0
-            dimension = self.embedder.dimension if self.embedder else None
             if dimension:
                 embedded = con.execute(
                     f"SELECT count(*) FROM chunks c SEMI JOIN {_table(dimension)} e "
@@ -450,6 +458,13 @@ class Vectors:
             embedded = 0
         finally:
             con.close()
+        self._counted = (version, (embedded, total))
+        return embedded, total
+
+    def progress(self) -> EmbeddingProgress:
+        self._usable()  # "auto": whether Ollama has the model, asked once
+        dimension = self.embedder.dimension if self.embedder else None
+        embedded, total = self._counts(dimension)
         running = self._run_lock.locked()
         state = self.state
         if state == "done" and embedded < total and not running:

@@ -212,6 +212,7 @@ class Store:
             raise
         self.lock = threading.RLock()
         self.terms = TermDictionary()
+        self.generation = 0  # counts the index batches committed by this process
         # chunks loaded since compaction was last considered: start high so that the first
         # run of each process looks at what earlier processes appended
         self.loaded_since_check = CHECK_EVERY_CHUNKS
@@ -274,6 +275,7 @@ class Store:
                            _nonempty(refs), deleted, skipped)
                 con.execute("COMMIT")
                 self.terms.commit()
+                self.generation += 1
             except BaseException:
                 self.terms.rollback()
                 con.execute("ROLLBACK")
