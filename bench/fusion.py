@@ -49,13 +49,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cache", type=Path, default=HERE / ".cache")
     parser.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "bench" / "swebench_lite.jsonl")
+    parser.add_argument("--require", action="append", default=[],
+                        help="only instances whose rows hold this signal (e.g. vector)")
     args = parser.parse_args()
     data = {d["id"]: d for d in map(json.loads, args.data.read_text().splitlines()) if d}
     latest: dict[str, dict] = {}
     for line in (args.cache / "localization-signals.jsonl").read_text().splitlines():
         row = json.loads(line)
         latest[row["id"]] = row
-    rows = list(latest.values())
+    rows = [r for r in latest.values() if all(name in r["items"] for name in args.require)]
     results = []
     # lexical is the reference (weight 1); the others are scaled against it
     grid = itertools.product((0.0, 0.1, 0.2, 0.35, 0.5), (0.0, 0.75, 1.0, 1.5, 2.0, 3.0),

@@ -6,8 +6,9 @@ of chunks and the vector signal of retrieval.
   dimension is learnt from the first vectors and checked on every later batch.
 - Storage: vectors are keyed by (embedder, content hash), so moved or unchanged code is
   never embedded twice. Each dimension has its table, `embeddings_<n>` with a FLOAT[n]
-  column; `embedding_models` records each embedder's dimension. Similarity is cosine,
-  computed in SQL by brute force over every vector (see bench/embeddings.py for its cost).
+  column; `embedding_models` records each embedder's dimension.
+- Ranking: cosine similarity by brute force over every vector, in memory (VectorMatrix):
+  in SQL it took too long at the sizes measured (see VectorMatrix and bench/embeddings.py).
 - Work: after lexical indexing, a background thread embeds the chunks that have no vector,
   in batches that are each one transaction (a crash loses at most the batch under way).
   Search uses whatever is embedded meanwhile, and `progress()` says how far along it is.
@@ -248,6 +249,8 @@ class Vectors:
         self._queries_lock = threading.Lock()
         self._saved = 0  # batches of vectors committed (and deleted) by this process
         self._counted: tuple[tuple, tuple[int, int]] | None = None
+        self._matrix: VectorMatrix | None = None  # loaded by the first ranking
+        self._matrix_lock = threading.Lock()
         self._run_lock = threading.Lock()  # one embedding run at a time
         self._thread: threading.Thread | None = None
         self._again = threading.Event()  # more to do since the running pass started
@@ -391,6 +394,8 @@ class Vectors:
                             {"m": embedder.key})
                 con.execute("COMMIT")
                 self._saved += 1
+                if self._matrix is not None and self._matrix.dimension == dimension:
+                    self._matrix.add(hashes, vectors)
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
@@ -414,6 +419,7 @@ class Vectors:
                     con.execute(f"DELETE FROM {table} WHERE model = ? "
                                 "AND hash NOT IN (SELECT hash FROM chunks)", [embedder.key])
                     self._saved += 1
+                    self._matrix = None
             finally:
                 con.close()
 
@@ -432,6 +438,7 @@ class Vectors:
                                           [self.key]).fetchone()[0]
                     con.execute("DELETE FROM embedding_models WHERE model = ?", [self.key])
                 self._saved += 1
+                self._matrix = None
                 self.embedder.dimension = None
                 with self._queries_lock:
                     self._queries.clear()
@@ -500,16 +507,96 @@ class Vectors:
         vector = self.query_vector(query)
         if vector is None:
             return []
-        dimension = len(vector)
+        index = self._memory(con, len(vector))
         where, params = chunk_filters(language, path_glob, kind)
-        try:
-            return con.execute(
-                f"SELECT c.id, array_cosine_similarity(e.vec, $q::FLOAT[{dimension}]) AS s "
-                f"FROM {_table(dimension)} e JOIN chunks c ON c.hash = e.hash "
-                f"WHERE e.model = $m AND {where} ORDER BY s DESC, c.id LIMIT $k",
-                {**params, "q": vector.tolist(), "m": self.key, "k": depth}).fetchall()
-        except duckdb.CatalogException:
+        allowed = None
+        if params:  # the hashes of the chunks that pass the search filters
+            allowed = [r[0] for r in con.execute(
+                f"SELECT DISTINCT hash FROM chunks c WHERE {where}", params).fetchall()]
+        # a few more than asked: some vectors belong to code that is gone
+        best = index.top(vector, 2 * depth + 20, allowed)
+        if not best:
             return []
+        score = dict(best)
+        rows = con.execute(f"SELECT c.id, c.hash FROM chunks c WHERE c.hash IN "
+                           f"(SELECT unnest($h)) AND {where}", {**params, "h": list(score)}).fetchall()
+        ranked = sorted(((cid, score[h]) for cid, h in rows), key=lambda r: (-r[1], r[0]))
+        return ranked[:depth]
+
+    def preload(self) -> None:
+        """Read the vectors into memory now (the service does, so that searches don't)."""
+        dimension = self.embedder.dimension if self.embedder else None
+        if dimension:
+            con = self.store.cursor()
+            try:
+                self._memory(con, dimension)
+            finally:
+                con.close()
+
+    def _memory(self, con: duckdb.DuckDBPyConnection, dimension: int) -> VectorMatrix:
+        """The embedder's vectors in memory, read from the database once per process."""
+        with self._matrix_lock:
+            if self._matrix is None or self._matrix.dimension != dimension:
+                matrix = VectorMatrix(dimension)
+                try:
+                    data = con.execute(f"SELECT hash, vec FROM {_table(dimension)} WHERE model = ?",
+                                       [self.key]).fetchnumpy()
+                    if len(data["hash"]):
+                        matrix.add(list(data["hash"]), np.stack(data["vec"]).astype(np.float32))
+                except duckdb.CatalogException:
+                    pass  # no vectors yet
+                self._matrix = matrix
+            return self._matrix
+
+
+class VectorMatrix:
+    """One embedder's vectors in memory: ranking them by brute force in SQL took 190 ms
+    for the 72k chunks of the standard library (reading the FLOAT[384] column alone, 70
+    ms); a matrix product takes 7. The database keeps them for good; this is a cache that
+    grows as vectors are committed and is dropped when some are deleted."""
+
+    def __init__(self, dimension: int):
+        self.dimension = dimension
+        self.lock = threading.Lock()
+        self.rows: dict[str, int] = {}
+        self.hashes: list[str] = []
+        self.data = np.zeros((0, dimension), dtype=np.float32)
+        self.n = 0
+
+    def add(self, hashes: list[str], vectors: np.ndarray) -> None:
+        with self.lock:
+            fresh = [i for i, h in enumerate(hashes) if h not in self.rows]
+            if not fresh:
+                return
+            need = self.n + len(fresh)
+            if need > len(self.data):  # grow by half: appends cost O(1) on average
+                grown = np.zeros((max(need, len(self.data) * 3 // 2, 1024), self.dimension),
+                                 dtype=np.float32)
+                grown[: self.n] = self.data[: self.n]
+                self.data = grown
+            for i in fresh:
+                self.rows[hashes[i]] = self.n
+                self.hashes.append(hashes[i])
+                self.data[self.n] = vectors[i]
+                self.n += 1
+
+    def top(self, vector: np.ndarray, k: int, allowed: list[str] | None = None) -> list[tuple[str, float]]:
+        """(hash, cosine) of the k most similar vectors (of the `allowed` hashes), best first."""
+        with self.lock:
+            n, data, hashes = self.n, self.data, self.hashes
+            rows = self.rows
+        if n == 0:
+            return []
+        scores = data[:n] @ vector.astype(np.float32)  # rows and queries are unit vectors
+        if allowed is not None:
+            keep = np.fromiter((rows[h] for h in allowed if h in rows), dtype=np.int64)
+            masked = np.full(n, -np.inf, dtype=np.float32)
+            masked[keep] = scores[keep]
+            scores = masked
+        k = min(k, n)
+        best = np.argpartition(-scores, k - 1)[:k]
+        best = best[np.argsort(-scores[best], kind="stable")]
+        return [(hashes[i], float(scores[i])) for i in best if np.isfinite(scores[i])]
 
 
 def _lower_priority() -> None:

@@ -113,7 +113,7 @@ class Engine:
 
     def warm_up(self) -> None:
         """Load what the first search or edit would load (the term dictionary, the
-        in-process embedding model) and resume embedding where it stopped."""
+        in-process embedding model, the vectors) and resume embedding where it stopped."""
         with self.store.lock:
             self.store.terms.load(self.store.cursor())
         embedder = self.vectors.embedder
@@ -122,6 +122,7 @@ class Engine:
                 embedder.load()
             except CodevmError:
                 pass  # progress() tells why when embedding runs into it
+        self.vectors.preload()
         if self.background_embedding:
             self.vectors.kick()
 
