@@ -185,10 +185,13 @@ def bench_arguments(description: str) -> argparse.Namespace:
 
 def run_instances(args: argparse.Namespace, name: str,
                   evaluate_one: Callable[[dict, Engine], dict],
-                  describe: Callable[[dict], str]) -> tuple[list[dict], list[str], dict[str, float]]:
+                  describe: Callable[[dict], str],
+                  current: Callable[[dict], bool] = lambda row: True,
+                  ) -> tuple[list[dict], list[str], dict[str, float]]:
     """Check out, index, embed and evaluate each selected instance, repository by repository.
 
-    Per-instance rows are cached in `<cache>/<name>.jsonl`; returns the rows, the
+    Per-instance rows are cached in `<cache>/<name>.jsonl` (rows that are not `current`,
+    made by an older version of the benchmark, are made again); returns the rows, the
     repositories without a mirror and the seconds spent indexing and embedding.
     """
     instances = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
@@ -204,7 +207,8 @@ def run_instances(args: argparse.Namespace, name: str,
     if results_file.exists() and not args.fresh:
         for line in results_file.read_text().splitlines():
             row = json.loads(line)
-            cached[row["id"]] = row
+            if current(row):
+                cached[row["id"]] = row
     os.environ["CODEVM_HOME"] = str(args.cache / "home")
     by_repo: dict[str, list[dict]] = defaultdict(list)
     for inst in instances:
@@ -267,7 +271,8 @@ def main() -> None:
     results, missing, seconds = run_instances(
         args, "localization-signals", evaluate,
         lambda row: f"file rank {row['fusion']['file_rank']}, "
-                    f"function rank {row['fusion']['function_rank']}")
+                    f"function rank {row['fusion']['function_rank']}",
+        lambda row: all(name in row for name in SIGNALS))
     n = len(results)
     with_functions = [r for r in results if r["has_functions"]]
     summary: dict[str, object] = {"instances": n, "missing_repositories": missing,

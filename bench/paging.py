@@ -69,7 +69,8 @@ def main() -> None:
     args = bench_arguments(__doc__ or "")
     results, missing, _ = run_instances(
         args, "paging-signals", lambda inst, engine: evaluate(engine, inst),
-        lambda row: f"8k pager file {row['pager_file_8000']} function {row['pager_function_8000']}")
+        lambda row: f"8k pager file {row['pager_file_8000']} function {row['pager_function_8000']}",
+        lambda row: all(f"{name}_file_8000" in row for name in SIGNALS))
     n = max(len(results), 1)
     summary: dict[str, object] = {"instances": len(results), "missing_repositories": missing}
     for budget in BUDGETS:
