@@ -31,7 +31,7 @@ class Settings:
     weight_lexical: float = 1.0
     weight_named: float = 0.2
     weight_graph: float = 1.5
-    weight_vector: float = 1.0
+    weight_vector: float = 0.5  # with all-MiniLM-L6-v2: see the notes of issue 7
     # dense vectors: "auto" uses Ollama's embed_model when that Ollama server has it,
     # "ollama" and "local" (in-process sentence-transformers, the local-embeddings extra)
     # always, "off" never

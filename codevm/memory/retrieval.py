@@ -420,7 +420,8 @@ class Retriever:
                 seeds[cid] = seeds.get(cid, 0.0) + 1.0 / (rank + 1)
         # a question or an issue (not a few words typed in a search box) gets the graph
         wanted = self.weights.get("graph", 0) > 0 and q.n_idents >= GRAPH_MIN_WORDS
-        out["graph"] = graph_signal(con, seeds) if wanted else Ranked([])
+        # like every signal, the graph ranks `depth` chunks (the offline tuner sees the same)
+        out["graph"] = Ranked(graph_signal(con, seeds).items[:depth]) if wanted else Ranked([])
         out["vector"] = (vector_signal(self.vectors, con, query, depth, language, path_glob, kind)
                          if self.weights.get("vector", 0) > 0 else Ranked([]))
         return q, out
