@@ -172,17 +172,17 @@ async def _embedding_progress(ls: CodevmLanguageServer, indexing: asyncio.Future
         state = await asyncio.to_thread(engine.embedding_progress)
         if not (state.partial and state.running):
             return
+        def how_far() -> dict[str, Any]:
+            return {"message": f"{state.embedded}/{state.total} chunks",
+                    "percentage": int(100 * state.embedded / max(state.total, 1))}
+
         token = str(uuid.uuid4())
         await ls.work_done_progress.create_async(token)
-        ls.work_done_progress.begin(token, t.WorkDoneProgressBegin(
-            title="codevm: embedding", message=f"{state.embedded}/{state.total} chunks",
-            percentage=int(100 * state.embedded / max(state.total, 1))))
+        ls.work_done_progress.begin(token, t.WorkDoneProgressBegin(title="codevm: embedding", **how_far()))
         while state.running and not state.complete:
             await asyncio.sleep(EMBED_POLL_SECONDS)
             state = await asyncio.to_thread(engine.embedding_progress)
-            ls.work_done_progress.report(token, t.WorkDoneProgressReport(
-                message=f"{state.embedded}/{state.total} chunks",
-                percentage=int(100 * state.embedded / max(state.total, 1))))
+            ls.work_done_progress.report(token, t.WorkDoneProgressReport(**how_far()))
         ls.work_done_progress.end(token, t.WorkDoneProgressEnd(message=state.describe()))
     except Exception as e:  # noqa: BLE001 - progress is a courtesy: never fail the server
         log.debug("embedding progress: %s", e)

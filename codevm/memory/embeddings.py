@@ -27,10 +27,12 @@ from typing import Protocol
 
 import duckdb
 import numpy as np
+import ollama
 
 from codevm.api import EmbeddingProgress
 from codevm.config import Settings
 from codevm.errors import EmbeddingUnavailable, InvalidArgument
+from codevm.memory.model import OLLAMA_ERRORS, ollama_failure
 from codevm.memory.search import chunk_filters
 from codevm.memory.store import Store
 
@@ -87,8 +89,6 @@ class _Dimension:
 
 class OllamaEmbedder(_Dimension):
     def __init__(self, model: str, host: str, timeout: float = 120.0):
-        import ollama
-
         self.model = model
         self.host = host
         self.key = f"ollama:{model}"
@@ -99,8 +99,6 @@ class OllamaEmbedder(_Dimension):
         self.query_prefix, self.document_prefix = PREFIXES.get(base, ("", ""))
 
     def _embed(self, texts: list[str]) -> np.ndarray:
-        from codevm.memory.model import OLLAMA_ERRORS, ollama_failure
-
         try:
             reply = self.client.embed(self.model, input=texts, truncate=True)
         except OLLAMA_ERRORS as e:
@@ -115,8 +113,6 @@ class OllamaEmbedder(_Dimension):
 
     def missing(self) -> str:
         """Why this server cannot embed ("" when it can): for the "auto" embedder."""
-        from codevm.memory.model import OLLAMA_ERRORS
-
         try:
             names = {m.model for m in self.probe.list().models}
         except OLLAMA_ERRORS:
@@ -131,12 +127,11 @@ class OllamaEmbedder(_Dimension):
 class LocalEmbedder(_Dimension):
     """A sentence-transformers model in this process, on the CPU."""
 
-    def __init__(self, model: str, max_tokens: int, batch: int):
+    def __init__(self, model: str, max_tokens: int):
         self.name = model
         self.key = f"local:{model}"
         self.dimension = None
         self.max_tokens = max_tokens
-        self.batch = batch
         self._model = None
         self._torch = None
         self._bf16 = False
@@ -226,7 +221,7 @@ def make_embedder(settings: Settings) -> Embedder | None:
         return None
     if kind == "local":
         return LocalEmbedder(settings.embed_model or DEFAULT_MODELS["local"],
-                             max(16, settings.embed_max_tokens), max(1, settings.embed_batch))
+                             max(16, settings.embed_max_tokens))
     return OllamaEmbedder(settings.embed_model or DEFAULT_MODELS["ollama"], settings.ollama_host)
 
 
@@ -329,8 +324,6 @@ class Vectors:
             self.state, self.message = "running", ""
             done = 0
             try:
-                if isinstance(embedder, LocalEmbedder):
-                    embedder.load()
                 while not (stop and stop.is_set()):
                     pending = self._pending()
                     if not pending:
@@ -344,7 +337,8 @@ class Vectors:
                         done += len(part)
                         if progress:
                             progress(self.progress())
-                self._prune(embedder)
+                if done >= PENDING_BLOCK:  # edits leave few orphans: not worth a count each
+                    self._prune(embedder)
             except EmbeddingUnavailable as e:
                 self.state, self.message = "unavailable", str(e)
                 raise
@@ -359,8 +353,6 @@ class Vectors:
             missing = "" if dimension is None else (
                 f"WHERE NOT EXISTS (SELECT 1 FROM {_table(dimension)} e "
                 "WHERE e.model = $m AND e.hash = c.hash)")
-            if dimension is not None:
-                self._create_table(con, dimension)
             kinds = ", ".join(f"'{k}'" for k in PRIORITY_KINDS)
             return con.execute(
                 f"SELECT hash, any_value(text) FROM chunks c {missing} GROUP BY hash "
@@ -368,11 +360,6 @@ class Vectors:
                 {"n": PENDING_BLOCK, **({"m": self.key} if missing else {})}).fetchall()
         finally:
             con.close()
-
-    @staticmethod
-    def _create_table(con: duckdb.DuckDBPyConnection, dimension: int) -> None:
-        con.execute(f"CREATE TABLE IF NOT EXISTS {_table(dimension)} "
-                    f"(model VARCHAR, hash VARCHAR, vec FLOAT[{int(dimension)}])")
 
     def _save(self, embedder: Embedder, hashes: list[str], vectors: np.ndarray) -> None:
         dimension = int(vectors.shape[1])
@@ -383,7 +370,8 @@ class Vectors:
             con = self.store.cursor()
             con.execute("BEGIN")
             try:
-                self._create_table(con, dimension)
+                con.execute(f"CREATE TABLE IF NOT EXISTS {_table(dimension)} "
+                            f"(model VARCHAR, hash VARCHAR, vec FLOAT[{dimension}])")
                 con.execute("INSERT INTO embedding_models SELECT $m, $d, current_localtimestamp() "
                             "WHERE NOT EXISTS (SELECT 1 FROM embedding_models WHERE model = $m)",
                             {"m": embedder.key, "d": dimension})
@@ -394,8 +382,9 @@ class Vectors:
                             {"m": embedder.key})
                 con.execute("COMMIT")
                 self._saved += 1
-                if self._matrix is not None and self._matrix.dimension == dimension:
-                    self._matrix.add(hashes, vectors)
+                with self._matrix_lock:  # a matrix being read now must not miss them
+                    if self._matrix is not None and self._matrix.dimension == dimension:
+                        self._matrix.add(hashes, vectors)
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
@@ -524,8 +513,14 @@ class Vectors:
         return ranked[:depth]
 
     def preload(self) -> None:
-        """Read the vectors into memory now (the service does, so that searches don't)."""
+        """Load the in-process model and read the vectors into memory now (the service
+        does, so that searches don't wait for them)."""
         dimension = self.embedder.dimension if self.embedder else None
+        if dimension and isinstance(self.embedder, LocalEmbedder):
+            try:
+                self.embedder.load()
+            except EmbeddingUnavailable:
+                pass  # embed() and progress() tell why when they run into it
         if dimension:
             con = self.store.cursor()
             try:

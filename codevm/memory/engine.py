@@ -15,10 +15,10 @@ from codevm.api import (
     MIN_BUDGET, AskResult, CodeText, CoreBlock, EmbeddingProgress, IndexReport, MessageRecord, Note,
     PageInfo, Progress, RefInfo, SearchHit, SessionInfo, Status, SymbolDetail, SymbolInfo, to_dict)
 from codevm.config import Settings
-from codevm.errors import CodevmError, InvalidArgument, ModelMissing, ModelUnavailable, NotIndexed
+from codevm.errors import InvalidArgument, ModelMissing, ModelUnavailable, NotIndexed
 from codevm.indexers.pipeline import Indexer
 from codevm.memory.agent import INSTRUCTIONS, TOOLS, Agent
-from codevm.memory.embeddings import LocalEmbedder, Vectors
+from codevm.memory.embeddings import Vectors
 from codevm.memory.context import ContextMessage, MainContext, TokenEstimator
 from codevm.memory.conversation import SUMMARY_PROMPT, Conversation
 from codevm.memory.model import ModelReply, OllamaModel
@@ -116,12 +116,6 @@ class Engine:
         in-process embedding model, the vectors) and resume embedding where it stopped."""
         with self.store.lock:
             self.store.terms.load(self.store.cursor())
-        embedder = self.vectors.embedder
-        if isinstance(embedder, LocalEmbedder) and embedder.dimension is not None:
-            try:
-                embedder.load()
-            except CodevmError:
-                pass  # progress() tells why when embedding runs into it
         self.vectors.preload()
         if self.background_embedding:
             self.vectors.kick()
