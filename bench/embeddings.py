@@ -25,25 +25,20 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.index_speed import bench_queries, copy_corpus, percentile  # noqa: E402
+from bench.index_speed import bench_queries, copy_corpus, latency_summary  # noqa: E402
 from codevm.config import Settings  # noqa: E402
 from codevm.memory.embeddings import LocalEmbedder, make_embedder  # noqa: E402
 from codevm.memory.engine import Engine  # noqa: E402
 
 
-def timed(calls: list, repeat: int = 1) -> list[float]:
+def timed(calls: list) -> list[float]:
     """Milliseconds of each call, sorted."""
     out = []
     for call in calls:
         started = time.perf_counter()
-        for _ in range(repeat):
-            call()
-        out.append((time.perf_counter() - started) * 1000 / repeat)
+        call()
+        out.append((time.perf_counter() - started) * 1000)
     return sorted(out)
-
-
-def quantiles(ms: list[float]) -> dict[str, float]:
-    return {"p50_ms": round(percentile(ms, 0.5), 1), "p95_ms": round(percentile(ms, 0.95), 1)}
 
 
 def main() -> None:
@@ -113,10 +108,10 @@ def main() -> None:
             engine.retriever.weights = {**weights, "vector": 0.0}
             off = timed([lambda q=q: engine.search(q) for q in queries])
             engine.retriever.weights = weights
-            out["search_vectors_on"] = quantiles(on)
-            out["search_vectors_off"] = quantiles(off)
-            out["query_embedding"] = quantiles(embed_ms)
-            out["vector_sql"] = quantiles(sql_ms)
+            out["search_vectors_on"] = latency_summary(on)
+            out["search_vectors_off"] = latency_summary(off)
+            out["query_embedding"] = latency_summary(embed_ms)
+            out["vector_sql"] = latency_summary(sql_ms)
             out["queries"] = len(queries)
     finally:
         if not args.work:

@@ -76,6 +76,12 @@ def percentile(sorted_values: list[float], share: float) -> float:
     return sorted_values[max(0, int(len(sorted_values) * share) - 1)]
 
 
+def latency_summary(ms: list[float], digits: int = 1) -> dict[str, float]:
+    """p50 and p95 of latencies in milliseconds."""
+    ms = sorted(ms)
+    return {"p50_ms": round(percentile(ms, 0.5), digits), "p95_ms": round(percentile(ms, 0.95), digits)}
+
+
 def peak_rss_mib() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.index_speed import bench_queries, copy_corpus, percentile  # noqa: E402
+from bench.index_speed import bench_queries, copy_corpus, latency_summary, percentile  # noqa: E402
 from codevm.memory.engine import Engine  # noqa: E402
 from codevm.service import RemoteEngine, ServiceFiles, lock_held, stop_service  # noqa: E402
 
@@ -39,11 +39,6 @@ def latencies(engine, queries: list[str]) -> list[float]:
     for q in queries:  # a warm pass: both processes start from the same caches
         engine.search(q, k=10)
     return sorted(timed(engine.search, q) for q in queries)
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    values = sorted(values)
-    return {"p50_ms": round(statistics.median(values), 2), "p95_ms": round(percentile(values, 0.95), 2)}
 
 
 def main() -> None:
@@ -101,8 +96,8 @@ def main() -> None:
         added = [r - l for r, l in zip(remote_latencies, local)]  # both sorted: quantile by quantile
         print(json.dumps({
             "corpus": str(args.path), "files": files, "queries": len(queries),
-            "search_in_process": summary(local),
-            "search_through_service": summary(remote_latencies),
+            "search_in_process": latency_summary(local, 2),
+            "search_through_service": latency_summary(remote_latencies, 2),
             "remote_hop_added_p50_ms": round(statistics.median(remote_latencies) - statistics.median(local), 2),
             "remote_hop_added_p95_ms": round(percentile(remote_latencies, 0.95) - percentile(local, 0.95), 2),
             "remote_hop_added_max_quantile_ms": round(max(added), 2),
