@@ -22,14 +22,19 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from gold import edited_gold  # noqa: E402
+from index_speed import latency_summary  # noqa: E402
 
 from codevm.config import Settings  # noqa: E402
 from codevm.memory.engine import Engine, weights  # noqa: E402
-from codevm.memory.retrieval import SIGNAL_DEPTH, SIGNALS, fuse  # noqa: E402
+from codevm.memory.retrieval import SIGNAL_DEPTH, SIGNALS, Ranked, fuse  # noqa: E402
 
 DATA = HERE.parent.parent / "shared" / "bench" / "swebench_lite.jsonl"
 SWE_BENCH_MIRRORS = {"django/django", "scikit-learn/scikit-learn", "matplotlib/matplotlib"}
@@ -144,6 +149,20 @@ def first_rank(ranked: list[str], gold: list[str]) -> int | None:
     return None if any(p is None for p in positions) else max(positions)  # type: ignore[type-var]
 
 
+def fused_items(items: dict[str, list[Item]], weights: dict[str, float]) -> list[Item]:
+    """The fusion that codevm runs, over kept rankings (chunks keyed by their rows)."""
+    keys: dict[tuple, int] = {}
+    signals = {}
+    for name in SIGNALS:
+        ranked = []
+        for path, symbol, kind, start, score in items.get(name, []):
+            cid = keys.setdefault((path, symbol, kind, start), len(keys))
+            ranked.append((cid, score, name))
+        signals[name] = Ranked(ranked)
+    rows = {cid: key for key, cid in keys.items()}
+    return [(*rows[cid], score) for score, cid, _ in fuse(signals, weights)]
+
+
 def ranks(items: list[Item], gold_files: list[str], gold_functions: list[str]) -> dict:
     files, functions = rank(items)
     return {
@@ -183,17 +202,8 @@ def bench_arguments(description: str) -> argparse.Namespace:
     return parser.parse_args()
 
 
-def run_instances(args: argparse.Namespace, name: str,
-                  evaluate_one: Callable[[dict, Engine], dict],
-                  describe: Callable[[dict], str],
-                  current: Callable[[dict], bool] = lambda row: True,
-                  ) -> tuple[list[dict], list[str], dict[str, float]]:
-    """Check out, index, embed and evaluate each selected instance, repository by repository.
-
-    Per-instance rows are cached in `<cache>/<name>.jsonl` (rows that are not `current`,
-    made by an older version of the benchmark, are made again); returns the rows, the
-    repositories without a mirror and the seconds spent indexing and embedding.
-    """
+def selected(args: argparse.Namespace) -> list[dict]:
+    """The instances that the options select, each with its `edited_functions`."""
     instances = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
     if args.repo:
         instances = [i for i in instances if i["repo"] in args.repo]
@@ -201,25 +211,49 @@ def run_instances(args: argparse.Namespace, name: str,
         instances = [i for i in instances if i["id"] in args.ids]
     if args.limit:
         instances = instances[: args.limit]
+    edited = edited_gold(instances, args.cache, lambda repo: mirror_for(args.mirrors, repo))
+    return [{**i, "edited_functions": edited.get(i["id"], [])} for i in instances]
+
+
+@dataclass
+class Bench:
+    """One evaluation run on every instance: rows cached in `<cache>/<name>.jsonl`;
+    cached rows that are not `current` (an older version of the benchmark) are made again."""
+    name: str
+    evaluate: Callable[[dict, Engine], dict]
+    describe: Callable[[dict], str]
+    current: Callable[[dict], bool] = lambda row: True
+
+
+def run_instances(args: argparse.Namespace, benches: list[Bench],
+                  ) -> tuple[dict[str, list[dict]], list[str], dict[str, float]]:
+    """Check out, index and embed each selected instance, repository by repository, once
+    for all `benches`; returns each bench's rows, the repositories without a mirror and the
+    seconds spent indexing and embedding."""
+    instances = selected(args)
     args.cache.mkdir(parents=True, exist_ok=True)
-    results_file = args.cache / f"{name}.jsonl"
-    cached: dict[str, dict] = {}
-    if results_file.exists() and not args.fresh:
-        for line in results_file.read_text().splitlines():
-            row = json.loads(line)
-            if current(row):
-                cached[row["id"]] = row
+    cached: dict[str, dict[str, dict]] = {b.name: {} for b in benches}
+    for bench in benches:
+        results_file = args.cache / f"{bench.name}.jsonl"
+        if results_file.exists() and not args.fresh:
+            for line in results_file.read_text().splitlines():
+                row = json.loads(line)
+                if bench.current(row):
+                    cached[bench.name][row["id"]] = row
     os.environ["CODEVM_HOME"] = str(args.cache / "home")
     by_repo: dict[str, list[dict]] = defaultdict(list)
     for inst in instances:
         by_repo[inst["repo"]].append(inst)
-    results: list[dict] = []
+    results: dict[str, list[dict]] = {b.name: [] for b in benches}
     seconds = {"index": 0.0, "embed": 0.0}
     missing: list[str] = []
-    with results_file.open("a") as out:
+    outs = {b.name: (args.cache / f"{b.name}.jsonl").open("a") for b in benches}
+    try:
         for repo, items in by_repo.items():
-            todo = [i for i in items if i["id"] not in cached]
-            results.extend(cached[i["id"]] for i in items if i["id"] in cached)
+            todo = [i for i in items if any(i["id"] not in cached[b.name] for b in benches)]
+            for bench in benches:
+                results[bench.name].extend(cached[bench.name][i["id"]] for i in items
+                                           if i["id"] in cached[bench.name])
             if not todo:
                 continue
             git_dir = mirror_for(args.mirrors, repo)
@@ -240,13 +274,19 @@ def run_instances(args: argparse.Namespace, name: str,
                     started = time.perf_counter()
                     engine.embed()
                     seconds["embed"] += time.perf_counter() - started
-                row = evaluate_one(inst, engine)
-                results.append(row)
-                out.write(json.dumps(row) + "\n")
-                out.flush()
-                print(f"{inst['id']}: {describe(row)}", file=sys.stderr)
+                for bench in benches:
+                    if inst["id"] in cached[bench.name]:
+                        continue
+                    row = bench.evaluate(inst, engine)
+                    results[bench.name].append(row)
+                    outs[bench.name].write(json.dumps(row) + "\n")
+                    outs[bench.name].flush()
+                    print(f"{inst['id']}: {bench.describe(row)}", file=sys.stderr)
             if engine is not None:
                 engine.close()
+    finally:
+        for out in outs.values():
+            out.close()
     return results, missing, seconds
 
 
@@ -266,27 +306,53 @@ def accuracy(rows: list[dict]) -> dict[str, float]:
     return out
 
 
+def edited_accuracy(rows: list[dict], instances: dict[str, dict], weights: dict[str, float],
+                    names: tuple[str, ...] = ("fusion", *SIGNALS)) -> dict[str, dict[str, float]]:
+    """Function Acc@k against the functions that each fix edits (bench/gold.py), over the
+    instances that edit one: the protocol of the published function-level figures. Ranks
+    come from the kept rankings, so cached rows need no new run."""
+    counted = [r for r in rows if instances[r["id"]]["edited_functions"]]
+    out: dict[str, dict[str, float]] = {}
+    for name in names:
+        found = {k: 0 for k in FUNCTION_KS}
+        for row in counted:
+            inst = instances[row["id"]]
+            items = fused_items(row["items"], weights) if name == "fusion" else row["items"].get(name, [])
+            at = ranks(items, inst["gold_files"], inst["edited_functions"])["function_rank"]
+            for k in FUNCTION_KS:
+                found[k] += bool(at and at <= k)
+        out[name] = {f"function_acc@{k}": round(found[k] / max(len(counted), 1), 4) for k in FUNCTION_KS}
+    out["instances"] = len(counted)  # type: ignore[assignment]
+    return out
+
+
+LOCALIZATION = Bench(
+    "localization-signals", evaluate,
+    lambda row: f"file rank {row['fusion']['file_rank']}, function rank {row['fusion']['function_rank']}",
+    lambda row: all(name in row for name in SIGNALS))
+
+
+def summary(args: argparse.Namespace, results: list[dict]) -> dict[str, object]:
+    with_functions = [r for r in results if r["has_functions"]]
+    out: dict[str, object] = {"instances": len(results), "weights": weights(Settings()),
+                              "embedder": args.embedder}
+    for name in ("fusion", *SIGNALS):
+        out[name] = accuracy([{**r[name], "has_functions": r["has_functions"]} for r in results])
+    out["instances_with_gold_functions"] = len(with_functions)
+    out["edited_functions"] = edited_accuracy(
+        results, {i["id"]: i for i in selected(args)}, weights(Settings()))
+    if results:
+        out.update({f"search_{k}": v for k, v in latency_summary([r["search_ms"] for r in results]).items()})
+    return out
+
+
 def main() -> None:
     args = bench_arguments(__doc__ or "")
-    results, missing, seconds = run_instances(
-        args, "localization-signals", evaluate,
-        lambda row: f"file rank {row['fusion']['file_rank']}, "
-                    f"function rank {row['fusion']['function_rank']}",
-        lambda row: all(name in row for name in SIGNALS))
-    n = len(results)
-    with_functions = [r for r in results if r["has_functions"]]
-    summary: dict[str, object] = {"instances": n, "missing_repositories": missing,
-                                  "weights": weights(Settings()), "embedder": args.embedder}
-    for name in ("fusion", *SIGNALS):
-        summary[name] = accuracy([{**r[name], "has_functions": r["has_functions"]} for r in results])
-    summary["instances_with_gold_functions"] = len(with_functions)
-    latencies = sorted(r["search_ms"] for r in results)
-    if latencies:
-        summary["search_p50_ms"] = latencies[len(latencies) // 2]
-        summary["search_p95_ms"] = latencies[max(0, int(len(latencies) * 0.95) - 1)]
-    summary["index_seconds_this_run"] = round(seconds["index"], 1)
-    summary["embed_seconds_this_run"] = round(seconds["embed"], 1)
-    print(json.dumps(summary))
+    results, missing, seconds = run_instances(args, [LOCALIZATION])
+    out = {**summary(args, results[LOCALIZATION.name]), "missing_repositories": missing,
+           "index_seconds_this_run": round(seconds["index"], 1),
+           "embed_seconds_this_run": round(seconds["embed"], 1)}
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

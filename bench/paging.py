@@ -7,7 +7,8 @@ bench/localization.py, sharing its cache); the issue text is the question. At bu
 gold files (a chunk of each) and gold functions (each one's chunk; `imports` = a
 module-level chunk or the first chunk of the file) are in the working set, for the heuristic
 pager (the fusion of every retrieval signal, as `codevm ask` pages in) and, in the same run,
-for each signal alone filling the same budget (`lexical` is plain search).
+for each signal alone filling the same budget (`lexical` is plain search). `edited` counts
+the functions that each fix edits (bench/gold.py), over the instances that edit one.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from localization import bench_arguments, run_instances  # noqa: E402
+from index_speed import latency_summary  # noqa: E402
+from localization import Bench, bench_arguments, run_instances  # noqa: E402
 
 from codevm.memory.context import Page  # noqa: E402
 from codevm.memory.engine import Engine  # noqa: E402
@@ -31,7 +33,7 @@ from codevm.memory.retrieval import SIGNALS  # noqa: E402
 BUDGETS = (2000, 4000, 8000, 16000)
 
 
-def covered(pages: list[Page], kinds: dict[int, str], instance: dict) -> tuple[bool, bool]:
+def covered(pages: list[Page], kinds: dict[int, str], instance: dict) -> tuple[bool, bool, bool | None]:
     paths = {p.path for p in pages}
     files_ok = all(g in paths for g in instance["gold_files"])
     have = set()
@@ -40,7 +42,8 @@ def covered(pages: list[Page], kinds: dict[int, str], instance: dict) -> tuple[b
         if kinds.get(int(p.key.split(":")[1])) == "module" or p.start_line == 1:
             have.add(f"{p.path}::imports")
     functions_ok = all(g in have for g in instance["gold_functions"])
-    return files_ok, functions_ok
+    edited = instance["edited_functions"]  # None: the fix edits no function that exists
+    return files_ok, functions_ok, all(g in have for g in edited) if edited else None
 
 
 def evaluate(engine: Engine, instance: dict) -> dict:
@@ -59,30 +62,39 @@ def evaluate(engine: Engine, instance: dict) -> dict:
         for name, pages in runs:
             ids = ", ".join(p.key.split(":")[1] for p in pages) or "0"
             kinds = dict(con.execute(f"SELECT id, kind FROM chunks WHERE id IN ({ids})").fetchall())
-            files_ok, functions_ok = covered(pages, kinds, instance)
+            files_ok, functions_ok, edited_ok = covered(pages, kinds, instance)
             row[f"{name}_file_{budget}"] = files_ok
             row[f"{name}_function_{budget}"] = functions_ok
+            row[f"{name}_edited_{budget}"] = edited_ok
     return row
+
+
+PAGING = Bench(
+    "paging-signals", lambda inst, engine: evaluate(engine, inst),
+    lambda row: f"8k pager file {row['pager_file_8000']} function {row['pager_function_8000']}",
+    lambda row: all(f"{name}_edited_8000" in row for name in SIGNALS))
+
+
+def summary(results: list[dict]) -> dict[str, object]:
+    """Shares of instances with their gold in the working set; `edited` (the functions
+    that the fix edits, bench/gold.py) over the instances that edit one."""
+    out: dict[str, object] = {"instances": len(results)}
+    for budget in BUDGETS:
+        for name in ("pager", *SIGNALS):
+            for what in ("file", "function", "edited"):
+                key = f"{name}_{what}_{budget}"
+                counted = [r[key] for r in results if r[key] is not None]
+                out[key] = round(sum(counted) / max(len(counted), 1), 4)
+    out["instances_with_edited_functions"] = sum(1 for r in results if r["pager_edited_8000"] is not None)
+    if results:
+        out.update({f"pager_{k}": v for k, v in latency_summary([r["pager_ms"] for r in results]).items()})
+    return out
 
 
 def main() -> None:
     args = bench_arguments(__doc__ or "")
-    results, missing, _ = run_instances(
-        args, "paging-signals", lambda inst, engine: evaluate(engine, inst),
-        lambda row: f"8k pager file {row['pager_file_8000']} function {row['pager_function_8000']}",
-        lambda row: all(f"{name}_file_8000" in row for name in SIGNALS))
-    n = max(len(results), 1)
-    summary: dict[str, object] = {"instances": len(results), "missing_repositories": missing}
-    for budget in BUDGETS:
-        for name in ("pager", *SIGNALS):
-            for what in ("file", "function"):
-                key = f"{name}_{what}_{budget}"
-                summary[key] = round(sum(1 for r in results if r[key]) / n, 4)
-    latencies = sorted(r["pager_ms"] for r in results)
-    if latencies:
-        summary["pager_p50_ms"] = latencies[len(latencies) // 2]
-        summary["pager_p95_ms"] = latencies[max(0, int(len(latencies) * 0.95) - 1)]
-    print(json.dumps(summary))
+    results, missing, _ = run_instances(args, [PAGING])
+    print(json.dumps({**summary(results[PAGING.name]), "missing_repositories": missing}))
 
 
 if __name__ == "__main__":
