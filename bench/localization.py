@@ -34,7 +34,7 @@ from index_speed import latency_summary  # noqa: E402
 
 from codevm.config import Settings  # noqa: E402
 from codevm.memory.engine import Engine, weights  # noqa: E402
-from codevm.memory.retrieval import SIGNAL_DEPTH, SIGNALS, Ranked, fuse  # noqa: E402
+from codevm.memory.retrieval import SIGNAL_DEPTH, SIGNALS, TEXT_KINDS, Ranked, fuse  # noqa: E402
 
 DATA = HERE.parent.parent / "shared" / "bench" / "swebench_lite.jsonl"
 SWE_BENCH_MIRRORS = {"django/django", "scikit-learn/scikit-learn", "matplotlib/matplotlib"}
@@ -112,7 +112,8 @@ def signal_items(engine: Engine, query: str) -> dict[str, list[Item]]:
     """Each retrieval signal's ranking alone, and their fusion, as chunk rows."""
     _, signals = engine.retriever.signals(query)
     ranked = {name: [(cid, score) for cid, score, _ in r.items] for name, r in signals.items()}
-    ranked["fusion"] = [(cid, score) for score, cid, _ in fuse(signals, engine.retriever.weights)]
+    ranked["fusion"] = [(cid, score) for score, cid, _ in
+                        fuse(signals, engine.retriever.weights, engine.retriever.text_chunks(signals))]
     ids = {cid for items in ranked.values() for cid, _ in items}
     meta = {r[0]: r[1:] for r in engine.store.cursor().execute(
         f"SELECT id, path, qualified_name, kind, start_line FROM chunks WHERE id IN "
@@ -121,11 +122,12 @@ def signal_items(engine: Engine, query: str) -> dict[str, list[Item]]:
             for name, items in ranked.items()}
 
 
-def rank(items: list[Item]) -> tuple[list[str], list[str]]:
+def rank(items: list[Item], functions_only: bool = False) -> tuple[list[str], list[str]]:
     """Files by their best chunk; functions (path::Qualified.name) by their best chunk
     plus FILE_CONTEXT x their file's best. SWE-bench names edits of a file's import block
     `path::imports`: a module-level chunk holds them, or the file's first chunk (short
-    module code is merged into the definition that follows it)."""
+    module code is merged into the definition that follows it). With `functions_only`,
+    the second list holds functions and methods alone (no classes, no imports)."""
     best_in_file: dict[str, float] = {}
     for path, _, _, _, score in items:
         best_in_file[path] = max(best_in_file.get(path, 0.0), score)
@@ -133,9 +135,9 @@ def rank(items: list[Item]) -> tuple[list[str], list[str]]:
     functions: dict[str, float] = {}
     for path, symbol, kind, start_line, score in items:
         keys = []
-        if symbol and kind in ("function", "method", "class"):
+        if symbol and kind in (("function", "method") if functions_only else ("function", "method", "class")):
             keys.append(f"{path}::{symbol}")
-        if kind == "module" or start_line == 1:
+        if not functions_only and (kind == "module" or start_line == 1):
             keys.append(f"{path}::imports")
         total = score + FILE_CONTEXT * best_in_file[path]
         for key in keys:
@@ -160,11 +162,13 @@ def fused_items(items: dict[str, list[Item]], weights: dict[str, float]) -> list
             ranked.append((cid, score, name))
         signals[name] = Ranked(ranked)
     rows = {cid: key for key, cid in keys.items()}
-    return [(*rows[cid], score) for score, cid, _ in fuse(signals, weights)]
+    text = {cid for key, cid in keys.items() if key[2] in TEXT_KINDS}
+    return [(*rows[cid], score) for score, cid, _ in fuse(signals, weights, text)]
 
 
-def ranks(items: list[Item], gold_files: list[str], gold_functions: list[str]) -> dict:
-    files, functions = rank(items)
+def ranks(items: list[Item], gold_files: list[str], gold_functions: list[str],
+          functions_only: bool = False) -> dict:
+    files, functions = rank(items, functions_only)
     return {
         "file_rank": first_rank(files, gold_files),
         "file_rr": 1 / min(files.index(g) + 1 for g in gold_files if g in files)
@@ -309,8 +313,9 @@ def accuracy(rows: list[dict]) -> dict[str, float]:
 def edited_accuracy(rows: list[dict], instances: dict[str, dict], weights: dict[str, float],
                     names: tuple[str, ...] = ("fusion", *SIGNALS)) -> dict[str, dict[str, float]]:
     """Function Acc@k against the functions that each fix edits (bench/gold.py), over the
-    instances that edit one: the protocol of the published function-level figures. Ranks
-    come from the kept rankings, so cached rows need no new run."""
+    instances that edit one, ranking functions and methods alone: the protocol of the
+    published function-level figures. Ranks come from the kept rankings, so cached rows
+    need no new run."""
     counted = [r for r in rows if instances[r["id"]]["edited_functions"]]
     out: dict[str, dict[str, float]] = {}
     for name in names:
@@ -318,7 +323,7 @@ def edited_accuracy(rows: list[dict], instances: dict[str, dict], weights: dict[
         for row in counted:
             inst = instances[row["id"]]
             items = fused_items(row["items"], weights) if name == "fusion" else row["items"].get(name, [])
-            at = ranks(items, inst["gold_files"], inst["edited_functions"])["function_rank"]
+            at = ranks(items, inst["gold_files"], inst["edited_functions"], True)["function_rank"]
             for k in FUNCTION_KS:
                 found[k] += bool(at and at <= k)
         out[name] = {f"function_acc@{k}": round(found[k] / max(len(counted), 1), 4) for k in FUNCTION_KS}

@@ -109,3 +109,31 @@ def test_named_signal_resolves_modules_error_messages_and_quoted_names(tmp_path)
         assert "noise" not in why
         # a message too common to point anywhere, and prose with no code, find nothing
         assert named_signal(con, "it just returns the value", engine.store.terms).items == []
+
+
+def test_code_ranks_above_docs_that_match_as_well(tmp_path) -> None:
+    root = tmp_path / "docs_and_code"
+    (root / "docs").mkdir(parents=True)
+    (root / ".git").mkdir()
+    # the docs say the query's words more often than the code does
+    (root / "docs/retries.md").write_text(
+        "# Retry a failed upload\n\nA failed upload is retried with exponential backoff: each "
+        "retry of a failed upload waits twice as long as the retry before it (exponential "
+        "backoff), until the upload succeeds or the last retry fails.\n")
+    (root / "client.py").write_text(
+        "def send_again(data, attempts=5):\n"
+        "    # retry a failed upload, with exponential backoff\n"
+        "    for attempt in range(attempts):\n"
+        "        if send(data):\n"
+        "            return True\n"
+        "        sleep(2 ** attempt)\n"
+        "    return False\n")
+    query = "retry a failed upload with exponential backoff"
+    with Engine(root, Settings(service=False, min_chunk_tokens=1, weight_text=1.0)) as engine:
+        engine.index()
+        assert [h.path for h in engine.search(query, k=2)] == ["docs/retries.md", "client.py"]
+        # text chunks (docs, prose, configuration) count for weight_text of their score
+        engine.configure(Settings(service=False, min_chunk_tokens=1, weight_text=0.5))
+        hits = engine.search(query, k=2)
+        assert [h.path for h in hits] == ["client.py", "docs/retries.md"]
+        assert hits[0].symbol == "send_again"

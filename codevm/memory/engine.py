@@ -35,7 +35,8 @@ __all__ = ["Engine", "MIN_BUDGET", "find_root", "to_dict"]
 
 def weights(settings: Settings) -> dict[str, float]:
     return {"lexical": settings.weight_lexical, "named": settings.weight_named,
-            "graph": settings.weight_graph, "vector": settings.weight_vector}
+            "graph": settings.weight_graph, "vector": settings.weight_vector,
+            "text": settings.weight_text}
 
 
 _EMBEDDING_SETTINGS = ("embedder", "embed_model", "embed_batch", "embed_max_tokens", "ollama_host")

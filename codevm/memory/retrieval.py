@@ -29,6 +29,9 @@ from codevm.memory.search import QueryTerms, check_query, chunk_filters, lexical
 from codevm.memory.store import TermDictionary
 
 SIGNALS = ("lexical", "named", "graph", "vector")
+# chunks of files without a grammar (docs, prose, configuration, translations): their
+# fused score is scaled by the weight "text", so code comes first when both match
+TEXT_KINDS = ("window", "section")
 SIGNAL_DEPTH = 200  # chunks each signal ranks
 
 _PY_FRAME = re.compile(r'File "([^"]+)", line (\d+)(?:, in ([\w<>.]+))?')
@@ -369,8 +372,10 @@ def graph_signal(con: duckdb.DuckDBPyConnection, seeds: dict[int, float]) -> Ran
 
 
 # -- fusion -------------------------------------------------------------------------------
-def fuse(signals: dict[str, Ranked], weights: dict[str, float]) -> list[tuple[float, int, str]]:
-    """Weighted sum of max-normalised scores: (score, chunk id, why), best first."""
+def fuse(signals: dict[str, Ranked], weights: dict[str, float],
+         text: frozenset[int] | set[int] = frozenset()) -> list[tuple[float, int, str]]:
+    """Weighted sum of max-normalised scores: (score, chunk id, why), best first; the
+    chunks in `text` (of TEXT_KINDS) count for `weights["text"]` of their sum."""
     scores: dict[int, float] = defaultdict(float)
     why: dict[int, tuple[float, str, str]] = {}
     # the most specific reason is told: what the question names, else the strongest signal
@@ -388,6 +393,11 @@ def fuse(signals: dict[str, Ranked], weights: dict[str, float]) -> list[tuple[fl
             scores[cid] += share
             if cid not in why or (why[cid][2] != "named" and share > why[cid][0]):
                 why[cid] = (share, reason, name)
+    scale = weights.get("text", 1.0)
+    if scale != 1.0:
+        for cid in text:
+            if cid in scores:
+                scores[cid] *= scale
     return sorted(((s, cid, why[cid][1]) for cid, s in scores.items()), key=lambda r: (-r[0], r[1]))
 
 
@@ -426,11 +436,22 @@ class Retriever:
                          if self.weights.get("vector", 0) > 0 else Ranked([]))
         return q, out
 
+    def text_chunks(self, signals: dict[str, Ranked]) -> set[int]:
+        """The chunks that the signals rank which are text, not code (TEXT_KINDS)."""
+        if self.weights.get("text", 1.0) == 1.0:
+            return set()
+        ids = {cid for ranked in signals.values() for cid, _, _ in ranked.items}
+        if not ids:
+            return set()
+        kinds = ", ".join(f"'{k}'" for k in TEXT_KINDS)
+        return {r[0] for r in self.cursor().execute(
+            f"SELECT id FROM chunks WHERE kind IN ({kinds}) AND id IN ({', '.join(map(str, ids))})").fetchall()}
+
     def _fused(self, query: str, k: int, language: str | None, path_glob: str | None,
                kind: str | None) -> tuple[QueryTerms, list[tuple[float, int, str]]]:
         check_query(query, k)
         q, signals = self.signals(query, language, path_glob, kind, _depth(k))
-        fused = fuse(signals, self.weights)
+        fused = fuse(signals, self.weights, self.text_chunks(signals))
         if language or path_glob or kind:
             fused = _only(self.cursor(), fused, language, path_glob, kind)
         return q, fused
