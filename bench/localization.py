@@ -341,11 +341,16 @@ def summary(args: argparse.Namespace, results: list[dict]) -> dict[str, object]:
     with_functions = [r for r in results if r["has_functions"]]
     out: dict[str, object] = {"instances": len(results), "weights": weights(Settings()),
                               "embedder": args.embedder}
-    for name in ("fusion", *SIGNALS):
+    instances = {i["id"]: i for i in selected(args)}
+    # the fusion under the current weights, from the kept rankings: rows cached by an
+    # earlier run count as if made now
+    out["fusion"] = accuracy([{**ranks(fused_items(r["items"], weights(Settings())),
+                                       instances[r["id"]]["gold_files"], instances[r["id"]]["gold_functions"]),
+                               "has_functions": r["has_functions"]} for r in results])
+    for name in SIGNALS:
         out[name] = accuracy([{**r[name], "has_functions": r["has_functions"]} for r in results])
     out["instances_with_gold_functions"] = len(with_functions)
-    out["edited_functions"] = edited_accuracy(
-        results, {i["id"]: i for i in selected(args)}, weights(Settings()))
+    out["edited_functions"] = edited_accuracy(results, instances, weights(Settings()))
     if results:
         out.update({f"search_{k}": v for k, v in latency_summary([r["search_ms"] for r in results]).items()})
     return out
