@@ -9,6 +9,11 @@ module-level chunk or the first chunk of the file) are in the working set, for t
 pager (the fusion of every retrieval signal, as `codevm ask` pages in) and, in the same run,
 for each signal alone filling the same budget (`lexical` is plain search). `edited` counts
 the functions that each fix edits (bench/gold.py), over the instances that edit one.
+
+Each row keeps the signals' rankings and the size of each chunk's page, and the working
+sets are made from them with the pager's own functions (pager.fill, pager.with_file_prior),
+so that the figures follow the current weights without another run; each row records at
+how many budgets that differs from the live pager (`kept_rankings_differ_from_live`).
 """
 
 from __future__ import annotations
@@ -23,69 +28,113 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from index_speed import latency_summary  # noqa: E402
-from localization import Bench, bench_arguments, run_instances  # noqa: E402
+from localization import Bench, bench_arguments, run_instances, selected  # noqa: E402
 
+from codevm.config import Settings  # noqa: E402
 from codevm.memory.context import Page  # noqa: E402
-from codevm.memory.engine import Engine  # noqa: E402
-from codevm.memory.pager import Candidate  # noqa: E402
-from codevm.memory.retrieval import SIGNALS  # noqa: E402
+from codevm.memory.engine import Engine, weights  # noqa: E402
+from codevm.memory.pager import Candidate, fill, search_depth, with_file_prior  # noqa: E402
+from codevm.memory.retrieval import SIGNALS, TEXT_KINDS, Ranked, fuse, signal_depth  # noqa: E402
 
 BUDGETS = (2000, 4000, 8000, 16000)
+ALONE_DEPTH = 300  # chunks of each signal alone that fill a budget
 
 
-def covered(pages: list[Page], kinds: dict[int, str], instance: dict) -> tuple[bool, bool, bool | None]:
+def covered(pages: list[Page], kinds: dict[str, str], instance: dict) -> dict[str, bool | None]:
+    """Whether the working set holds the gold files, the gold functions and the edited
+    functions (None: the fix edits no function that exists)."""
     paths = {p.path for p in pages}
-    files_ok = all(g in paths for g in instance["gold_files"])
     have = set()
     for p in pages:
         have.add(f"{p.path}::{p.symbol}")
-        if kinds.get(int(p.key.split(":")[1])) == "module" or p.start_line == 1:
+        if kinds.get(p.key) == "module" or p.start_line == 1:
             have.add(f"{p.path}::imports")
-    functions_ok = all(g in have for g in instance["gold_functions"])
-    edited = instance["edited_functions"]  # None: the fix edits no function that exists
-    return files_ok, functions_ok, all(g in have for g in edited) if edited else None
+    edited = instance["edited_functions"]
+    return {"file": all(g in paths for g in instance["gold_files"]),
+            "function": all(g in have for g in instance["gold_functions"]),
+            "edited": all(g in have for g in edited) if edited else None}
+
+
+class Kept:
+    """An instance's signal rankings and the pages of the chunks in them, kept in its row,
+    so that the pager's working sets can be made again under any weights."""
+
+    def __init__(self, row: dict):
+        self.signals = {name: Ranked([(int(cid), score, name) for cid, score in items])
+                        for name, items in row["signals"].items()}
+        self.pages: dict[int, Page] = {}
+        self.kinds: dict[str, str] = {}
+        for cid, (path, symbol, kind, start, end, tokens) in row["chunks"].items():
+            self.pages[int(cid)] = Page(f"chunk:{cid}", path, start, end, "", tokens, symbol)
+            self.kinds[f"chunk:{cid}"] = kind
+        self.text = {cid for cid, page in self.pages.items() if self.kinds[page.key] in TEXT_KINDS}
+
+    def pager(self, budget: int, w: dict[str, float]) -> list[Page]:
+        """What HeuristicPager.prefetch pages in: the fusion of each signal's top
+        `signal_depth` chunks, its best `2 x search_depth`, file prior, filled to budget."""
+        k = min(1000, 2 * search_depth(budget))
+        depth = signal_depth(k)
+        fused = fuse({n: Ranked(r.items[:depth]) for n, r in self.signals.items()}, w, self.text)[:k]
+        return fill(with_file_prior(fused, {cid: p.path for cid, p in self.pages.items()}),
+                    self.pages, budget)
+
+    def alone(self, name: str, budget: int) -> list[Page]:
+        """One signal's ranking alone filling the budget."""
+        items = self.signals[name].items[:ALONE_DEPTH]
+        return fill([Candidate(cid, score, name) for cid, score, _ in items], self.pages, budget)
 
 
 def evaluate(engine: Engine, instance: dict) -> dict:
+    """Keeps the signals (as deep as the largest budget ranks them) and their chunks' pages;
+    checks that the kept rankings make the pager's own working sets."""
     question = instance["query"]
-    _, signals = engine.retriever.signals(question, depth=300)
-    alone = {name: [Candidate(cid, score, name) for cid, score, _ in ranked.items]
-             for name, ranked in signals.items()}
-    row: dict[str, object] = {"id": instance["id"]}
-    con = engine.store.cursor()
+    deepest = signal_depth(min(1000, 2 * search_depth(max(BUDGETS))))
+    _, signals = engine.retriever.signals(question, depth=max(deepest, ALONE_DEPTH))
+    ids = {cid for ranked in signals.values() for cid, _, _ in ranked.items}
+    pages = engine.pager.page_map(ids)
+    kinds = dict(engine.store.cursor().execute(
+        f"SELECT id, kind FROM chunks WHERE id IN ({', '.join(map(str, ids)) or 'NULL'})").fetchall())
+    row: dict[str, object] = {
+        "id": instance["id"],
+        "signals": {name: [[cid, score] for cid, score, _ in ranked.items] for name, ranked in signals.items()},
+        "chunks": {str(cid): [p.path, p.symbol, kinds[cid], p.start_line, p.end_line, p.tokens]
+                   for cid, p in pages.items()}}
+    kept = Kept(row)
+    differ = 0
     for budget in BUDGETS:
         started = time.perf_counter()
-        pager_pages = engine.pager.prefetch(question, budget)  # what `ask` pages in
+        live = engine.pager.prefetch(question, budget)  # what `ask` pages in
         if budget == 8000:
             row["pager_ms"] = round((time.perf_counter() - started) * 1000, 1)
-        runs = [("pager", pager_pages)] + [(name, engine.pager.pages(c, budget)) for name, c in alone.items()]
-        for name, pages in runs:
-            ids = ", ".join(p.key.split(":")[1] for p in pages) or "0"
-            kinds = dict(con.execute(f"SELECT id, kind FROM chunks WHERE id IN ({ids})").fetchall())
-            files_ok, functions_ok, edited_ok = covered(pages, kinds, instance)
-            row[f"{name}_file_{budget}"] = files_ok
-            row[f"{name}_function_{budget}"] = functions_ok
-            row[f"{name}_edited_{budget}"] = edited_ok
+        differ += [p.key for p in live] != [p.key for p in kept.pager(budget, engine.retriever.weights)]
+    row["kept_differs"] = differ  # budgets whose kept working set is not the live one
     return row
 
 
 PAGING = Bench(
     "paging-signals", lambda inst, engine: evaluate(engine, inst),
-    lambda row: f"8k pager file {row['pager_file_8000']} function {row['pager_function_8000']}",
-    lambda row: all(f"{name}_edited_8000" in row for name in SIGNALS))
+    lambda row: f"kept rankings differ from the live pager at {row['kept_differs']} budgets",
+    lambda row: "chunks" in row)
 
 
-def summary(results: list[dict]) -> dict[str, object]:
-    """Shares of instances with their gold in the working set; `edited` (the functions
-    that the fix edits, bench/gold.py) over the instances that edit one."""
-    out: dict[str, object] = {"instances": len(results)}
-    for budget in BUDGETS:
-        for name in ("pager", *SIGNALS):
-            for what in ("file", "function", "edited"):
-                key = f"{name}_{what}_{budget}"
-                counted = [r[key] for r in results if r[key] is not None]
-                out[key] = round(sum(counted) / max(len(counted), 1), 4)
-    out["instances_with_edited_functions"] = sum(1 for r in results if r["pager_edited_8000"] is not None)
+def summary(results: list[dict], instances: dict[str, dict], w: dict[str, float]) -> dict[str, object]:
+    """Shares of instances with their gold in the working set, under weights `w`; `edited`
+    (the functions that the fix edits, bench/gold.py) over the instances that edit one."""
+    found: dict[str, list[bool]] = {}
+    for row in results:
+        kept = Kept(row)
+        inst = instances[row["id"]]
+        for budget in BUDGETS:
+            runs = [("pager", kept.pager(budget, w))] + [(n, kept.alone(n, budget)) for n in SIGNALS]
+            for name, pages in runs:
+                for what, ok in covered(pages, kept.kinds, inst).items():
+                    if ok is not None:
+                        found.setdefault(f"{name}_{what}_{budget}", []).append(ok)
+    out: dict[str, object] = {"instances": len(results), "weights": w,
+                              "instances_with_edited_functions": sum(
+                                  1 for r in results if instances[r["id"]]["edited_functions"]),
+                              "kept_rankings_differ_from_live": sum(r["kept_differs"] for r in results)}
+    out.update({key: round(sum(oks) / len(oks), 4) for key, oks in found.items()})
     if results:
         out.update({f"pager_{k}": v for k, v in latency_summary([r["pager_ms"] for r in results]).items()})
     return out
@@ -94,7 +143,8 @@ def summary(results: list[dict]) -> dict[str, object]:
 def main() -> None:
     args = bench_arguments(__doc__ or "")
     results, missing, _ = run_instances(args, [PAGING])
-    print(json.dumps({**summary(results[PAGING.name]), "missing_repositories": missing}))
+    out = summary(results[PAGING.name], {i["id"]: i for i in selected(args)}, weights(Settings()))
+    print(json.dumps({**out, "missing_repositories": missing}))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ def main() -> None:
     results, missing, seconds = localization.run_instances(args, [localization.LOCALIZATION, paging.PAGING])
     print(json.dumps({
         "localization": localization.summary(args, results[localization.LOCALIZATION.name]),
-        "paging": paging.summary(results[paging.PAGING.name]),
+        "paging": paging.summary(results[paging.PAGING.name], {i["id"]: i for i in localization.selected(args)},
+                                 localization.weights(localization.Settings())),
         "missing_repositories": missing,
         "index_seconds_this_run": round(seconds["index"], 1),
         "embed_seconds_this_run": round(seconds["embed"], 1)}))

@@ -9,7 +9,7 @@ code twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from codevm.memory.context import Page, TokenEstimator
 from codevm.memory.retrieval import Retriever
@@ -26,6 +26,45 @@ class Candidate:
     reason: str
 
 
+def search_depth(budget: int) -> int:
+    """How many fused hits the pager ranks for a working set of `budget` tokens: enough
+    to fill it (chunks average ~250 tokens), at least 30."""
+    return max(30, budget // 150)
+
+
+def with_file_prior(fused: list[tuple[float, int, str]], paths: dict[int, str]) -> list[Candidate]:
+    """Candidates from a fused ranking: each gains FILE_PRIOR of its file's best score
+    (code in the file that matches best is likelier than an equal hit elsewhere)."""
+    if not fused:
+        return []
+    best: dict[str, float] = {}
+    for score, cid, _ in fused:
+        best[paths.get(cid, "")] = max(best.get(paths.get(cid, ""), 0.0), score)
+    ranked = sorted(((score + FILE_PRIOR * best[paths.get(cid, "")], cid, reason)
+                     for score, cid, reason in fused), key=lambda r: -r[0])
+    top = ranked[0][0] or 1.0
+    return [Candidate(cid, score / top, reason) for score, cid, reason in ranked]
+
+
+def fill(candidates: list[Candidate], pages: dict[int, Page], budget: int,
+         have: set[str] | None = None) -> list[Page]:
+    """The pages of the most relevant candidates that fit in `budget` tokens (a smaller
+    page further down may still fit), skipping what is in `have` or inside a chosen page."""
+    chosen: list[Page] = []
+    used = 0
+    have = have or set()
+    for c in candidates:
+        page = pages.get(c.chunk_id)
+        if page is None or page.key in have or used + page.tokens > budget:
+            continue
+        if any(p.path == page.path and p.start_line <= page.start_line and page.end_line <= p.end_line
+               for p in chosen):
+            continue
+        chosen.append(replace(page, relevance=round(c.relevance, 3), reason=c.reason))
+        used += page.tokens
+    return chosen
+
+
 class HeuristicPager:
     def __init__(self, store: Store, retriever: Retriever, estimator: TokenEstimator):
         self.store = store
@@ -40,51 +79,35 @@ class HeuristicPager:
         fused = self.retriever.retrieve(question, k=min(1000, 2 * k_search))
         if not fused:
             return []
-        # code in the file that matches best is likelier than an equal hit elsewhere
         ids = ", ".join(str(int(cid)) for _, cid, _ in fused)
         paths = dict(self.store.cursor().execute(
             f"SELECT id, path FROM chunks WHERE id IN ({ids})").fetchall())
-        best: dict[str, float] = {}
-        for score, cid, _ in fused:
-            best[paths.get(cid, "")] = max(best.get(paths.get(cid, ""), 0.0), score)
-        ranked = sorted(((score + FILE_PRIOR * best[paths.get(cid, "")], cid, reason)
-                         for score, cid, reason in fused), key=lambda r: -r[0])
-        top = ranked[0][0] or 1.0
-        return [Candidate(cid, score / top, reason) for score, cid, reason in ranked]
+        return with_file_prior(fused, paths)
+
+    def page_map(self, chunk_ids, estimator: TokenEstimator | None = None) -> dict[int, Page]:
+        """A page for each chunk, its tokens counted by `estimator` (the asking context's
+        calibrated one; by default the pager's)."""
+        count = (estimator or self.estimator).count
+        ids = ", ".join(str(int(cid)) for cid in chunk_ids)
+        if not ids:
+            return {}
+        pages = {}
+        for cid, path, start, end, text, symbol in self.store.cursor().execute(
+                f"SELECT id, path, start_line, end_line, text, qualified_name FROM chunks WHERE id IN ({ids})"
+        ).fetchall():
+            page = Page(f"chunk:{cid}", path, start, end, text, 0, symbol or "")
+            page.tokens = count(page.render())
+            pages[cid] = page
+        return pages
 
     def pages(self, candidates: list[Candidate], budget: int, have: set[str] | None = None,
               estimator: TokenEstimator | None = None) -> list[Page]:
-        """Pages for the most relevant candidates that fit in `budget` tokens, counted by
-        `estimator` (the asking context's calibrated one; by default the pager's)."""
-        count = (estimator or self.estimator).count
+        """Pages for the most relevant candidates that fit in `budget` tokens."""
         if not candidates:
             return []
-        con = self.store.cursor()
-        ids = ", ".join(str(int(c.chunk_id)) for c in candidates)
-        rows = {r[0]: r for r in con.execute(
-            f"SELECT id, path, start_line, end_line, text, qualified_name FROM chunks WHERE id IN ({ids})"
-        ).fetchall()}
-        chosen: list[Page] = []
-        used = 0
-        have = have or set()
-        for c in candidates:
-            row = rows.get(c.chunk_id)
-            if row is None or f"chunk:{c.chunk_id}" in have:
-                continue
-            page = Page(f"chunk:{row[0]}", row[1], row[2], row[3], row[4], 0, row[5] or "",
-                        relevance=round(c.relevance, 3), reason=c.reason)
-            page.tokens = count(page.render())
-            if used + page.tokens > budget:
-                continue  # a smaller page further down may still fit
-            if any(p.path == page.path and p.start_line <= page.start_line and page.end_line <= p.end_line
-                   for p in chosen):
-                continue
-            chosen.append(page)
-            used += page.tokens
-        return chosen
+        return fill(candidates, self.page_map([c.chunk_id for c in candidates], estimator), budget, have)
 
     def prefetch(self, question: str, budget: int, have: set[str] | None = None,
                  estimator: TokenEstimator | None = None) -> list[Page]:
-        # enough search hits to fill the budget (chunks average ~250 tokens)
-        return self.pages(self.candidates(question, k_search=max(30, budget // 150)), budget, have,
+        return self.pages(self.candidates(question, k_search=search_depth(budget)), budget, have,
                           estimator)

@@ -450,7 +450,7 @@ class Retriever:
     def _fused(self, query: str, k: int, language: str | None, path_glob: str | None,
                kind: str | None) -> tuple[QueryTerms, list[tuple[float, int, str]]]:
         check_query(query, k)
-        q, signals = self.signals(query, language, path_glob, kind, _depth(k))
+        q, signals = self.signals(query, language, path_glob, kind, signal_depth(k))
         fused = fuse(signals, self.weights, self.text_chunks(signals))
         if language or path_glob or kind:
             fused = _only(self.cursor(), fused, language, path_glob, kind)
@@ -467,7 +467,7 @@ class Retriever:
         return make_hits(self.cursor(), [(s, cid) for s, cid, _ in fused], q, k)
 
 
-def _depth(k: int) -> int:
+def signal_depth(k: int) -> int:
     """How deep each signal ranks for the top `k` of the fusion."""
     return min(1000, max(3 * k, 60))
 
