@@ -37,7 +37,7 @@ from codevm.memory.pager import Candidate, fill, search_depth, with_file_prior  
 from codevm.memory.retrieval import SIGNALS, TEXT_KINDS, Ranked, fuse, signal_depth  # noqa: E402
 
 BUDGETS = (2000, 4000, 8000, 16000)
-ALONE_DEPTH = 300  # chunks of each signal alone that fill a budget
+ALONE_DEPTH = 300  # chunks of each signal alone that fill a budget (of the deepest kept)
 
 
 def covered(pages: list[Page], kinds: dict[str, str], instance: dict) -> dict[str, bool | None]:
@@ -60,8 +60,11 @@ class Kept:
     so that the pager's working sets can be made again under any weights."""
 
     def __init__(self, row: dict):
-        self.signals = {name: Ranked([(int(cid), score, name) for cid, score in items])
-                        for name, items in row["signals"].items()}
+        # the signals as deep as each budget ranks them (a ranking's top is not always a
+        # deeper one's: ties, and tests demoted after the cut)
+        self.signals = {int(depth): {name: Ranked([(int(cid), score, name) for cid, score in items])
+                                     for name, items in signals.items()}
+                        for depth, signals in row["signals"].items()}
         self.pages: dict[int, Page] = {}
         self.kinds: dict[str, str] = {}
         for cid, (path, symbol, kind, start, end, tokens) in row["chunks"].items():
@@ -73,30 +76,30 @@ class Kept:
         """What HeuristicPager.prefetch pages in: the fusion of each signal's top
         `signal_depth` chunks, its best `2 x search_depth`, file prior, filled to budget."""
         k = min(1000, 2 * search_depth(budget))
-        depth = signal_depth(k)
-        fused = fuse({n: Ranked(r.items[:depth]) for n, r in self.signals.items()}, w, self.text)[:k]
+        fused = fuse(self.signals[signal_depth(k)], w, self.text)[:k]
         return fill(with_file_prior(fused, {cid: p.path for cid, p in self.pages.items()}),
                     self.pages, budget)
 
     def alone(self, name: str, budget: int) -> list[Page]:
         """One signal's ranking alone filling the budget."""
-        items = self.signals[name].items[:ALONE_DEPTH]
+        items = self.signals[max(self.signals)][name].items[:ALONE_DEPTH]
         return fill([Candidate(cid, score, name) for cid, score, _ in items], self.pages, budget)
 
 
 def evaluate(engine: Engine, instance: dict) -> dict:
-    """Keeps the signals (as deep as the largest budget ranks them) and their chunks' pages;
+    """Keeps the signals (as deep as each budget ranks them) and their chunks' pages;
     checks that the kept rankings make the pager's own working sets."""
     question = instance["query"]
-    deepest = signal_depth(min(1000, 2 * search_depth(max(BUDGETS))))
-    _, signals = engine.retriever.signals(question, depth=max(deepest, ALONE_DEPTH))
-    ids = {cid for ranked in signals.values() for cid, _, _ in ranked.items}
+    depths = sorted({signal_depth(min(1000, 2 * search_depth(b))) for b in BUDGETS})
+    by_depth = {d: engine.retriever.signals(question, depth=d)[1] for d in depths}
+    ids = {cid for signals in by_depth.values() for ranked in signals.values() for cid, _, _ in ranked.items}
     pages = engine.pager.page_map(ids)
     kinds = dict(engine.store.cursor().execute(
         f"SELECT id, kind FROM chunks WHERE id IN ({', '.join(map(str, ids)) or 'NULL'})").fetchall())
     row: dict[str, object] = {
         "id": instance["id"],
-        "signals": {name: [[cid, score] for cid, score, _ in ranked.items] for name, ranked in signals.items()},
+        "signals": {str(d): {name: [[cid, score] for cid, score, _ in ranked.items]
+                             for name, ranked in signals.items()} for d, signals in by_depth.items()},
         "chunks": {str(cid): [p.path, p.symbol, kinds[cid], p.start_line, p.end_line, p.tokens]
                    for cid, p in pages.items()}}
     kept = Kept(row)
@@ -114,7 +117,7 @@ def evaluate(engine: Engine, instance: dict) -> dict:
 PAGING = Bench(
     "paging-signals", lambda inst, engine: evaluate(engine, inst),
     lambda row: f"kept rankings differ from the live pager at {row['kept_differs']} budgets",
-    lambda row: "chunks" in row)
+    lambda row: "chunks" in row and isinstance(next(iter(row["signals"].values())), dict))
 
 
 def summary(results: list[dict], instances: dict[str, dict], w: dict[str, float]) -> dict[str, object]:

@@ -146,7 +146,7 @@ def named_signal(con: duckdb.DuckDBPyConnection, question: str,
     for item in found:
         if item[0] not in best or item[1] > best[item[0]][1]:
             best[item[0]] = item
-    return Ranked(sorted(best.values(), key=lambda r: -r[1]))
+    return Ranked(sorted(best.values(), key=lambda r: (-r[1], r[0])))
 
 
 def _file_chunks(con: duckdb.DuckDBPyConnection, path: str, words: str, terms: TermDictionary | None,
@@ -348,7 +348,7 @@ def graph_signal(con: duckdb.DuckDBPyConnection, seeds: dict[int, float]) -> Ran
                 if dst not in seen:
                     reach[dst] += w * seeds.get(src, 1.0)
         # the second hop starts from the nodes the seeds reach most strongly
-        frontier = sorted(reach, key=lambda n: -reach[n])[:HOP_FRONTIER]
+        frontier = sorted(reach, key=lambda n: (-reach[n], n))[:HOP_FRONTIER]
         seen.update(reach)
     total = sum(seeds.values()) or 1.0
     restart = {n: w / total for n, w in seeds.items()}
@@ -367,8 +367,9 @@ def graph_signal(con: duckdb.DuckDBPyConnection, seeds: dict[int, float]) -> Ran
         for node, w in restart.items():
             nxt_rank[node] += RESTART * w
         rank = nxt_rank
-    return Ranked(sorted(((n, s, "related to the best hits") for n, s in rank.items()),
-                         key=lambda r: -r[1]))
+    # rounded, and ties by id: the same question ranks the same way every time
+    return Ranked(sorted(((n, round(s, 12), "related to the best hits") for n, s in rank.items()),
+                         key=lambda r: (-r[1], r[0])))
 
 
 # -- fusion -------------------------------------------------------------------------------

@@ -61,6 +61,8 @@ def analyse_query(query: str) -> QueryTerms:
 
 
 # Step 1 ranks chunk ids from the postings alone (each carries its chunk's length);
+# scores are rounded and ties go by chunk id, so that the same query ranks the same way
+# every time (a parallel sum of floats differs in its last bits from run to run);
 # replaced chunks whose postings await compaction are left out through `dead_chunks`.
 # Step 2 reads the wide rows (text) of the few winners through the index on chunks.id
 # (a scan that touches `text` costs ~15 ms).
@@ -72,13 +74,13 @@ hits AS MATERIALIZED (
     WHERE p.term_id IN (SELECT id FROM qt)
       AND p.chunk_id NOT IN (SELECT id FROM dead_chunks) {{chunk_filter}}),
 df AS (SELECT term_id, count(*) AS df FROM hits GROUP BY 1)
-SELECT h.chunk_id, sum(
+SELECT h.chunk_id, round(sum(
     qt.w * ln(1 + (stats.n - df.df + 0.5) / (df.df + 0.5))
     * h.tf * {K1 + 1} / (h.tf + {K1} * ({1 - B} + {B} * h.n_terms / stats.avgdl))
-) AS score
+), 9) AS score
 FROM hits h JOIN qt ON qt.id = h.term_id JOIN df ON df.term_id = h.term_id, stats
 GROUP BY h.chunk_id
-ORDER BY score DESC
+ORDER BY score DESC, h.chunk_id
 LIMIT $limit
 """
 
@@ -154,7 +156,7 @@ def lexical(con: duckdb.DuckDBPyConnection, query: str, k: int = 10, language: s
             # exact symbol matches first for identifier queries; a strong boost otherwise
             score = score + (top * 10 if q.short else top * 0.5)
         ranked.append((score, cid))
-    ranked.sort(key=lambda r: -r[0])
+    ranked.sort(key=lambda r: (-r[0], r[1]))
     if not q.short and not q.about_tests:
         ranked = _demote_tests(con, ranked[: params["limit"]])
     return q, ranked
@@ -187,7 +189,7 @@ def _demote_tests(con: duckdb.DuckDBPyConnection,
     paths = dict(con.execute(f"SELECT id, path FROM chunks WHERE id IN ({ids})").fetchall())
     out = [(score * TEST_PRIOR if TEST_PATH.search(paths.get(cid, "")) else score, cid)
            for score, cid in ranked]
-    out.sort(key=lambda r: -r[0])
+    out.sort(key=lambda r: (-r[0], r[1]))
     return out
 
 
