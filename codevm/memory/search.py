@@ -85,11 +85,13 @@ LIMIT $limit
 """
 
 # Names are inlined (they are identifiers, quoted below) so that the indexes on
-# chunks.name and chunks.qualified_name answer instead of a scan.
+# chunks.name and chunks.qualified_name answer instead of a scan; a name defined more than
+# 200 times keeps the same 200 every time.
 _EXACT_SQL = """
-SELECT id FROM chunks c WHERE name IN ({names}) AND {filters}
-UNION SELECT id FROM chunks c WHERE qualified_name IN ({names}) AND {filters}
-LIMIT 200
+SELECT id FROM (
+    SELECT id FROM chunks c WHERE name IN ({names}) AND {filters}
+    UNION SELECT id FROM chunks c WHERE qualified_name IN ({names}) AND {filters})
+ORDER BY id LIMIT 200
 """
 
 _ROWS_SQL = """
