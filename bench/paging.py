@@ -33,7 +33,7 @@ from localization import Bench, bench_arguments, run_instances, selected  # noqa
 from codevm.config import Settings  # noqa: E402
 from codevm.memory.context import Page  # noqa: E402
 from codevm.memory.engine import Engine, weights  # noqa: E402
-from codevm.memory.pager import Candidate, fill, search_depth, with_file_prior  # noqa: E402
+from codevm.memory.pager import FILE_PRIOR, Candidate, fill, search_depth, with_file_prior  # noqa: E402
 from codevm.memory.retrieval import SIGNALS, TEXT_KINDS, Ranked, fuse, signal_depth  # noqa: E402
 
 BUDGETS = (2000, 4000, 8000, 16000)
@@ -67,17 +67,18 @@ class Kept:
                         for depth, signals in row["signals"].items()}
         self.pages: dict[int, Page] = {}
         self.kinds: dict[str, str] = {}
-        for cid, (path, symbol, kind, start, end, tokens) in row["chunks"].items():
-            self.pages[int(cid)] = Page(f"chunk:{cid}", path, start, end, "", tokens, symbol)
+        for cid, (path, symbol, kind, start, end, tokens, lines) in row["chunks"].items():
+            # the text is not kept, only its number of lines (Page.verbatim)
+            self.pages[int(cid)] = Page(f"chunk:{cid}", path, start, end, "\n" * (lines - 1), tokens, symbol)
             self.kinds[f"chunk:{cid}"] = kind
         self.text = {cid for cid, page in self.pages.items() if self.kinds[page.key] in TEXT_KINDS}
 
-    def pager(self, budget: int, w: dict[str, float]) -> list[Page]:
+    def pager(self, budget: int, w: dict[str, float], prior: float = FILE_PRIOR) -> list[Page]:
         """What HeuristicPager.prefetch pages in: the fusion of each signal's top
         `signal_depth` chunks, its best `2 x search_depth`, file prior, filled to budget."""
         k = min(1000, 2 * search_depth(budget))
         fused = fuse(self.signals[signal_depth(k)], w, self.text)[:k]
-        return fill(with_file_prior(fused, {cid: p.path for cid, p in self.pages.items()}),
+        return fill(with_file_prior(fused, {cid: p.path for cid, p in self.pages.items()}, prior),
                     self.pages, budget)
 
     def alone(self, name: str, budget: int) -> list[Page]:
@@ -100,7 +101,8 @@ def evaluate(engine: Engine, instance: dict) -> dict:
         "id": instance["id"],
         "signals": {str(d): {name: [[cid, score] for cid, score, _ in ranked.items]
                              for name, ranked in signals.items()} for d, signals in by_depth.items()},
-        "chunks": {str(cid): [p.path, p.symbol, kinds[cid], p.start_line, p.end_line, p.tokens]
+        "chunks": {str(cid): [p.path, p.symbol, kinds[cid], p.start_line, p.end_line, p.tokens,
+                              p.text.count("\n") + 1]
                    for cid, p in pages.items()}}
     kept = Kept(row)
     differ = 0
@@ -117,7 +119,7 @@ def evaluate(engine: Engine, instance: dict) -> dict:
 PAGING = Bench(
     "paging-signals", lambda inst, engine: evaluate(engine, inst),
     lambda row: f"kept rankings differ from the live pager at {row['kept_differs']} budgets",
-    lambda row: "chunks" in row and isinstance(next(iter(row["signals"].values())), dict))
+    lambda row: "chunks" in row and len(next(iter(row["chunks"].values()), [0] * 7)) == 7)
 
 
 def summary(results: list[dict], instances: dict[str, dict], w: dict[str, float]) -> dict[str, object]:

@@ -9,8 +9,9 @@ import pytest
 
 from codevm.config import Settings
 from codevm.errors import InvalidArgument
-from codevm.memory.context import TokenEstimator
+from codevm.memory.context import Page, TokenEstimator
 from codevm.memory.engine import Engine
+from codevm.memory.pager import Candidate, fill
 from tests.fake_ollama import FakeOllama, call
 
 
@@ -200,3 +201,16 @@ def test_the_heuristic_pager_follows_tracebacks_and_named_identifiers(project: P
         pages = engine.pager.pages(candidates, budget=600)
         assert sum(p.tokens for p in pages) <= 600
         assert pages[0].symbol == "total_area" and pages[0].reason.startswith("traceback")
+
+
+def test_a_class_outline_does_not_hide_its_methods_from_the_pager() -> None:
+    # a class's chunk spans the class but holds only its outline: its methods still page in
+    outline = Page("chunk:1", "shapes.py", 10, 40, "class Circle:\n    def area(self) ...\n    def scale(self) ...", 20)
+    area = Page("chunk:2", "shapes.py", 12, 20, "\n".join(f"line {i}" for i in range(12, 21)), 30)
+    part = Page("chunk:3", "shapes.py", 14, 16, "line 14\nline 15\nline 16", 10)
+    candidates = [Candidate(1, 1.0, "hit"), Candidate(2, 0.9, "hit"), Candidate(3, 0.8, "hit")]
+    chosen = fill(candidates, {1: outline, 2: area, 3: part}, budget=1000)
+    # the outline does not hold area's lines; area does hold the lines of the third
+    assert [p.key for p in chosen] == ["chunk:1", "chunk:2"]
+    assert [p.key for p in fill(candidates, {1: outline, 2: area, 3: part}, budget=1000,
+                                have={"chunk:2"})] == ["chunk:1", "chunk:3"]

@@ -57,6 +57,12 @@ class Page:
     def citation(self) -> str:
         return f"{self.path}:{self.start_line}-{self.end_line}"
 
+    @property
+    def verbatim(self) -> bool:
+        """Whether the page holds every line of its range (a class's page is an outline:
+        its methods are pages of their own)."""
+        return self.text.count("\n") + 1 >= self.end_line - self.start_line + 1
+
     def render(self) -> str:
         title = f"[{self.citation}]" + (f" {self.symbol}" if self.symbol else "")
         return f"{title}\n{self.text}"
@@ -76,10 +82,6 @@ class WorkingSet:
     @property
     def tokens(self) -> int:
         return sum(p.tokens for p in self.pages.values())
-
-    def covers(self, path: str, start: int, end: int) -> bool:
-        return any(p.path == path and p.start_line <= start and end <= p.end_line
-                   for p in self.pages.values())
 
     def page_in(self, page: Page) -> Page:
         page.last_used = self.clock

@@ -32,15 +32,16 @@ def search_depth(budget: int) -> int:
     return max(30, budget // 150)
 
 
-def with_file_prior(fused: list[tuple[float, int, str]], paths: dict[int, str]) -> list[Candidate]:
-    """Candidates from a fused ranking: each gains FILE_PRIOR of its file's best score
+def with_file_prior(fused: list[tuple[float, int, str]], paths: dict[int, str],
+                    prior: float = FILE_PRIOR) -> list[Candidate]:
+    """Candidates from a fused ranking: each gains `prior` of its file's best score
     (code in the file that matches best is likelier than an equal hit elsewhere)."""
     if not fused:
         return []
     best: dict[str, float] = {}
     for score, cid, _ in fused:
         best[paths.get(cid, "")] = max(best.get(paths.get(cid, ""), 0.0), score)
-    ranked = sorted(((score + FILE_PRIOR * best[paths.get(cid, "")], cid, reason)
+    ranked = sorted(((score + prior * best[paths.get(cid, "")], cid, reason)
                      for score, cid, reason in fused), key=lambda r: -r[0])
     top = ranked[0][0] or 1.0
     return [Candidate(cid, score / top, reason) for score, cid, reason in ranked]
@@ -49,7 +50,8 @@ def with_file_prior(fused: list[tuple[float, int, str]], paths: dict[int, str]) 
 def fill(candidates: list[Candidate], pages: dict[int, Page], budget: int,
          have: set[str] | None = None) -> list[Page]:
     """The pages of the most relevant candidates that fit in `budget` tokens (a smaller
-    page further down may still fit), skipping what is in `have` or inside a chosen page."""
+    page further down may still fit), skipping what is in `have` or whose lines a chosen
+    page already holds."""
     chosen: list[Page] = []
     used = 0
     have = have or set()
@@ -58,7 +60,7 @@ def fill(candidates: list[Candidate], pages: dict[int, Page], budget: int,
         if page is None or page.key in have or used + page.tokens > budget:
             continue
         if any(p.path == page.path and p.start_line <= page.start_line and page.end_line <= p.end_line
-               for p in chosen):
+               and p.verbatim for p in chosen):
             continue
         chosen.append(replace(page, relevance=round(c.relevance, 3), reason=c.reason))
         used += page.tokens
