@@ -1,9 +1,10 @@
 """Fusion weights tuned offline on SWE-bench Lite. Prints one JSON object.
 
-Reads the per-signal rankings that `bench/localization.py` kept for every instance
-(`<cache>/localization-signals.jsonl`) and scores the reciprocal-rank fusion under a grid
-of weights (coordinate ascent from the shipped ones), without touching an index: the
-weights that `codevm` ships come from here.
+Reads the per-signal rankings that `bench/localization.py` and `bench/paging.py` kept for
+every instance (`<cache>/localization-signals.jsonl`, `<cache>/paging-signals.jsonl`) and
+scores the fusion, and the pager's 8k working sets, under sets of weights (coordinate
+ascent from the shipped ones), without touching an index: the weights that `codevm`
+ships come from here.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ sys.path.insert(0, str(HERE))
 
 from localization import DATA, accuracy, edited_accuracy, fused_items, mirror_for, ranks  # noqa: E402
 from gold import edited_gold  # noqa: E402
+from paging import PAGING, Kept, covered  # noqa: E402
 
 from codevm.config import Settings  # noqa: E402
 from codevm.memory.engine import weights as weights_of  # noqa: E402
@@ -28,14 +30,21 @@ GRID = {"named": (0.0, 0.1, 0.2, 0.35, 0.5), "graph": (0.0, 0.75, 1.0, 1.5, 2.0,
         "vector": (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0), "text": (1.0, 0.7, 0.5, 0.3)}
 
 
-def score(rows: list[dict], data: dict[str, dict], weights: dict[str, float]) -> dict:
+def score(rows: list[dict], data: dict[str, dict], weights: dict[str, float],
+          kept: list[tuple[Kept, dict]]) -> dict:
     out = []
     for row in rows:
         gold = data[row["id"]]
         ranked = ranks(fused_items(row["items"], weights), gold["gold_files"], gold["gold_functions"])
         out.append({**ranked, "has_functions": row["has_functions"]})
     edited = edited_accuracy(rows, data, weights, ("fusion",))["fusion"]
-    return {**accuracy(out), **{f"edited_{k}": v for k, v in edited.items()}}
+    paged: dict[str, list[bool]] = {"function": [], "edited": []}
+    for pages, inst in kept:  # the pager's 8k working sets, as bench/paging.py makes them
+        for what, ok in covered(pages.pager(8000, weights), pages.kinds, inst).items():
+            if what in paged and ok is not None:
+                paged[what].append(ok)
+    return {**accuracy(out), **{f"edited_{k}": v for k, v in edited.items()},
+            **{f"pager_{what}_8000": round(sum(oks) / max(len(oks), 1), 4) for what, oks in paged.items()}}
 
 
 def main() -> None:
@@ -54,6 +63,14 @@ def main() -> None:
         row = json.loads(line)
         latest[row["id"]] = row
     rows = [r for r in latest.values() if all(name in r["items"] for name in args.require)]
+    # the pager's working sets of the same instances, from bench/paging.py's kept rankings
+    kept_rows: dict[str, dict] = {}
+    paging_file = args.cache / "paging-signals.jsonl"
+    for line in paging_file.read_text().splitlines() if paging_file.exists() else []:
+        row = json.loads(line)
+        if PAGING.current(row):
+            kept_rows[row["id"]] = row
+    kept = [(Kept(kept_rows[r["id"]]), data[r["id"]]) for r in rows if r["id"] in kept_rows]
     # lexical is the reference (weight 1); the others are scaled against it. Coordinate
     # ascent from the shipped weights (a full grid of the four is 840 scorings of every row)
     objective: dict[tuple, tuple[float, dict]] = {}
@@ -61,10 +78,12 @@ def main() -> None:
     def scored(weights: dict[str, float]) -> float:
         key = tuple(sorted(weights.items()))
         if key not in objective:
-            acc = score(rows, data, weights)
-            # file Acc@1 and Acc@5 and Acc@10 of the functions edited, together (the
-            # dataset's own gold functions mislabel some instances: bench/gold.py)
-            objective[key] = (acc["file_acc@1"] + acc["file_acc@5"] + acc["edited_function_acc@10"], acc)
+            acc = score(rows, data, weights, kept)
+            # file Acc@1 and Acc@5, Acc@10 of the functions edited (the dataset's own gold
+            # functions mislabel some instances: bench/gold.py) and the gold functions in
+            # the pager's 8k working set, together
+            objective[key] = (acc["file_acc@1"] + acc["file_acc@5"] + acc["edited_function_acc@10"]
+                              + acc["pager_function_8000"], acc)
         return objective[key][0]
 
     best = dict(weights_of(Settings()))
@@ -80,8 +99,9 @@ def main() -> None:
     alone = {name: {**accuracy([{**r[name], "has_functions": r["has_functions"]} for r in rows]),
                     **{f"edited_{k}": v for k, v in edited_alone[name].items()}}
              for name in SIGNALS}
-    print(json.dumps({"instances": len(rows), "alone": alone, "scorings": len(objective),
-                      "shipped": {"weights": weights_of(Settings()), **score(rows, data, weights_of(Settings()))},
+    print(json.dumps({"instances": len(rows), "paged_instances": len(kept), "alone": alone,
+                      "scorings": len(objective),
+                      "shipped": {"weights": weights_of(Settings()), **score(rows, data, weights_of(Settings()), kept)},
                       "best": [{"weights": w, **acc} for _, w, acc in results[:8]]}))
 
 
