@@ -32,7 +32,7 @@ class Settings:
     weight_named: float = 0.2
     weight_graph: float = 1.5
     weight_vector: float = 0.5  # with all-MiniLM-L6-v2: see the notes of issue 7
-    weight_text: float = 0.5  # scales text chunks (docs, prose, config) against code
+    weight_text: float = 0.3  # scales text chunks (docs, prose, config) against code
     # dense vectors: "auto" uses Ollama's embed_model when that Ollama server has it,
     # "ollama" and "local" (in-process sentence-transformers, the local-embeddings extra)
     # always, "off" never
