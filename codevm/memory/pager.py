@@ -9,6 +9,7 @@ code twice.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from codevm.memory.context import Page, TokenEstimator
@@ -86,7 +87,7 @@ class HeuristicPager:
             f"SELECT id, path FROM chunks WHERE id IN ({ids})").fetchall())
         return with_file_prior(fused, paths)
 
-    def page_map(self, chunk_ids, estimator: TokenEstimator | None = None) -> dict[int, Page]:
+    def page_map(self, chunk_ids: Iterable[int], estimator: TokenEstimator | None = None) -> dict[int, Page]:
         """A page for each chunk, its tokens counted by `estimator` (the asking context's
         calibrated one; by default the pager's)."""
         count = (estimator or self.estimator).count

@@ -394,7 +394,7 @@ def fuse(signals: dict[str, Ranked], weights: dict[str, float],
             scores[cid] += share
             if cid not in why or (why[cid][2] != "named" and share > why[cid][0]):
                 why[cid] = (share, reason, name)
-    scale = weights.get("text", 1.0)
+    scale = max(weights.get("text", 1.0), 0.0)  # a negative weight would turn ranks over
     if scale != 1.0:
         for cid in text:
             if cid in scores:
