@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 
 from codevm.memory.context import Page, TokenEstimator
 from codevm.memory.retrieval import Retriever
+from codevm.memory.search import BY_IDS
 from codevm.memory.store import Store
 
 
@@ -82,22 +83,21 @@ class HeuristicPager:
         fused = self.retriever.retrieve(question, k=min(1000, 2 * k_search))
         if not fused:
             return []
-        ids = ", ".join(str(int(cid)) for _, cid, _ in fused)
         paths = dict(self.store.cursor().execute(
-            f"SELECT id, path FROM chunks WHERE id IN ({ids})").fetchall())
+            f"SELECT id, path FROM chunks c {BY_IDS}", {"ids": [cid for _, cid, _ in fused]}).fetchall())
         return with_file_prior(fused, paths)
 
     def page_map(self, chunk_ids: Iterable[int], estimator: TokenEstimator | None = None) -> dict[int, Page]:
         """A page for each chunk, its tokens counted by `estimator` (the asking context's
         calibrated one; by default the pager's)."""
         count = (estimator or self.estimator).count
-        ids = ", ".join(str(int(cid)) for cid in chunk_ids)
+        ids = list(chunk_ids)
         if not ids:
             return {}
         pages = {}
         for cid, path, start, end, text, symbol in self.store.cursor().execute(
-                f"SELECT id, path, start_line, end_line, text, qualified_name FROM chunks WHERE id IN ({ids})"
-        ).fetchall():
+                f"SELECT id, path, start_line, end_line, text, qualified_name FROM chunks c {BY_IDS}",
+                {"ids": ids}).fetchall():
             page = Page(f"chunk:{cid}", path, start, end, text, 0, symbol or "")
             page.tokens = count(page.render())
             pages[cid] = page

@@ -25,7 +25,7 @@ import duckdb
 from codevm.api import SearchHit
 from codevm.indexers.languages import EXTENSIONS
 from codevm.memory.embeddings import Vectors
-from codevm.memory.search import QueryTerms, check_query, chunk_filters, lexical, make_hits
+from codevm.memory.search import BY_IDS, QueryTerms, check_query, chunk_filters, lexical, make_hits
 from codevm.memory.store import TermDictionary
 
 SIGNALS = ("lexical", "named", "graph", "vector")
@@ -446,7 +446,7 @@ class Retriever:
             return set()
         kinds = ", ".join(f"'{k}'" for k in TEXT_KINDS)
         return {r[0] for r in self.cursor().execute(
-            f"SELECT id FROM chunks WHERE kind IN ({kinds}) AND id IN ({', '.join(map(str, ids))})").fetchall()}
+            f"SELECT id FROM chunks c {BY_IDS} WHERE kind IN ({kinds})", {"ids": list(ids)}).fetchall()}
 
     def _fused(self, query: str, k: int, language: str | None, path_glob: str | None,
                kind: str | None) -> tuple[QueryTerms, list[tuple[float, int, str]]]:
@@ -479,7 +479,6 @@ def _only(con: duckdb.DuckDBPyConnection, fused: list[tuple[float, int, str]], l
     if not fused:
         return fused
     where, params = chunk_filters(language, path_glob, kind)
-    ids = ", ".join(str(int(cid)) for _, cid, _ in fused)
-    keep = {r[0] for r in con.execute(f"SELECT id FROM chunks c WHERE id IN ({ids}) AND {where}",
-                                      params).fetchall()}
+    keep = {r[0] for r in con.execute(f"SELECT id FROM chunks c {BY_IDS} WHERE {where}",
+                                      {**params, "ids": [cid for _, cid, _ in fused]}).fetchall()}
     return [item for item in fused if item[1] in keep]

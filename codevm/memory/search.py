@@ -94,9 +94,13 @@ SELECT id FROM (
 ORDER BY id LIMIT 200
 """
 
-_ROWS_SQL = """
+# Chunks by id: `FROM chunks c {BY_IDS}` with the ids as the list parameter $ids. An
+# inlined IN list of literals took 2-4x as long (800 ids of django: 7.3 ms against 1.6).
+BY_IDS = "SEMI JOIN (SELECT unnest($ids::BIGINT[]) AS id) wanted ON c.id = wanted.id"
+
+_ROWS_SQL = f"""
 SELECT id, path, start_line, end_line, qualified_name, kind, language, text, signature
-FROM chunks WHERE id IN ({ids})
+FROM chunks c {BY_IDS}
 """
 
 
@@ -172,7 +176,7 @@ def make_hits(con: duckdb.DuckDBPyConnection, ranked: list[tuple[float, int]], q
     # ties are broken by path and line below, so read a few more rows than needed
     cut = ranked[k - 1][0] if len(ranked) >= k else None
     keep = {cid: score for score, cid in ranked[: k + 50] if cut is None or score >= cut}
-    rows = con.execute(_ROWS_SQL.format(ids=", ".join(str(int(c)) for c in keep))).fetchall()
+    rows = con.execute(_ROWS_SQL, {"ids": list(keep)}).fetchall()
     hits = []
     for cid, path, start, end, qual, knd, lang, text, sig in rows:
         score = keep[cid]
@@ -187,8 +191,8 @@ def make_hits(con: duckdb.DuckDBPyConnection, ranked: list[tuple[float, int]], q
 
 def _demote_tests(con: duckdb.DuckDBPyConnection,
                   ranked: list[tuple[float, int]]) -> list[tuple[float, int]]:
-    ids = ", ".join(str(int(cid)) for _, cid in ranked)
-    paths = dict(con.execute(f"SELECT id, path FROM chunks WHERE id IN ({ids})").fetchall())
+    paths = dict(con.execute(f"SELECT id, path FROM chunks c {BY_IDS}",
+                             {"ids": [cid for _, cid in ranked]}).fetchall())
     out = [(score * TEST_PRIOR if TEST_PATH.search(paths.get(cid, "")) else score, cid)
            for score, cid in ranked]
     out.sort(key=lambda r: (-r[0], r[1]))
