@@ -118,7 +118,7 @@ def search(query: tuple[str, ...], k: int, language: str | None, path_glob: str 
     """Find code by words, identifiers or symbol names."""
     with engine_at() as engine:
         hits = engine.search(" ".join(query), k, language, path_glob, kind)
-        vectors = engine.embedding_progress()
+        vectors = None if as_json else engine.embedding_progress()  # JSON: hits only
     if as_json:
         _print_json(to_dict(hits))
         return
@@ -130,7 +130,7 @@ def search(query: tuple[str, ...], k: int, language: str | None, path_glob: str 
                   f"[dim]({hit.score:.2f})[/]")
         for line in hit.snippet.split("\n"):
             out.print(f"    {line}", markup=False)
-    if vectors.partial:
+    if vectors is not None and vectors.partial:
         err.print(f"[dim]{vectors.describe()}: results improve as embedding goes on[/]")
 
 
