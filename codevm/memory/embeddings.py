@@ -408,7 +408,7 @@ class Vectors:
                     con.execute(f"DELETE FROM {table} WHERE model = ? "
                                 "AND hash NOT IN (SELECT hash FROM chunks)", [embedder.key])
                     self._saved += 1
-                    self._matrix = None
+                    self._drop_matrix()
             finally:
                 con.close()
 
@@ -427,7 +427,7 @@ class Vectors:
                                           [self.key]).fetchone()[0]
                     con.execute("DELETE FROM embedding_models WHERE model = ?", [self.key])
                 self._saved += 1
-                self._matrix = None
+                self._drop_matrix()
                 self.embedder.dimension = None
                 with self._queries_lock:
                     self._queries.clear()
@@ -527,6 +527,11 @@ class Vectors:
                 self._memory(con, dimension)
             finally:
                 con.close()
+
+    def _drop_matrix(self) -> None:
+        """Forget the in-memory vectors after some were deleted (read again when needed)."""
+        with self._matrix_lock:
+            self._matrix = None
 
     def _memory(self, con: duckdb.DuckDBPyConnection, dimension: int) -> VectorMatrix:
         """The embedder's vectors in memory, read from the database once per process."""
