@@ -27,7 +27,8 @@ from codevm.memory.engine import weights as weights_of  # noqa: E402
 from codevm.memory.retrieval import SIGNALS  # noqa: E402
 
 GRID = {"named": (0.0, 0.1, 0.2, 0.35, 0.5), "graph": (0.0, 0.75, 1.0, 1.5, 2.0, 3.0),
-        "vector": (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0), "text": (1.0, 0.7, 0.5, 0.3, 0.2, 0.1)}
+        "vector": (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0), "text": (1.0, 0.7, 0.5, 0.3, 0.2, 0.1),
+        "file": (0.0, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)}
 
 
 def score(rows: list[dict], data: dict[str, dict], weights: dict[str, float],

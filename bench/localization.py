@@ -34,7 +34,7 @@ from index_speed import latency_summary  # noqa: E402
 
 from codevm.config import Settings  # noqa: E402
 from codevm.memory.engine import Engine, weights  # noqa: E402
-from codevm.memory.retrieval import SIGNAL_DEPTH, SIGNALS, TEXT_KINDS, Ranked, fuse  # noqa: E402
+from codevm.memory.retrieval import SIGNAL_DEPTH, SIGNALS, TEXT_KINDS, Ranked, fused_ranking  # noqa: E402
 
 DATA = HERE.parent.parent / "shared" / "bench" / "swebench_lite.jsonl"
 SWE_BENCH_MIRRORS = {"django/django", "scikit-learn/scikit-learn", "matplotlib/matplotlib"}
@@ -112,8 +112,7 @@ def signal_items(engine: Engine, query: str) -> dict[str, list[Item]]:
     """Each retrieval signal's ranking alone, and their fusion, as chunk rows."""
     _, signals = engine.retriever.signals(query)
     ranked = {name: [(cid, score) for cid, score, _ in r.items] for name, r in signals.items()}
-    ranked["fusion"] = [(cid, score) for score, cid, _ in
-                        fuse(signals, engine.retriever.weights, engine.retriever.text_chunks(signals))]
+    ranked["fusion"] = [(cid, score) for score, cid, _ in engine.retriever.fuse(signals)]
     ids = {cid for items in ranked.values() for cid, _ in items}
     meta = {r[0]: r[1:] for r in engine.store.cursor().execute(
         f"SELECT id, path, qualified_name, kind, start_line FROM chunks WHERE id IN "
@@ -163,7 +162,8 @@ def fused_items(items: dict[str, list[Item]], weights: dict[str, float]) -> list
         signals[name] = Ranked(ranked)
     rows = {cid: key for key, cid in keys.items()}
     text = {cid for key, cid in keys.items() if key[2] in TEXT_KINDS}
-    return [(*rows[cid], score) for score, cid, _ in fuse(signals, weights, text)]
+    paths = {cid: key[0] for key, cid in keys.items()}
+    return [(*rows[cid], score) for score, cid, _ in fused_ranking(signals, weights, text, paths)]
 
 
 def ranks(items: list[Item], gold_files: list[str], gold_functions: list[str],

@@ -34,7 +34,7 @@ from codevm.config import Settings  # noqa: E402
 from codevm.memory.context import Page  # noqa: E402
 from codevm.memory.engine import Engine, weights  # noqa: E402
 from codevm.memory.pager import FILE_PRIOR, Candidate, fill, search_depth, with_file_prior  # noqa: E402
-from codevm.memory.retrieval import SIGNALS, TEXT_KINDS, Ranked, fuse, signal_depth  # noqa: E402
+from codevm.memory.retrieval import SIGNALS, TEXT_KINDS, Ranked, fused_ranking, signal_depth  # noqa: E402
 
 BUDGETS = (2000, 4000, 8000, 16000)
 ALONE_DEPTH = 300  # chunks of each signal alone that fill a budget (of the deepest kept)
@@ -77,9 +77,9 @@ class Kept:
         """What HeuristicPager.prefetch pages in: the fusion of each signal's top
         `signal_depth` chunks, its best `2 x search_depth`, file prior, filled to budget."""
         k = min(1000, 2 * search_depth(budget))
-        fused = fuse(self.signals[signal_depth(k)], w, self.text)[:k]
-        return fill(with_file_prior(fused, {cid: p.path for cid, p in self.pages.items()}, prior),
-                    self.pages, budget)
+        paths = {cid: p.path for cid, p in self.pages.items()}
+        fused = fused_ranking(self.signals[signal_depth(k)], w, self.text, paths)[:k]
+        return fill(with_file_prior(fused, paths, prior), self.pages, budget)
 
     def alone(self, name: str, budget: int) -> list[Page]:
         """One signal's ranking alone filling the budget."""

@@ -137,3 +137,38 @@ def test_code_ranks_above_docs_that_match_as_well(tmp_path) -> None:
         hits = engine.search(query, k=2)
         assert [h.path for h in hits] == ["client.py", "docs/retries.md"]
         assert hits[0].symbol == "send_again"
+
+
+def test_a_file_where_many_chunks_match_outranks_a_single_hit(tmp_path) -> None:
+    root = tmp_path / "evidence"
+    (root / ".git").mkdir(parents=True)
+    # one function says the query's words best; a class has several that say them too
+    (root / "sweep.py").write_text(
+        "def expire_stale(store, now):\n"
+        "    # expire stale cache entries: expire every stale entry of the cache store\n"
+        "    for key in store.expired(now):\n"
+        "        store.expire(key)\n")
+    (root / "cache.py").write_text(
+        "class Cache:\n"
+        "    def drop_old(self, now):\n"
+        "        # expire the stale entries of the cache\n"
+        "        for key in list(self.entries):\n"
+        "            if self.entries[key].stale(now):\n"
+        "                del self.entries[key]\n\n"
+        "    def stale_keys(self, now):\n"
+        "        # the keys of stale cache entries\n"
+        "        return [k for k, e in self.entries.items() if e.stale(now)]\n\n"
+        "    def count_stale(self, now):\n"
+        "        # how many cache entries are stale\n"
+        "        return sum(1 for e in self.entries.values() if e.stale(now))\n")
+    query = "expire stale cache entries"
+    with Engine(root, Settings(service=False, min_chunk_tokens=1, weight_file=0.0)) as engine:
+        engine.index()
+        alone = engine.search(query, k=5)
+        assert [h.path for h in alone[:2]] == ["sweep.py", "cache.py"]
+        # the file's best chunk gains a share of its next best; the others keep their scores
+        engine.configure(Settings(service=False, min_chunk_tokens=1, weight_file=0.5))
+        hits = engine.search(query, k=5)
+        assert [h.path for h in hits[:2]] == ["cache.py", "sweep.py"]
+        assert hits[0].score > alone[1].score
+        assert {(h.symbol, h.score) for h in hits[2:]} == {(h.symbol, h.score) for h in alone[2:]}

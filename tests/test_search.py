@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from codevm.errors import InvalidArgument, NotIndexed, PathOutsideProject
+from codevm.config import Settings
 from codevm.memory.engine import Engine
 from codevm.memory.search import analyse_query
 
@@ -102,7 +103,9 @@ def test_test_files_yield_to_the_code_they_test_for_long_questions(engine: Engin
              "the way the docs describe, so please look at how the total area is computed")
     # both chunks of shapes.py (Circle and total_area) come before the test that calls them
     assert [h.path for h in engine.search(issue, k=2)] == ["src/py/shapes.py"] * 2
-    # a question about tests, or a symbol named outright, is not held back
+    # a question about tests, or a symbol named outright, is not held back (seen without
+    # the files' evidence: here the test's file has one chunk, shapes.py has several)
+    engine.configure(Settings(weight_file=0.0))
     assert engine.search("which test sums the areas of many shapes", k=1)[0].path == "tests/test_shapes.py"
     assert engine.search("test_total_area_sums_areas_of_many_shapes", k=1)[0].path == "tests/test_shapes.py"
 

@@ -36,7 +36,7 @@ __all__ = ["Engine", "MIN_BUDGET", "find_root", "to_dict"]
 def weights(settings: Settings) -> dict[str, float]:
     return {"lexical": settings.weight_lexical, "named": settings.weight_named,
             "graph": settings.weight_graph, "vector": settings.weight_vector,
-            "text": settings.weight_text}
+            "text": settings.weight_text, "file": settings.weight_file}
 
 
 _EMBEDDING_SETTINGS = ("embedder", "embed_model", "embed_batch", "embed_max_tokens", "ollama_host")

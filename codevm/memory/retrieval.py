@@ -11,7 +11,9 @@
 Fusion is a weighted sum of each signal's scores scaled to its best (CombSUM with max
 normalisation): score(c) = sum_s w_s * score_s(c) / max score_s. Reciprocal-rank fusion
 was measured too (bench/fusion.py): it throws away how far ahead a clear winner is, and
-scored lower on SWE-bench Lite (file Acc@1 and function Acc@10 both).
+scored lower on SWE-bench Lite (file Acc@1 and function Acc@10 both). Then each file's
+best chunk gains the file's evidence, a share of the scores of its next best chunks, so
+that a file where several chunks match comes before one with a single hit as strong.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ SIGNALS = ("lexical", "named", "graph", "vector")
 # fused score is scaled by the weight "text", so code comes first when both match
 TEXT_KINDS = ("window", "section")
 SIGNAL_DEPTH = 200  # chunks each signal ranks
+# a file's evidence: its 2nd..8th best fused scores, each worth 0.8 of the one before
+EVIDENCE_CHUNKS = 8
+EVIDENCE_DECAY = 0.8
 
 _PY_FRAME = re.compile(r'File "([^"]+)", line (\d+)(?:, in ([\w<>.]+))?')
 _JS_FRAME = re.compile(r"at (?:([\w$.<>]+) \()?([^\s()]+?):(\d+)(?::\d+)?\)?")
@@ -402,6 +407,32 @@ def fuse(signals: dict[str, Ranked], weights: dict[str, float],
     return sorted(((s, cid, why[cid][1]) for cid, s in scores.items()), key=lambda r: (-r[0], r[1]))
 
 
+def with_file_evidence(fused: list[tuple[float, int, str]], paths: dict[int, str],
+                       weight: float) -> list[tuple[float, int, str]]:
+    """A fused ranking where each file's best chunk gains `weight` x the file's evidence:
+    the decayed sum of the scores of its 2nd..EVIDENCE_CHUNKS-th best chunks. A file where
+    many chunks match rises above one with a single hit as strong; the other chunks keep
+    their own scores (boosting them too crowds a working set with one file)."""
+    if weight <= 0 or not fused:
+        return fused
+    scores: dict[str, list[float]] = defaultdict(list)
+    for score, cid, _ in fused:  # best first
+        scores[paths.get(cid) or f"#{cid}"].append(score)
+    out = []
+    for score, cid, why in fused:
+        ranked = scores.pop(paths.get(cid) or f"#{cid}", None)
+        if ranked:  # the file's best chunk (the first of the file met)
+            score += weight * sum(s * EVIDENCE_DECAY ** i for i, s in enumerate(ranked[1:EVIDENCE_CHUNKS]))
+        out.append((score, cid, why))
+    return sorted(out, key=lambda r: (-r[0], r[1]))
+
+
+def fused_ranking(signals: dict[str, Ranked], weights: dict[str, float], text: set[int] | frozenset[int],
+                  paths: dict[int, str]) -> list[tuple[float, int, str]]:
+    """What search ranks: the signals fused, text chunks scaled, files' evidence added."""
+    return with_file_evidence(fuse(signals, weights, text), paths, weights.get("file", 0.0))
+
+
 def vector_signal(vectors: Vectors | None, con: duckdb.DuckDBPyConnection, query: str, depth: int,
                   language: str | None, path_glob: str | None, kind: str | None) -> Ranked:
     """Chunks by cosine similarity to the query (raw cosines; see `fuse`)."""
@@ -437,22 +468,23 @@ class Retriever:
                          if self.weights.get("vector", 0) > 0 else Ranked([]))
         return q, out
 
-    def text_chunks(self, signals: dict[str, Ranked]) -> set[int]:
-        """The chunks that the signals rank which are text, not code (TEXT_KINDS)."""
-        if self.weights.get("text", 1.0) == 1.0:
-            return set()
+    def fuse(self, signals: dict[str, Ranked]) -> list[tuple[float, int, str]]:
+        """The signals' `fused_ranking`, with the kinds and paths of their chunks."""
         ids = {cid for ranked in signals.values() for cid, _, _ in ranked.items}
         if not ids:
-            return set()
-        kinds = ", ".join(f"'{k}'" for k in TEXT_KINDS)
-        return {r[0] for r in self.cursor().execute(
-            f"SELECT id FROM chunks c {BY_IDS} WHERE kind IN ({kinds})", {"ids": list(ids)}).fetchall()}
+            return []
+        if self.weights.get("text", 1.0) == 1.0 and self.weights.get("file", 0.0) <= 0:
+            return fuse(signals, self.weights)
+        rows = self.cursor().execute(f"SELECT id, path, kind FROM chunks c {BY_IDS}",
+                                     {"ids": list(ids)}).fetchall()
+        text = {cid for cid, _, kind in rows if kind in TEXT_KINDS}
+        return fused_ranking(signals, self.weights, text, {cid: path for cid, path, _ in rows})
 
     def _fused(self, query: str, k: int, language: str | None, path_glob: str | None,
                kind: str | None) -> tuple[QueryTerms, list[tuple[float, int, str]]]:
         check_query(query, k)
         q, signals = self.signals(query, language, path_glob, kind, signal_depth(k))
-        fused = fuse(signals, self.weights, self.text_chunks(signals))
+        fused = self.fuse(signals)
         if language or path_glob or kind:
             fused = _only(self.cursor(), fused, language, path_glob, kind)
         return q, fused
