@@ -199,7 +199,7 @@ class _FileChunker:
                 elif cap_name == "reference.import":
                     node = nodes[0]
                     raw = node.text.decode("utf-8", "replace") if node.text else ""
-                    for ident in set(IDENTIFIER.findall(raw)):
+                    for ident in dict.fromkeys(IDENTIFIER.findall(raw)):  # in order, every run
                         if ident not in ("import", "from", "as", "use", "using", "include",
                                          "static", "namespace", "crate", "super", "self"):
                             calls.append((ident, node.start_point.row, "import"))
