@@ -21,6 +21,7 @@ import sysconfig
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -32,7 +33,9 @@ from codevm.indexers.chunker import _parser_and_query, chunk_terms_counts  # noq
 from codevm.indexers.discovery import Candidate, walk_project  # noqa: E402
 from codevm.indexers.worker import Limits, TaskFile, process_file  # noqa: E402
 from codevm.indexers.languages import LANGUAGES, detect_language  # noqa: E402
-from codevm.memory.engine import Engine  # noqa: E402
+
+if TYPE_CHECKING:
+    from codevm.memory.engine import Engine
 
 
 def bare_parse_seconds(root: Path) -> tuple[float, int, int]:
@@ -142,7 +145,11 @@ def main() -> None:
     work, root = copy_corpus(source)
     try:
         bare, n_parsed_files, n_lines = bare_parse_seconds(root)
-        stages = stage_seconds(root)
+
+        # imported here: the parsing processes (spawned) import this module again, and the
+        # engine's imports (ollama, numpy, ...) would cost them time that `codevm index`,
+        # whose main module is light, does not pay
+        from codevm.memory.engine import Engine
 
         engine = Engine(root, Settings())
         own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -184,6 +191,8 @@ def main() -> None:
         latencies.sort()
         status = engine.status()
         engine.close()
+        # last: its garbage (the identifier cache of a whole corpus) must not slow the rest
+        stages = stage_seconds(root)
         print(json.dumps({
             "corpus": str(source),
             "files_indexed": status.files,
