@@ -1,4 +1,4 @@
-"""Retrieval signals (named, graph) and their reciprocal-rank fusion, on a real index."""
+"""Retrieval signals (named, graph), their fusion and the files' evidence, on a real index."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Retrieval: several ranked signals over the index, fused by reciprocal rank.
+"""Retrieval: several ranked signals over the index, fused into one ranking.
 
 - lexical: BM25 over code-aware terms, exact symbol names boosted (search.py);
 - named: what a question names outright, resolved exactly against the index: traceback
