@@ -30,9 +30,9 @@ class Settings:
     # (defaults from bench/fusion.py on SWE-bench Lite)
     weight_lexical: float = 1.0
     weight_named: float = 0.2
-    weight_graph: float = 1.5
+    weight_graph: float = 1.0
     weight_vector: float = 0.5  # with all-MiniLM-L6-v2: see the notes of issue 7
-    weight_text: float = 0.3  # scales text chunks (docs, prose, config) against code
+    weight_text: float = 0.2  # scales text chunks (docs, prose, config) against code
     weight_file: float = 0.5  # share of its file's next best hits that a file's best gains
     # dense vectors: "auto" uses Ollama's embed_model when that Ollama server has it,
     # "ollama" and "local" (in-process sentence-transformers, the local-embeddings extra)
