@@ -112,7 +112,7 @@ def signal_items(engine: Engine, query: str) -> dict[str, list[Item]]:
     """Each retrieval signal's ranking alone, and their fusion, as chunk rows."""
     _, signals = engine.retriever.signals(query)
     ranked = {name: [(cid, score) for cid, score, _ in r.items] for name, r in signals.items()}
-    ranked["fusion"] = [(cid, score) for score, cid, _ in engine.retriever.fuse(signals)]
+    ranked["fusion"] = [(cid, score) for score, cid, _ in engine.retriever.fuse(signals)[0]]
     ids = {cid for items in ranked.values() for cid, _ in items}
     meta = {r[0]: r[1:] for r in engine.store.cursor().execute(
         f"SELECT id, path, qualified_name, kind, start_line FROM chunks WHERE id IN "

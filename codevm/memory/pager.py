@@ -80,11 +80,7 @@ class HeuristicPager:
         signal (search hits, what the question names, the reference graph around them)."""
         if not question.strip():
             return []
-        fused = self.retriever.retrieve(question, k=min(1000, 2 * k_search))
-        if not fused:
-            return []
-        paths = dict(self.store.cursor().execute(
-            f"SELECT id, path FROM chunks c {BY_IDS}", {"ids": [cid for _, cid, _ in fused]}).fetchall())
+        fused, paths = self.retriever.retrieve(question, k=min(1000, 2 * k_search))
         return with_file_prior(fused, paths)
 
     def page_map(self, chunk_ids: Iterable[int], estimator: TokenEstimator | None = None) -> dict[int, Page]:

@@ -468,35 +468,35 @@ class Retriever:
                          if self.weights.get("vector", 0) > 0 else Ranked([]))
         return q, out
 
-    def fuse(self, signals: dict[str, Ranked]) -> list[tuple[float, int, str]]:
-        """The signals' `fused_ranking`, with the kinds and paths of their chunks."""
+    def fuse(self, signals: dict[str, Ranked]) -> tuple[list[tuple[float, int, str]], dict[int, str]]:
+        """The signals' `fused_ranking`, and the paths of the chunks they rank (read for it)."""
         ids = {cid for ranked in signals.values() for cid, _, _ in ranked.items}
         if not ids:
-            return []
-        if self.weights.get("text", 1.0) == 1.0 and self.weights.get("file", 0.0) <= 0:
-            return fuse(signals, self.weights)
+            return [], {}
         rows = self.cursor().execute(f"SELECT id, path, kind FROM chunks c {BY_IDS}",
                                      {"ids": list(ids)}).fetchall()
         text = {cid for cid, _, kind in rows if kind in TEXT_KINDS}
-        return fused_ranking(signals, self.weights, text, {cid: path for cid, path, _ in rows})
+        paths = {cid: path for cid, path, _ in rows}
+        return fused_ranking(signals, self.weights, text, paths), paths
 
     def _fused(self, query: str, k: int, language: str | None, path_glob: str | None,
-               kind: str | None) -> tuple[QueryTerms, list[tuple[float, int, str]]]:
+               kind: str | None) -> tuple[QueryTerms, list[tuple[float, int, str]], dict[int, str]]:
         check_query(query, k)
         q, signals = self.signals(query, language, path_glob, kind, signal_depth(k))
-        fused = self.fuse(signals)
+        fused, paths = self.fuse(signals)
         if language or path_glob or kind:
             fused = _only(self.cursor(), fused, language, path_glob, kind)
-        return q, fused
+        return q, fused, paths
 
-    def retrieve(self, query: str, k: int = 10, language: str | None = None,
-                 path_glob: str | None = None, kind: str | None = None) -> list[tuple[float, int, str]]:
-        """The fused ranking: (score, chunk id, why), best first."""
-        return self._fused(query, k, language, path_glob, kind)[1][:k]
+    def retrieve(self, query: str, k: int = 10, language: str | None = None, path_glob: str | None = None,
+                 kind: str | None = None) -> tuple[list[tuple[float, int, str]], dict[int, str]]:
+        """The fused ranking, (score, chunk id, why) best first, and the chunks' paths."""
+        _, fused, paths = self._fused(query, k, language, path_glob, kind)
+        return fused[:k], paths
 
     def search(self, query: str, k: int = 10, language: str | None = None,
                path_glob: str | None = None, kind: str | None = None) -> list[SearchHit]:
-        q, fused = self._fused(query, k, language, path_glob, kind)
+        q, fused, _ = self._fused(query, k, language, path_glob, kind)
         return make_hits(self.cursor(), [(s, cid) for s, cid, _ in fused], q, k)
 
 
