@@ -192,19 +192,35 @@ def _postings(engine: Engine) -> set[tuple[str, str, int, int]]:
         JOIN chunks c ON c.id = p.chunk_id JOIN terms t ON t.id = p.term_id""").fetchall())
 
 
-def test_small_and_bulk_batches_build_the_same_postings(
+def _index_rows(engine: Engine) -> dict[str, set[tuple]]:
+    """Everything the index holds, without ids and times."""
+    con = engine.store.cursor()
+    return {
+        "postings": _postings(engine),
+        "files": set(con.execute("SELECT * EXCLUDE (indexed_at) FROM files").fetchall()),
+        "chunks": set(con.execute("SELECT * EXCLUDE (id) FROM chunks").fetchall()),
+        "symbols": set(con.execute("SELECT * FROM symbols").fetchall()),
+        "refs": set(con.execute("SELECT * FROM refs").fetchall()),
+    }
+
+
+def test_small_and_bulk_batches_build_the_same_index(
         project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from codevm.memory import store
 
+    add_bad_files(project)  # skipped by the walk and by the workers, and text replaced
     with Engine(project) as engine:
-        engine.index()  # small batches: terms resolved in memory
-        in_memory = _postings(engine)
-    monkeypatch.setenv("CODEVM_HOME", str(tmp_path / "other-home"))
+        engine.index()  # worker files, small batches: terms resolved in memory
+        reference = _index_rows(engine)
+    assert len(reference["postings"]) > 500 and len(reference["refs"]) > 20
+    assert any(f[5] == "skipped" for f in reference["files"])
+    # an empty field is '', never NULL: module-level code has no caller
+    assert ("src/py/shapes.py", "python", "math", "import", 3, "") in reference["refs"]
+    monkeypatch.setenv("CODEVM_HOME", str(tmp_path / "sql-home"))
     monkeypatch.setattr(store, "SMALL_BATCH_BYTES", 0)
     with Engine(project) as engine:
         engine.index()  # every batch joins with the terms table in SQL
-        assert _postings(engine) == in_memory
-        assert len(in_memory) > 500
+        assert _index_rows(engine) == reference
 
 
 def test_a_failed_batch_leaves_no_term_in_the_dictionary(
@@ -250,3 +266,29 @@ def test_repeated_edits_leave_no_stale_hits(engine: Engine) -> None:
     assert engine.store.compact_postings(force=True)
     assert con.execute("SELECT count(*) FROM dead_chunks").fetchone()[0] == 0
     assert [h.symbol for h in engine.search("rotate polygon", k=10)].count("rotate_polygon") == 1
+
+
+def test_an_older_database_is_migrated_in_place(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from codevm.memory import store
+
+    path = tmp_path / "index.duckdb"
+    with monkeypatch.context() as m:
+        m.setattr(store, "MIGRATIONS", store.MIGRATIONS[:6])  # as the previous release left it
+        old = store.Store(path)
+        old.con.execute("INSERT INTO refs VALUES ('a.py', 'python', 'os', 'import', 1, NULL)")
+        old.close()
+    current = store.Store(path)
+    try:
+        applied = current.con.execute("SELECT id, name FROM migrations ORDER BY id").fetchall()
+        assert [i for i, _ in applied] == list(range(1, len(store.MIGRATIONS) + 1))
+        assert applied[6][1] == "m007_empty_strings_in_references"
+        assert current.con.execute("SELECT caller FROM refs").fetchall() == [("",)]
+    finally:
+        current.close()
+    again = store.Store(path)  # nothing left to apply: opening is idempotent
+    try:
+        assert again.con.execute("SELECT count(*) FROM migrations").fetchone()[0] == len(
+            store.MIGRATIONS)
+    finally:
+        again.close()

@@ -104,9 +104,18 @@ def m006_embeddings(con: duckdb.DuckDBPyConnection) -> None:
             model VARCHAR PRIMARY KEY, dimension INTEGER, created_at TIMESTAMP)""")
 
 
+def m007_empty_strings_in_references(con: duckdb.DuckDBPyConnection) -> None:
+    # empty fields of the workers' TSV files were read as NULL (a module-level call's
+    # caller, a symbol without signature), where the API promises ''
+    for table, columns in (("symbols", ("name", "qualified_name", "kind", "signature")),
+                           ("refs", ("name", "kind", "caller"))):
+        for column in columns:
+            con.execute(f"UPDATE {table} SET {column} = '' WHERE {column} IS NULL")
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     m001_initial, m002_search_indexes, m003_terms_from_workers, m004_postings_carry_lengths,
-    m005_memory, m006_embeddings]
+    m005_memory, m006_embeddings, m007_empty_strings_in_references]
 
 # Postings are kept sorted by term so that a query reads a few row groups (zone maps);
 # rows appended since the last sort, and those of replaced chunks (left behind by updates
@@ -134,6 +143,10 @@ _REF_COLUMNS = {
     "path": "VARCHAR", "language": "VARCHAR", "name": "VARCHAR", "kind": "VARCHAR",
     "line": "INTEGER", "caller": "VARCHAR",
 }
+
+
+# the workers' TSV files: no quoting, and an empty field is '' (no field is ever NULL)
+_TSV = "delim='\t', header=false, quote='', escape='', nullstr='\\N'"
 
 
 def _columns_sql(columns: dict[str, str]) -> str:
@@ -315,11 +328,11 @@ class Store:
         if chunks:
             self._load_chunks(con, chunks)
         if symbols:
-            con.execute("INSERT INTO symbols SELECT * FROM read_csv(?, delim='\t', header=false, "
-                        f"quote='', escape='', columns={_columns_sql(_SYMBOL_COLUMNS)})", [symbols])
+            con.execute(f"INSERT INTO symbols SELECT * FROM read_csv(?, {_TSV}, "
+                        f"columns={_columns_sql(_SYMBOL_COLUMNS)})", [symbols])
         if refs:
-            con.execute("INSERT INTO refs SELECT * FROM read_csv(?, delim='\t', header=false, "
-                        f"quote='', escape='', columns={_columns_sql(_REF_COLUMNS)})", [refs])
+            con.execute(f"INSERT INTO refs SELECT * FROM read_csv(?, {_TSV}, "
+                        f"columns={_columns_sql(_REF_COLUMNS)})", [refs])
 
     def _load_chunks(self, con: duckdb.DuckDBPyConnection, chunks: list[str]) -> None:
         con.execute(
