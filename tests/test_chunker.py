@@ -140,3 +140,23 @@ def test_broken_code_still_yields_chunks() -> None:
 def test_token_estimate() -> None:
     assert estimate_tokens("") == 0
     assert estimate_tokens("abcd" * 10) == 10
+
+
+@pytest.mark.parametrize("language, source, kinds", [
+    ("rust", "mod util {\n    pub fn helper() -> u8 { 1 }\n}\nstruct Token;\n"
+             "impl Token {\n    fn new() -> Self { Token }\n}\n",
+     {"util.helper": "function", "Token.new": "method"}),
+    ("cpp", "namespace geo {\nint area(int w) { return w * w; }\n"
+            "double Shape::perimeter() const { return 0; }\n}\n"
+            "double Matrix::trace() const { return 0; }\n",
+     {"geo.area": "function", "geo.Shape.perimeter": "method", "Matrix.trace": "method"}),
+    ("typescript", "namespace Util {\n  export function pad(s: string) { return s; }\n}\n"
+                   "class Box {\n  open(): void {}\n}\n",
+     {"Util.pad": "function", "Box.open": "method"}),
+    ("ruby", "module Greeting\n  def hello\n    'hi'\n  end\nend\n", {"Greeting.hello": "method"}),
+])
+def test_functions_in_modules_and_namespaces_are_not_methods(
+        language: str, source: str, kinds: dict[str, str]) -> None:
+    ex = extract(f"x.{language}", source, language, min_tokens=0)
+    found = {s[1]: s[2] for s in ex.symbols}
+    assert {q: found.get(q) for q in kinds} == kinds

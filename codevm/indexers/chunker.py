@@ -19,7 +19,7 @@ from functools import lru_cache
 from tree_sitter import Node, Parser, Query, QueryCursor
 from tree_sitter_language_pack import get_language, get_parser
 
-from codevm.indexers.languages import CONTAINER_KINDS, LANGUAGES, LanguageSpec
+from codevm.indexers.languages import CONTAINER_KINDS, LANGUAGES, METHOD_OWNER_KINDS, LanguageSpec
 from codevm.indexers.tokens import IDENTIFIER, expand_identifier
 
 # Weights of a chunk's fields in its term frequencies (a cheap BM25F).
@@ -226,6 +226,8 @@ class _FileChunker:
         else:
             return None
         parts = _clean_name(raw)
+        if kind == "function" and self.language == "cpp" and len(parts) > 1:
+            kind = "method"  # defined out of its class: double Matrix::trace() { ... }
         if kind == "method" and "owner" in captures:  # Go receivers: (s *Server) -> Server
             owner_text = captures["owner"][0].text or b""
             idents = IDENTIFIER.findall(owner_text.decode("utf-8", "replace"))
@@ -271,7 +273,9 @@ class _FileChunker:
         for d in defs:
             if prefix:
                 d.qualified_name = f"{prefix}.{d.qualified_name}"
-            if d.kind == "function" and parent is not None and parent.kind in CONTAINER_KINDS:
+            if d.kind == "function" and parent is not None and (
+                    parent.kind in METHOD_OWNER_KINDS
+                    or (parent.kind == "module" and self.language == "ruby")):
                 d.kind = "method"
             owner[d.start_line : d.end_line + 1] = [d.qualified_name] * (d.end_line - d.start_line + 1)
             symbols.append((d.name, d.qualified_name, d.kind, d.start_line + 1, d.end_line + 1,

@@ -12,11 +12,14 @@ import os
 from dataclasses import dataclass
 
 # Bump when chunking or extraction changes: files indexed by another version are re-parsed.
-EXTRACTOR_VERSION = "1"
+EXTRACTOR_VERSION = "2"  # 2: functions in namespaces and Rust modules are functions
 
 # Definition kinds whose members become chunks of their own (a class chunk keeps its
 # header and fields; its methods are separate chunks).
 CONTAINER_KINDS = frozenset({"class", "interface", "enum", "module", "impl"})
+# A function directly inside one of these is a method; inside a module or namespace it
+# stays a function, except in Ruby, whose modules hold methods (mixins).
+METHOD_OWNER_KINDS = frozenset({"class", "interface", "enum", "impl"})
 
 
 @dataclass(frozen=True)
