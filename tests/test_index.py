@@ -292,3 +292,14 @@ def test_an_older_database_is_migrated_in_place(tmp_path: Path,
             store.MIGRATIONS)
     finally:
         again.close()
+
+
+def test_the_last_update_time_moves_only_when_the_index_changes(engine: Engine) -> None:
+    engine.store.set_meta("last_updated_at", "before")
+    engine.index()  # nothing changed on disk
+    assert engine.store.get_meta("last_updated_at") == "before"
+    shapes = engine.root / "src/py/shapes.py"
+    shapes.write_text(shapes.read_text() + "\ndef lately_added():\n    return 2\n")
+    engine.update_file("src/py/shapes.py")
+    assert engine.store.get_meta("last_updated_at") not in (None, "before")
+    assert engine.status().last_updated_at == engine.store.get_meta("last_updated_at")

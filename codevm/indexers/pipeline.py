@@ -159,9 +159,13 @@ class Indexer:
 
     def _commit(self, results: list[TaskResult], deleted: list[str],
                 skipped: list[tuple[str, str]]) -> None:
+        # a batch that changes what the index holds says when (in its own transaction: an
+        # edit does not pay for a second commit)
+        changed = bool(deleted) or any(r.n_files > r.n_unchanged + r.n_skipped for r in results)
+        meta = {"last_updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")} if changed else None
         self.store.load_batch([r.files for r in results], [r.chunks for r in results],
                               [r.symbols for r in results], [r.refs for r in results],
-                              deleted, skipped)
+                              deleted, skipped, meta)
         for r in results:
             for name in (r.files, r.chunks, r.symbols, r.refs):
                 try:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -94,8 +93,6 @@ class Engine:
             return self._indexed_now(self.indexer.run(only, progress))
 
     def _indexed_now(self, report: IndexReport) -> IndexReport:
-        if report.parsed or report.deleted or report.errors:
-            self.store.set_meta("last_updated_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         self.notes.mark_stale()
         if report.chunks and self.background_embedding:
             self.vectors.kick()  # new code gets its vectors in the background

@@ -273,12 +273,13 @@ class Store:
 
     # -- loading -----------------------------------------------------------------------
     def load_batch(self, files: list[str], chunks: list[str], symbols: list[str],
-                   refs: list[str], deleted: list[str], skipped: list[tuple[str, str]]) -> None:
+                   refs: list[str], deleted: list[str], skipped: list[tuple[str, str]],
+                   meta: dict[str, str] | None = None) -> None:
         """Replace the rows of every file in the batch, in one transaction.
 
         `files`/`chunks` are NDJSON files and `symbols`/`refs` TSV files written by
         workers; `deleted` are paths gone from disk; `skipped` are (path, reason) found by
-        the walk without reading the file.
+        the walk without reading the file; `meta` keys are set in the same transaction.
         """
         with self.lock:
             con = self.cursor()
@@ -286,6 +287,8 @@ class Store:
             try:
                 self._load(con, _nonempty(files), _nonempty(chunks), _nonempty(symbols),
                            _nonempty(refs), deleted, skipped)
+                for key, value in (meta or {}).items():
+                    self.set_meta(key, value, con)
                 con.execute("COMMIT")
                 self.terms.commit()
                 self.generation += 1
