@@ -19,7 +19,7 @@ EXTRACTOR_VERSION = "2"  # 2: functions in namespaces and Rust modules are funct
 CONTAINER_KINDS = frozenset({"class", "interface", "enum", "module", "impl"})
 # A function directly inside one of these is a method; inside a module or namespace it
 # stays a function, except in Ruby, whose modules hold methods (mixins).
-METHOD_OWNER_KINDS = frozenset({"class", "interface", "enum", "impl"})
+METHOD_OWNER_KINDS = CONTAINER_KINDS - {"module"}
 
 
 @dataclass(frozen=True)
