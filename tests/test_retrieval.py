@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from codevm.api import SearchHit
 from codevm.config import Settings
 from codevm.memory.engine import Engine
 from codevm.memory.retrieval import Ranked, fuse, graph_signal, named_signal
@@ -111,6 +114,18 @@ def test_named_signal_resolves_modules_error_messages_and_quoted_names(tmp_path)
         assert named_signal(con, "it just returns the value", engine.store.terms).items == []
 
 
+def _search_as_setting_changes(root: Path, query: str, k: int, setting: str,
+                               values: tuple[float, ...]) -> list[list[SearchHit]]:
+    """Index `root` once and search it under each value of one setting, in turn."""
+    out = []
+    with Engine(root, Settings(service=False, min_chunk_tokens=1, **{setting: values[0]})) as engine:
+        engine.index()
+        for value in values:
+            engine.configure(Settings(service=False, min_chunk_tokens=1, **{setting: value}))
+            out.append(engine.search(query, k=k))
+    return out
+
+
 def test_code_ranks_above_docs_that_match_as_well(tmp_path) -> None:
     root = tmp_path / "docs_and_code"
     (root / "docs").mkdir(parents=True)
@@ -128,15 +143,12 @@ def test_code_ranks_above_docs_that_match_as_well(tmp_path) -> None:
         "            return True\n"
         "        sleep(2 ** attempt)\n"
         "    return False\n")
-    query = "retry a failed upload with exponential backoff"
-    with Engine(root, Settings(service=False, min_chunk_tokens=1, weight_text=1.0)) as engine:
-        engine.index()
-        assert [h.path for h in engine.search(query, k=2)] == ["docs/retries.md", "client.py"]
-        # text chunks (docs, prose, configuration) count for weight_text of their score
-        engine.configure(Settings(service=False, min_chunk_tokens=1, weight_text=0.5))
-        hits = engine.search(query, k=2)
-        assert [h.path for h in hits] == ["client.py", "docs/retries.md"]
-        assert hits[0].symbol == "send_again"
+    even, hits = _search_as_setting_changes(
+        root, "retry a failed upload with exponential backoff", 2, "weight_text", (1.0, 0.5))
+    assert [h.path for h in even] == ["docs/retries.md", "client.py"]
+    # text chunks (docs, prose, configuration) count for weight_text of their score
+    assert [h.path for h in hits] == ["client.py", "docs/retries.md"]
+    assert hits[0].symbol == "send_again"
 
 
 def test_a_file_where_many_chunks_match_outranks_a_single_hit(tmp_path) -> None:
@@ -161,14 +173,10 @@ def test_a_file_where_many_chunks_match_outranks_a_single_hit(tmp_path) -> None:
         "    def count_stale(self, now):\n"
         "        # how many cache entries are stale\n"
         "        return sum(1 for e in self.entries.values() if e.stale(now))\n")
-    query = "expire stale cache entries"
-    with Engine(root, Settings(service=False, min_chunk_tokens=1, weight_file=0.0)) as engine:
-        engine.index()
-        alone = engine.search(query, k=5)
-        assert [h.path for h in alone[:2]] == ["sweep.py", "cache.py"]
-        # the file's best chunk gains a share of its next best; the others keep their scores
-        engine.configure(Settings(service=False, min_chunk_tokens=1, weight_file=0.5))
-        hits = engine.search(query, k=5)
-        assert [h.path for h in hits[:2]] == ["cache.py", "sweep.py"]
-        assert hits[0].score > alone[1].score
-        assert {(h.symbol, h.score) for h in hits[2:]} == {(h.symbol, h.score) for h in alone[2:]}
+    alone, hits = _search_as_setting_changes(
+        root, "expire stale cache entries", 5, "weight_file", (0.0, 0.5))
+    assert [h.path for h in alone[:2]] == ["sweep.py", "cache.py"]
+    # the file's best chunk gains a share of its next best; the others keep their scores
+    assert [h.path for h in hits[:2]] == ["cache.py", "sweep.py"]
+    assert hits[0].score > alone[1].score
+    assert {(h.symbol, h.score) for h in hits[2:]} == {(h.symbol, h.score) for h in alone[2:]}
