@@ -29,7 +29,7 @@ from pygls.lsp.client import LanguageClient  # noqa: E402
 
 from bench.index_speed import bench_queries, copy_corpus  # noqa: E402
 from codevm.config import Settings  # noqa: E402
-from codevm.memory.engine import Engine  # noqa: E402
+from codevm.engine import Engine  # noqa: E402
 from codevm.service import stop_service  # noqa: E402
 
 

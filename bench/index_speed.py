@@ -35,7 +35,7 @@ from codevm.indexers.worker import Limits, TaskFile, process_file  # noqa: E402
 from codevm.indexers.languages import LANGUAGES, detect_language  # noqa: E402
 
 if TYPE_CHECKING:
-    from codevm.memory.engine import Engine
+    from codevm.engine import Engine
 
 
 def bare_parse_seconds(root: Path) -> tuple[float, int, int]:
@@ -149,7 +149,7 @@ def main() -> None:
         # imported here: the parsing processes (spawned) import this module again, and the
         # engine's imports (ollama, numpy, ...) would cost them time that `codevm index`,
         # whose main module is light, does not pay
-        from codevm.memory.engine import Engine
+        from codevm.engine import Engine
 
         engine = Engine(root, Settings())
         own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)

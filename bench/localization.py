@@ -33,8 +33,9 @@ from gold import edited_gold  # noqa: E402
 from index_speed import latency_summary  # noqa: E402
 
 from codevm.config import Settings  # noqa: E402
-from codevm.memory.engine import Engine, weights  # noqa: E402
-from codevm.memory.retrieval import SIGNAL_DEPTH, SIGNALS, TEXT_KINDS, Ranked, fused_ranking  # noqa: E402
+from codevm.engine import Engine  # noqa: E402
+from codevm.retrieval.fusion import weights  # noqa: E402
+from codevm.retrieval.fusion import SIGNAL_DEPTH, SIGNALS, TEXT_KINDS, Ranked, Scored, fused_ranking  # noqa: E402
 
 DATA = HERE.parent.parent / "shared" / "bench" / "swebench_lite.jsonl"
 SWE_BENCH_MIRRORS = {"django/django", "scikit-learn/scikit-learn", "matplotlib/matplotlib"}
@@ -112,7 +113,7 @@ def signal_items(engine: Engine, query: str) -> dict[str, list[Item]]:
     """Each retrieval signal's ranking alone, and their fusion, as chunk rows."""
     _, signals = engine.retriever.signals(query)
     ranked = {name: [(cid, score) for cid, score, _ in r.items] for name, r in signals.items()}
-    ranked["fusion"] = [(cid, score) for score, cid, _ in engine.retriever.fuse(signals)[0]]
+    ranked["fusion"] = [(cid, score) for cid, score, _ in engine.retriever.fuse(signals)[0]]
     ids = {cid for items in ranked.values() for cid, _ in items}
     meta = {r[0]: r[1:] for r in engine.store.cursor().execute(
         f"SELECT id, path, qualified_name, kind, start_line FROM chunks WHERE id IN "
@@ -158,12 +159,12 @@ def fused_items(items: dict[str, list[Item]], weights: dict[str, float]) -> list
         ranked = []
         for path, symbol, kind, start, score in items.get(name, []):
             cid = keys.setdefault((path, symbol, kind, start), len(keys))
-            ranked.append((cid, score, name))
+            ranked.append(Scored(cid, score, name))
         signals[name] = Ranked(ranked)
     rows = {cid: key for key, cid in keys.items()}
     text = {cid for key, cid in keys.items() if key[2] in TEXT_KINDS}
     paths = {cid: key[0] for key, cid in keys.items()}
-    return [(*rows[cid], score) for score, cid, _ in fused_ranking(signals, weights, text, paths)]
+    return [(*rows[cid], score) for cid, score, _ in fused_ranking(signals, weights, text, paths)]
 
 
 def ranks(items: list[Item], gold_files: list[str], gold_functions: list[str],

@@ -32,9 +32,12 @@ from localization import Bench, bench_arguments, run_instances, selected  # noqa
 
 from codevm.config import Settings  # noqa: E402
 from codevm.memory.context import Page  # noqa: E402
-from codevm.memory.engine import Engine, weights  # noqa: E402
-from codevm.memory.pager import FILE_PRIOR, Candidate, fill, search_depth, with_file_prior  # noqa: E402
-from codevm.memory.retrieval import SIGNALS, TEXT_KINDS, Ranked, fused_ranking, signal_depth  # noqa: E402
+from codevm.engine import Engine  # noqa: E402
+from codevm.retrieval.fusion import weights  # noqa: E402
+from codevm.memory.budget import candidates_for as search_depth  # noqa: E402
+from codevm.memory.pager import FILE_PRIOR, Candidate, fill, with_file_prior  # noqa: E402
+from codevm.retrieval.fusion import SIGNALS, TEXT_KINDS, Ranked, Scored, fused_ranking  # noqa: E402
+from codevm.retrieval.retriever import signal_depth  # noqa: E402
 
 BUDGETS = (2000, 4000, 8000, 16000)
 ALONE_DEPTH = 300  # chunks of each signal alone that fill a budget (of the deepest kept)
@@ -62,7 +65,7 @@ class Kept:
     def __init__(self, row: dict):
         # the signals as deep as each budget ranks them (a ranking's top is not always a
         # deeper one's: ties, and tests demoted after the cut)
-        self.signals = {int(depth): {name: Ranked([(int(cid), score, name) for cid, score in items])
+        self.signals = {int(depth): {name: Ranked([Scored(int(cid), score, name) for cid, score in items])
                                      for name, items in signals.items()}
                         for depth, signals in row["signals"].items()}
         self.pages: dict[int, Page] = {}

@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.index_speed import bench_queries, copy_corpus, latency_summary, percentile  # noqa: E402
-from codevm.memory.engine import Engine  # noqa: E402
+from codevm.engine import Engine  # noqa: E402
 from codevm.service import RemoteEngine, ServiceFiles, lock_held, stop_service  # noqa: E402
 
 

@@ -1,12 +1,20 @@
-"""The plain data of the Engine API: what it takes and returns, JSON-serialisable.
+"""The Engine API: `EngineAPI`, the typed list of what the CLI and both servers may call,
+and the plain data it takes and returns (JSON-serialisable dataclasses).
 
 Kept apart from the modules that compute them, so that a client of the engine service
-can unpickle answers without importing the database, the parsers or the model client.
+imports neither the database, the parsers nor the model client. Both `Engine` (in
+process) and the service's `RemoteEngine` implement EngineAPI.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from codevm.config import Settings
 
 
 MIN_BUDGET = 1500  # tokens of main context: instructions and schemas take ~1,000
@@ -250,3 +258,135 @@ class AskResult:
     context: ContextReport | None = None
     evicted_messages: int = 0
     finished: bool = True
+
+
+# -- the API ------------------------------------------------------------------------------
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def idempotent(method: F) -> F:
+    """Marks a method that may run twice with the same effect as once (reads, and writes
+    that converge): a client may retry it when the service died in the middle of it."""
+    method.__codevm_idempotent__ = True  # type: ignore[attr-defined]
+    return method
+
+
+class EngineAPI(Protocol):
+    """What the CLI, the LSP server and the MCP server may call on a project's engine."""
+
+    root: Path
+    settings: Settings
+
+    def relative_path(self, path: str) -> str: ...
+
+    # indexing
+    @idempotent
+    def index(self, paths: list[str] | None = None,
+              progress: Callable[[Progress], None] | None = None) -> IndexReport: ...
+
+    @idempotent
+    def update_file(self, path: str, text: str | None = None) -> IndexReport: ...
+
+    @idempotent
+    def configure(self, settings: Settings) -> None: ...
+
+    @idempotent
+    def warm_up(self) -> None: ...
+
+    @idempotent
+    def embed(self, progress: Callable[[EmbeddingProgress], None] | None = None,
+              reset: bool = False) -> EmbeddingProgress: ...
+
+    @idempotent
+    def embedding_progress(self) -> EmbeddingProgress: ...
+
+    # code
+    @idempotent
+    def search(self, query: str, k: int = 10, language: str | None = None,
+               path_glob: str | None = None, kind: str | None = None) -> list[SearchHit]: ...
+
+    @idempotent
+    def symbol(self, name: str, limit: int = 50) -> list[SymbolInfo]: ...
+
+    @idempotent
+    def find_symbols(self, query: str, limit: int = 200) -> list[SymbolInfo]: ...
+
+    @idempotent
+    def outline(self, path: str) -> list[SymbolInfo]: ...
+
+    @idempotent
+    def definitions(self, name: str, from_path: str | None = None,
+                    limit: int = 50) -> list[SymbolInfo]: ...
+
+    @idempotent
+    def describe(self, name: str, from_path: str | None = None) -> SymbolDetail | None: ...
+
+    @idempotent
+    def read(self, path: str, start_line: int | None = None,
+             end_line: int | None = None) -> CodeText: ...
+
+    @idempotent
+    def read_chunk(self, chunk_id: int) -> CodeText: ...
+
+    @idempotent
+    def refs(self, name: str, limit: int = 200) -> list[RefInfo]: ...
+
+    @idempotent
+    def status(self) -> Status: ...
+
+    # memory: notes (archival), core blocks, conversations (recall)
+    def add_note(self, text: str, tags: list[str] | None = None, path: str | None = None,
+                 symbol: str | None = None, source: str = "user") -> Note: ...
+
+    @idempotent
+    def search_notes(self, query: str, k: int = 10, tag: str | None = None) -> list[Note]: ...
+
+    @idempotent
+    def list_notes(self, path: str | None = None, symbol: str | None = None,
+                   limit: int = 100) -> list[Note]: ...
+
+    def forget_note(self, note_id: int) -> Note: ...
+
+    @idempotent
+    def core_memory(self) -> list[CoreBlock]: ...
+
+    @idempotent
+    def core_memory_block(self, label: str) -> CoreBlock: ...
+
+    def core_memory_update(self, block: str, text: str, mode: str = "replace",
+                           old: str | None = None) -> CoreBlock: ...
+
+    @idempotent
+    def conversation_search(self, query: str, k: int = 10, session: str | None = None,
+                            since: str | None = None,
+                            until: str | None = None) -> list[MessageRecord]: ...
+
+    @idempotent
+    def sessions(self, limit: int = 50) -> list[SessionInfo]: ...
+
+    def new_session(self, title: str = "") -> SessionInfo: ...
+
+    @idempotent
+    def session_messages(self, session_id: str) -> list[MessageRecord]: ...
+
+    # asking
+    def ask(self, question: str, session: str | None = None, budget: int | None = None,
+            on_text: Callable[[str], None] | None = None, new_session: bool = False,
+            settings: Settings | None = None) -> AskResult: ...
+
+
+class EngineHandle(EngineAPI, Protocol):
+    """An engine that its opener closes (Engine, or a client of the service)."""
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> EngineHandle: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+# the methods a client may call, and those it may retry after a broken connection
+API_METHODS = frozenset(name for name, value in vars(EngineAPI).items()
+                        if callable(value) and not name.startswith("_"))
+IDEMPOTENT_METHODS = frozenset(name for name in API_METHODS
+                               if getattr(vars(EngineAPI)[name], "__codevm_idempotent__", False))

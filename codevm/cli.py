@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 from rich.console import Console
@@ -18,13 +18,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from codevm import __version__
 from codevm.errors import CodevmError, ProjectNotFound
-from codevm.api import EmbeddingProgress, to_dict
+from codevm.api import EmbeddingProgress, EngineHandle, to_dict
 from codevm.api import Progress as IndexProgress
 from codevm.project import find_root
-from codevm.service import RemoteEngine, open_engine, service_info, stop_service
-
-if TYPE_CHECKING:
-    from codevm.memory.engine import Engine
+from codevm.service import open_engine, service_info, stop_service
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -53,7 +50,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @contextmanager
-def engine_at(start: str = ".", root: Path | None = None) -> Iterator[Engine | RemoteEngine]:
+def engine_at(start: str = ".", root: Path | None = None) -> Iterator[EngineHandle]:
     """The project's engine, through its service (started if need be)."""
     with open_engine(root or find_root(Path(start))) as engine:
         yield engine
@@ -285,7 +282,7 @@ def service_stop() -> None:
 @handle_errors
 def service_run(root_: str) -> None:
     """Run the service in the foreground, logging to stderr (clients start it by themselves)."""
-    from codevm.service import main as run
+    from codevm.service.server import main as run
 
     sys.exit(run([str(Path(root_).resolve())]))
 
@@ -378,7 +375,7 @@ def chat(session: str | None, budget: int | None) -> None:
                 for block in engine.core_memory():
                     out.print(f"[bold]{block.label}[/] ({len(block.value)}/{block.limit}): {block.value}")
             elif line.startswith("/notes"):
-                for note in engine.recall(line[6:].strip() or "note"):
+                for note in engine.search_notes(line[6:].strip() or "note"):
                     out.print(f"[{note.id}] {note.text}", markup=False)
             elif line in ("/pages", "/budget"):
                 if last is None:
@@ -455,7 +452,7 @@ def _print_notes(notes: list[Any], as_json: bool) -> None:
 def notes_add(text: str, tags: tuple[str, ...], path: str | None, symbol: str | None,
               as_json: bool) -> None:
     with engine_at() as engine:
-        _print_notes([engine.remember(text, list(tags), path, symbol)], as_json)
+        _print_notes([engine.add_note(text, list(tags), path, symbol)], as_json)
 
 
 @memory_notes.command("list")
@@ -475,7 +472,7 @@ def notes_list(path: str | None, symbol: str | None, as_json: bool) -> None:
 @handle_errors
 def notes_search(query: tuple[str, ...], k: int, as_json: bool) -> None:
     with engine_at() as engine:
-        _print_notes(engine.recall(" ".join(query), k), as_json)
+        _print_notes(engine.search_notes(" ".join(query), k), as_json)
 
 
 @memory_notes.command("forget")
@@ -483,7 +480,7 @@ def notes_search(query: tuple[str, ...], k: int, as_json: bool) -> None:
 @handle_errors
 def notes_forget(note_id: int) -> None:
     with engine_at() as engine:
-        note = engine.forget(note_id)
+        note = engine.forget_note(note_id)
         out.print(f"forgot note {note.id}")
 
 

@@ -6,6 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from codevm.api import CodeText
 from codevm.errors import InvalidArgument, PathOutsideProject, ProjectNotFound
 
 DATA_DIR = ".codevm"
@@ -52,3 +53,25 @@ def project_path(root: Path, path: str) -> str:
     if full != root and root not in full.parents:
         raise PathOutsideProject(f"{path} is outside the project {root}")
     return full.relative_to(root).as_posix()
+
+
+def read_lines(root: Path, path: str, start_line: int | None = None,
+               end_line: int | None = None) -> CodeText:
+    """Lines of a project file as they are on disk."""
+    rel = project_path(root, path)
+    full = root / rel
+    if not full.is_file():
+        raise InvalidArgument(f"{rel} is not a file of the project")
+    data = full.read_bytes()
+    if b"\0" in data[:8192]:
+        raise InvalidArgument(f"{rel} is a binary file")
+    lines = data.decode("utf-8", "replace").split("\n")
+    total = len(lines)
+    start = start_line or 1
+    end = end_line or total
+    if start < 1 or end < start:
+        raise InvalidArgument(f"invalid line range {start}-{end}")
+    if start > total:
+        raise InvalidArgument(f"{rel} has only {total} lines")
+    end = min(end, total)
+    return CodeText(rel, start, end, total, "\n".join(lines[start - 1 : end]))

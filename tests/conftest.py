@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from codevm.memory.engine import Engine
+from codevm.engine import Engine
 from codevm.service import stop_service
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -17,7 +17,7 @@ from pytest_lsp import client_capabilities, make_test_lsp_client
 
 from codevm.config import Settings
 from codevm.errors import EmbeddingUnavailable
-from codevm.memory.engine import Engine
+from codevm.engine import Engine
 from codevm.service import service_info, stop_service
 from tests.fake_ollama import FakeOllama
 from tests.test_cli import codevm

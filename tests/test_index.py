@@ -13,7 +13,7 @@ import pytest
 from codevm.config import Settings
 from codevm.indexers import languages, pipeline, worker
 from codevm.indexers.worker import Limits, TaskFile, process_file
-from codevm.memory.engine import Engine
+from codevm.engine import Engine
 from tests.conftest import add_bad_files
 
 LIMITS = Limits(1 << 20, 2000, 384, 32)
@@ -100,7 +100,7 @@ def test_incremental_changes_deletions_and_renames(project: Path) -> None:
         assert all(h.path != "src/web/widget.js" for h in engine.search("CounterWidget", k=50))
         orphans = ("SELECT count(*) FROM postings WHERE chunk_id NOT IN (SELECT id FROM chunks)")
         assert con.execute(orphans).fetchone()[0] > 0
-        assert engine.store.compact_postings(force=True)
+        assert engine.index_tables.compact_postings(force=True)
         assert con.execute(orphans).fetchone() == (0,)
         assert [h.path for h in engine.search("tokenize_input", k=1)] == ["src/native/lexer.rs"]
 
@@ -150,7 +150,7 @@ def test_kill_9_mid_index_leaves_a_consistent_index_and_the_next_run_finishes(tm
         import sys
         from pathlib import Path
         from codevm.config import Settings
-        from codevm.memory.engine import Engine
+        from codevm.engine import Engine
         def main():
             settings = Settings(batch_files=24, workers=2)
             with Engine(Path({str(root)!r}), settings) as engine:
@@ -206,7 +206,7 @@ def _index_rows(engine: Engine) -> dict[str, set[tuple]]:
 
 def test_small_and_bulk_batches_build_the_same_index(
         project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from codevm.memory import store
+    from codevm.db import index_tables
 
     add_bad_files(project)  # skipped by the walk and by the workers, and text replaced
     with Engine(project) as engine:
@@ -217,7 +217,7 @@ def test_small_and_bulk_batches_build_the_same_index(
     # an empty field is '', never NULL: module-level code has no caller
     assert ("src/py/shapes.py", "python", "math", "import", 3, "") in reference["refs"]
     monkeypatch.setenv("CODEVM_HOME", str(tmp_path / "sql-home"))
-    monkeypatch.setattr(store, "SMALL_BATCH_BYTES", 0)
+    monkeypatch.setattr(index_tables, "SMALL_BATCH_BYTES", 0)
     with Engine(project) as engine:
         engine.index()  # every batch joins with the terms table in SQL
         assert _index_rows(engine) == reference
@@ -225,24 +225,24 @@ def test_small_and_bulk_batches_build_the_same_index(
 
 def test_a_failed_batch_leaves_no_term_in_the_dictionary(
         project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from codevm.memory.store import Store
+    from codevm.db.index_tables import IndexTables
 
     with Engine(project) as engine:
         engine.index()
         engine.search("warm")  # the term dictionary is in memory from now on
         shapes = project / "src/py/shapes.py"
         shapes.write_text(shapes.read_text() + "\ndef zanzibar_quokka():\n    return 1\n")
-        real_load = Store._load
+        real_load = IndexTables._load
 
-        def failing_load(self: Store, *args: object) -> None:
+        def failing_load(self: IndexTables, *args: object) -> None:
             real_load(self, *args)
             raise OSError("disk full")
 
-        monkeypatch.setattr(Store, "_load", failing_load)
+        monkeypatch.setattr(IndexTables, "_load", failing_load)
         with pytest.raises(OSError):
             engine.update_file("src/py/shapes.py")
         assert engine.search("zanzibar_quokka") == []
-        monkeypatch.setattr(Store, "_load", real_load)
+        monkeypatch.setattr(IndexTables, "_load", real_load)
         engine.update_file("src/py/shapes.py")
         hits = engine.search("zanzibar_quokka", k=1)
         assert hits and hits[0].symbol == "zanzibar_quokka"
@@ -263,25 +263,25 @@ def test_repeated_edits_leave_no_stale_hits(engine: Engine) -> None:
     assert [h.symbol for h in hits].count("rotate_polygon") == 1
     con = engine.store.cursor()
     assert con.execute("SELECT count(*) FROM dead_chunks").fetchone()[0] > 0
-    assert engine.store.compact_postings(force=True)
+    assert engine.index_tables.compact_postings(force=True)
     assert con.execute("SELECT count(*) FROM dead_chunks").fetchone()[0] == 0
     assert [h.symbol for h in engine.search("rotate polygon", k=10)].count("rotate_polygon") == 1
 
 
 def test_an_older_database_is_migrated_in_place(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from codevm.memory import store
+    from codevm.db import migrations, store
 
     path = tmp_path / "index.duckdb"
     with monkeypatch.context() as m:
-        m.setattr(store, "MIGRATIONS", store.MIGRATIONS[:6])  # as the previous release left it
+        m.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:6])  # as the previous release left it
         old = store.Store(path)
         old.con.execute("INSERT INTO refs VALUES ('a.py', 'python', 'os', 'import', 1, NULL)")
         old.close()
     current = store.Store(path)
     try:
         applied = current.con.execute("SELECT id, name FROM migrations ORDER BY id").fetchall()
-        assert [i for i, _ in applied] == list(range(1, len(store.MIGRATIONS) + 1))
+        assert [i for i, _ in applied] == list(range(1, len(migrations.MIGRATIONS) + 1))
         assert applied[6][1] == "m007_empty_strings_in_references"
         assert current.con.execute("SELECT caller FROM refs").fetchall() == [("",)]
     finally:
@@ -289,7 +289,7 @@ def test_an_older_database_is_migrated_in_place(tmp_path: Path,
     again = store.Store(path)  # nothing left to apply: opening is idempotent
     try:
         assert again.con.execute("SELECT count(*) FROM migrations").fetchone()[0] == len(
-            store.MIGRATIONS)
+            migrations.MIGRATIONS)
     finally:
         again.close()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from pathlib import Path
@@ -11,6 +10,8 @@ import pytest
 import pytest_lsp
 from lsprotocol import types as t
 from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
+
+from tests.helpers import await_until, wait_for
 
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("CODEVM_")}
 ENV["CODEVM_OLLAMA_HOST"] = "http://127.0.0.1:9"  # no model: ask answers with pages
@@ -32,14 +33,6 @@ async def client(lsp_client: LanguageClient, project: Path):
 def _progress_ended(client: LanguageClient) -> bool:
     return any(isinstance(p, t.WorkDoneProgressEnd) for reports in client.progress_reports.values()
                for p in reports)
-
-
-async def wait_for(condition, what: str, timeout: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 def _uri(project: Path, rel: str) -> str:
@@ -112,13 +105,13 @@ async def test_unsaved_edits_are_found_and_saves_follow_the_disk(client: Languag
     async def found(name: str) -> list:
         return await client.workspace_symbol_async(t.WorkspaceSymbolParams(query=name))
 
-    await wait_for_async(lambda: found("perimeter_of_hexagon"), "the unsaved function")  # debounced
+    await await_until(lambda: found("perimeter_of_hexagon"), "the unsaved function")  # debounced
     assert (await found("perimeter_of_hexagon"))[0].location.uri == uri  # before any save
     assert "def perimeter_of_hexagon" not in path.read_text()
 
     path.write_text(text.replace("def total_area(shapes):", "def total_area_renamed(shapes):"))
     client.text_document_did_save(t.DidSaveTextDocumentParams(t.TextDocumentIdentifier(uri)))
-    await wait_for_async(lambda: _only(found("total_area"), "total_area_renamed"), "the saved rename")
+    await await_until(lambda: _only(found("total_area"), "total_area_renamed"), "the saved rename")
     names = [s.name for s in await found("total_area")]
     assert names == ["total_area_renamed"] and not await found("perimeter_of_hexagon")
 
@@ -156,11 +149,11 @@ async def test_watched_files_and_close_keep_the_index_equal_to_the_disk(
     new.write_text("def brand_new_on_disk():\n    return 1\n")
     client.workspace_did_change_watched_files(t.DidChangeWatchedFilesParams(
         [t.FileEvent(uri=new.as_uri(), type=t.FileChangeType.Created)]))
-    await wait_for_async(lambda: found("brand_new_on_disk"), "the created file")
+    await await_until(lambda: found("brand_new_on_disk"), "the created file")
     new.unlink()
     client.workspace_did_change_watched_files(t.DidChangeWatchedFilesParams(
         [t.FileEvent(uri=new.as_uri(), type=t.FileChangeType.Deleted)]))
-    await wait_for_async(lambda: _none(found("brand_new_on_disk")), "the deleted file")
+    await await_until(lambda: _none(found("brand_new_on_disk")), "the deleted file")
 
     app = project / "src/py/app.py"
     text = app.read_text()
@@ -168,9 +161,9 @@ async def test_watched_files_and_close_keep_the_index_equal_to_the_disk(
     client.text_document_did_change(t.DidChangeTextDocumentParams(
         text_document=t.VersionedTextDocumentIdentifier(uri=app.as_uri(), version=2),
         content_changes=[t.TextDocumentContentChangeWholeDocument(text=text + "\ndef never_saved():\n    pass\n")]))
-    await wait_for_async(lambda: found("never_saved"), "the unsaved function")
+    await await_until(lambda: found("never_saved"), "the unsaved function")
     client.text_document_did_close(t.DidCloseTextDocumentParams(t.TextDocumentIdentifier(app.as_uri())))
-    await wait_for_async(lambda: _none(found("never_saved")), "the closed buffer to be dropped")
+    await await_until(lambda: _none(found("never_saved")), "the closed buffer to be dropped")
 
 
 async def _only(pending, name: str) -> bool:
@@ -181,9 +174,3 @@ async def _none(pending) -> bool:
     return not await pending
 
 
-async def wait_for_async(check, what: str, timeout: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)

@@ -13,7 +13,8 @@ from mcp import Client, StdioServerParameters
 
 from codevm.config import Settings
 from codevm.mcp_server.server import build_server
-from codevm.memory.engine import Engine
+from codevm.engine import Engine
+from tests.helpers import wait_until
 
 
 def _result(result: Any) -> dict:
@@ -166,7 +167,6 @@ def test_stdio_end_to_end_with_persistence_across_processes(project: Path) -> No
 def test_streamable_http_on_loopback(project: Path) -> None:
     import socket
     import subprocess
-    import time
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -176,14 +176,15 @@ def test_streamable_http_on_loopback(project: Path) -> None:
                              "--transport", "http", "--port", str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 30
-        while True:  # wait for the port, not for a fixed time
+        def listening() -> bool:  # the port, not a fixed time
+            assert proc.poll() is None, "the server exited"
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
+                return True
             except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
-                time.sleep(0.05)
+                return False
+
+        wait_until(listening, "the server to listen")
 
         async def body() -> dict:
             async with Client(f"http://127.0.0.1:{port}/mcp") as client:

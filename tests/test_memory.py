@@ -9,8 +9,9 @@ import pytest
 
 from codevm.config import Settings
 from codevm.errors import InvalidArgument
-from codevm.memory.context import Page, TokenEstimator
-from codevm.memory.engine import Engine
+from codevm.memory.budget import TokenEstimator
+from codevm.memory.context import Page
+from codevm.engine import Engine
 from codevm.memory.pager import Candidate, fill
 from tests.fake_ollama import FakeOllama, call
 
@@ -118,10 +119,10 @@ def test_long_conversation_is_warned_evicted_summarized_and_still_findable(
                 "Memory pressure" in m["content"] for m in fake.chat_requests()[-1]["body"]["messages"]
                 if m["role"] == "system")
         assert warned
-        assert result.evicted_messages > 0 or engine.recall_storage.session(session).summary
-        info = engine.recall_storage.session(session)
+        assert result.evicted_messages > 0 or engine.recall.session(session).summary
+        info = engine.recall.session(session)
         assert "zebrafish_0" in info.summary or "Question 0" in info.summary  # extractive or model
-        in_context = engine.recall_storage.messages(session, in_context_only=True)
+        in_context = engine.recall.messages(session, in_context_only=True)
         assert all("zebrafish_0 " not in m.content for m in in_context)
         found = engine.conversation_search("zebrafish_0")
         assert found and "zebrafish_0" in found[0].content
@@ -131,14 +132,14 @@ def test_long_conversation_is_warned_evicted_summarized_and_still_findable(
 
 def test_memory_survives_a_new_process(project: Path, fake: FakeOllama) -> None:
     with _engine(project, fake.host) as engine:
-        note = engine.remember("total_area ignores empty lists", tags=["perf"],
+        note = engine.add_note("total_area ignores empty lists", tags=["perf"],
                                path="src/py/shapes.py", symbol="total_area")
         engine.core_memory_update("project", "A polyglot fixture for tests.")
         engine.core_memory_update("project", "Shapes live in src/py.", mode="append")
         fake.script = [{"content": "It is src/py/shapes.py:21-23."}]
         first = engine.ask("Where is total_area?")
     with Engine(project, Settings(ollama_host=fake.host)) as engine:
-        assert [n.id for n in engine.recall("empty lists")] == [note.id]
+        assert [n.id for n in engine.search_notes("empty lists")] == [note.id]
         assert engine.list_notes(path="src/py/shapes.py")[0].symbol == "total_area"
         assert engine.core.get("project").value == "A polyglot fixture for tests.\nShapes live in src/py."
         assert engine.sessions()[0].id == first.session_id
@@ -153,21 +154,21 @@ def test_memory_survives_a_new_process(project: Path, fake: FakeOllama) -> None:
 def test_notes_go_stale_when_their_code_changes(project: Path) -> None:
     with Engine(project) as engine:
         engine.index()
-        anchored = engine.remember("area uses pi r squared", path="src/py/shapes.py", symbol="Circle.area")
-        other = engine.remember("total_area is a plain sum", path="src/py/shapes.py", symbol="total_area")
-        loose = engine.remember("no anchor at all")
+        anchored = engine.add_note("area uses pi r squared", path="src/py/shapes.py", symbol="Circle.area")
+        other = engine.add_note("total_area is a plain sum", path="src/py/shapes.py", symbol="total_area")
+        loose = engine.add_note("no anchor at all")
         shapes = project / "src/py/shapes.py"
         shapes.write_text(shapes.read_text().replace("self.radius ** 2", "self.radius * self.radius"))
         engine.index()
         assert engine.notes.get(anchored.id).stale
         assert not engine.notes.get(other.id).stale and not engine.notes.get(loose.id).stale
         with pytest.raises(InvalidArgument, match="not in the index"):
-            engine.remember("x", path="src/py/shapes.py", symbol="no_such_function")
+            engine.add_note("x", path="src/py/shapes.py", symbol="no_such_function")
         with pytest.raises(InvalidArgument, match="outside the project"):
-            engine.remember("x", path="../elsewhere.py")
-        assert engine.forget(loose.id).id == loose.id
+            engine.add_note("x", path="../elsewhere.py")
+        assert engine.forget_note(loose.id).id == loose.id
         with pytest.raises(InvalidArgument, match="no note"):
-            engine.forget(loose.id)
+            engine.forget_note(loose.id)
         with pytest.raises(InvalidArgument, match="over its limit"):
             engine.core_memory_update("user", "x" * 5000)
 

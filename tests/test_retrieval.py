@@ -8,8 +8,10 @@ import pytest
 
 from codevm.api import SearchHit
 from codevm.config import Settings
-from codevm.memory.engine import Engine
-from codevm.memory.retrieval import Ranked, fuse, graph_signal, named_signal
+from codevm.engine import Engine
+from codevm.retrieval.fusion import Ranked, Scored, fuse
+from codevm.retrieval.graph import graph_signal
+from codevm.retrieval.named import named_signal
 
 
 def _chunk(engine: Engine, qualified: str) -> int:
@@ -50,20 +52,20 @@ def test_graph_signal_walks_calls_callers_and_the_class(engine: Engine) -> None:
 
 
 def test_fusion_rewards_agreement_and_honours_weights() -> None:
-    a = Ranked([(1, 9.0, "a"), (2, 8.0, "a"), (3, 7.0, "a")])
-    b = Ranked([(3, 1.0, "b"), (4, 0.9, "b"), (1, 0.8, "b")])
-    fused = [cid for _, cid, _ in fuse({"lexical": a, "named": b}, {"lexical": 1.0, "named": 1.0})]
+    a = Ranked([Scored(1, 9.0, "a"), Scored(2, 8.0, "a"), Scored(3, 7.0, "a")])
+    b = Ranked([Scored(3, 1.0, "b"), Scored(4, 0.9, "b"), Scored(1, 0.8, "b")])
+    fused = [cid for cid, _, _ in fuse({"lexical": a, "named": b}, {"lexical": 1.0, "named": 1.0})]
     assert fused[:2] == [1, 3] and set(fused) == {1, 2, 3, 4}  # both signals rank 1 and 3
-    only_b = [cid for _, cid, _ in fuse({"lexical": a, "named": b}, {"lexical": 0.0, "named": 1.0})]
+    only_b = [cid for cid, _, _ in fuse({"lexical": a, "named": b}, {"lexical": 0.0, "named": 1.0})]
     assert only_b == [3, 4, 1]
 
 
 def test_fusion_spreads_the_narrow_band_of_cosines() -> None:
     # 60 cosines between 0.60 and 0.54: scaled to the best alone, the last would still
     # count 0.9; counted above the 50th, the best counts 1 and the 50th nothing
-    vector = Ranked([(100 + i, 0.60 - 0.001 * i, "v") for i in range(60)])
-    lexical = Ranked([(200, 5.0, "l")])
-    fused = {cid: score for score, cid, _ in fuse({"vector": vector, "lexical": lexical},
+    vector = Ranked([Scored(100 + i, 0.60 - 0.001 * i, "v") for i in range(60)])
+    lexical = Ranked([Scored(200, 5.0, "l")])
+    fused = {cid: score for cid, score, _ in fuse({"vector": vector, "lexical": lexical},
                                                    {"vector": 1.0, "lexical": 1.0})}
     assert fused[100] == pytest.approx(1.0) and fused[200] == pytest.approx(1.0)
     assert fused[125] == pytest.approx(0.5, abs=0.03)

@@ -6,8 +6,8 @@ import pytest
 
 from codevm.errors import InvalidArgument, NotIndexed, PathOutsideProject
 from codevm.config import Settings
-from codevm.memory.engine import Engine
-from codevm.memory.search import analyse_query
+from codevm.engine import Engine
+from codevm.retrieval.lexical import analyse_query
 
 
 def test_identifiers_are_kept_whole_and_split() -> None:

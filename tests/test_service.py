@@ -19,9 +19,11 @@ from mcp import Client, StdioServerParameters
 from pytest_lsp import LanguageClient, client_capabilities, make_test_lsp_client
 
 from codevm.config import Settings
-from codevm.memory.engine import Engine
+from codevm.engine import Engine
+from codevm.api import API_METHODS
 from codevm.service import (
-    ENGINE_METHODS, RemoteEngine, ServiceFiles, lock_held, open_engine, service_info, stop_service)
+    RemoteEngine, ServiceFiles, lock_held, open_engine, service_info, stop_service)
+from tests.helpers import await_until, wait_for, wait_until
 from tests.test_cli import codevm
 from tests.test_mcp import _result
 
@@ -30,31 +32,15 @@ ENV["CODEVM_OLLAMA_HOST"] = "http://127.0.0.1:9"
 ENV["CODEVM_SERVICE_IDLE_SECONDS"] = "60"
 
 
-def wait_until(condition, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-async def await_until(condition, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
-
-
 async def start_lsp(project: Path) -> LanguageClient:
     client = make_test_lsp_client()
     await client.start_io(sys.executable, "-m", "codevm", "lsp", env=ENV)
     await client.initialize_session(t.InitializeParams(
         capabilities=client_capabilities("visual-studio-code"),
         workspace_folders=[t.WorkspaceFolder(uri=project.as_uri(), name="project")]))
-    deadline = time.monotonic() + 30
-    while not any(isinstance(p, t.WorkDoneProgressEnd) for r in client.progress_reports.values()
-                  for p in r):
-        assert time.monotonic() < deadline, "the LSP server did not finish its first index"
-        await asyncio.sleep(0.05)
+    await wait_for(lambda: any(isinstance(p, t.WorkDoneProgressEnd)
+                               for r in client.progress_reports.values() for p in r),
+                   "the LSP server to finish its first index")
     return client
 
 
@@ -220,10 +206,11 @@ def test_idle_exit_status_stop_and_stale_files(project: Path, monkeypatch: pytes
     assert "src/native/server.go" in cli(project, "search", "HandleHealth").stdout
     assert service_info(project)["pid"] != 999999
 
-    # a service of another codevm version (an upgrade) is replaced by the next client
+    # a service running other code (an upgrade, an edited install) is replaced by the next
+    # client
     old = service_info(project)["pid"]
     info = json.loads(files.info.read_text())
-    files.info.write_text(json.dumps({**info, "version": "0.0.1"}))
+    files.info.write_text(json.dumps({**info, "build": "another build"}))
     assert "src/native/server.go" in cli(project, "search", "HandleHealth").stdout
     assert service_info(project)["pid"] != old
 
@@ -275,7 +262,9 @@ def test_in_process_mode_and_a_project_another_process_holds(project: Path) -> N
 
 def test_clients_reach_every_engine_method_and_load_no_engine_module(project: Path) -> None:
     public = {n for n in dir(Engine) if not n.startswith("_") and callable(getattr(Engine, n))}
-    assert public - {"open", "close"} == ENGINE_METHODS
+    assert public - {"open", "close", "monitor_changes"} == API_METHODS
+    remote = {n for n in dir(RemoteEngine) if not n.startswith("_") and callable(getattr(RemoteEngine, n))}
+    assert remote - {"close", "service_info"} == API_METHODS
     # a CLI client unpickles answers without the database, parsers or model client
     cli(project, "index")
     probe = ("import sys, runpy; sys.argv = ['codevm', 'search', 'total_area']\n"

@@ -20,7 +20,7 @@ from tree_sitter import Node, Parser, Query, QueryCursor
 from tree_sitter_language_pack import get_language, get_parser
 
 from codevm.indexers.languages import CONTAINER_KINDS, LANGUAGES, METHOD_OWNER_KINDS, LanguageSpec
-from codevm.indexers.tokens import IDENTIFIER, expand_identifier
+from codevm.indexers.identifiers import IDENTIFIER, expand_identifier
 
 # Weights of a chunk's fields in its term frequencies (a cheap BM25F).
 NAME_WEIGHT = 4

@@ -18,14 +18,11 @@ from codevm.config import Settings
 from codevm.indexers.discovery import Candidate, Skipped, walk_project, within
 from codevm.indexers.languages import EXTRACTOR_VERSION
 from codevm.indexers.worker import Limits, TaskFile, TaskResult, run_task
-from codevm.memory.store import Store
 from codevm.api import IndexReport, Progress
+from codevm.db.index_tables import IndexTables
 
 TASK_FILES = 24  # files per worker task: small enough to balance the cores
 IN_PROCESS_MAX = 8  # fewer changed files than this are parsed without worker processes
-
-
-
 
 
 
@@ -44,9 +41,10 @@ def _run_task_args(args: tuple[str, list[TaskFile], Limits, str]) -> TaskResult:
 
 
 class Indexer:
-    def __init__(self, root: Path, store: Store, settings: Settings):
+    def __init__(self, root: Path, tables: IndexTables, settings: Settings):
         self.root = root
-        self.store = store
+        self.tables = tables
+        self.store = tables.store
         self.settings = settings
         self.limits = Limits(settings.max_file_bytes, settings.max_line_chars,
                              settings.max_chunk_tokens, settings.min_chunk_tokens)
@@ -69,7 +67,7 @@ class Indexer:
         report = IndexReport()
         notify = progress or (lambda p: None)
         notify(Progress("scanning"))
-        known = self.store.known_files()
+        known = self.tables.known_files()
         todo: list[TaskFile] = []
         skipped: list[tuple[str, str]] = []
         seen: set[str] = set()
@@ -151,7 +149,7 @@ class Indexer:
                     pending, pending_files = [], 0
             if pending or first:
                 self._commit(pending, deleted if first else [], skipped if first else [])
-            self.store.compact_postings()
+            self.tables.compact_postings()
             if len(todo) >= self.settings.batch_files:
                 self.store.checkpoint()
         finally:
@@ -163,7 +161,7 @@ class Indexer:
         # edit does not pay for a second commit)
         changed = bool(deleted) or any(r.n_files > r.n_unchanged + r.n_skipped for r in results)
         meta = {"last_updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")} if changed else None
-        self.store.load_batch([r.files for r in results], [r.chunks for r in results],
+        self.tables.load_batch([r.files for r in results], [r.chunks for r in results],
                               [r.symbols for r in results], [r.refs for r in results],
                               deleted, skipped, meta)
         for r in results:

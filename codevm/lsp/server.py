@@ -13,57 +13,63 @@ import re
 import threading
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlparse
+from typing import Any
 
 from lsprotocol import types as t
 from pygls.lsp.server import LanguageServer
 
 from codevm import __version__
+from codevm.api import EngineAPI, EngineHandle, to_dict
 from codevm.config import Settings
 from codevm.errors import CodevmError
-from codevm.api import MIN_BUDGET, to_dict
-from codevm.service import RemoteEngine, open_engine
-
-if TYPE_CHECKING:
-    from codevm.memory.engine import Engine
+from codevm.lsp.convert import (
+    document_symbols, hover_markdown, line_range, selected_text, symbol_kind, uri_to_path)
+from codevm.lsp.settings import editor_settings
+from codevm.service import open_engine
 
 log = logging.getLogger("codevm.lsp")
 DEBOUNCE_SECONDS = 0.15  # typing pauses longer than this; keeps edit -> symbol under 300 ms
 WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-SYMBOL_KINDS = {
-    "function": t.SymbolKind.Function, "method": t.SymbolKind.Method, "class": t.SymbolKind.Class,
-    "interface": t.SymbolKind.Interface, "enum": t.SymbolKind.Enum, "module": t.SymbolKind.Module,
-    "struct": t.SymbolKind.Struct, "constant": t.SymbolKind.Constant,
-}
 
 
 class IndexCancelled(Exception):
     """The client cancelled the indexing progress."""
 
 
-def uri_to_path(uri: str) -> Path:
-    return Path(unquote(urlparse(uri).path))
-
-
 class CodevmLanguageServer(LanguageServer):
     def __init__(self) -> None:
         super().__init__("codevm", __version__)
-        self.engine: Engine | RemoteEngine | None = None
-        self.settings_overrides: dict[str, Any] = {}
+        self.engine: EngineHandle | None = None
+        self.budget: int | None = None  # the editor's answer budget (None: the default)
         self._timers: dict[str, threading.Timer] = {}
+
+    @property
+    def api(self) -> EngineAPI:
+        """The project's engine; a request before `initialize` gets a JSON-RPC error."""
+        if self.engine is None:
+            raise RuntimeError("codevm: the server is not initialized yet")
+        return self.engine
+
+    def configure(self, root: Path, options: Any) -> Settings:
+        """The settings from the editor's options; invalid ones are shown, defaults kept."""
+        settings, budget, problems = editor_settings(root, options)
+        if budget is not None:
+            self.budget = budget
+        if problems:
+            self.window_show_message(t.ShowMessageParams(
+                t.MessageType.Warning,
+                "codevm: invalid settings (" + "; ".join(problems) + "); using defaults"))
+        return settings
 
     # -- helpers -------------------------------------------------------------------------
     def rel(self, uri: str) -> str | None:
-        assert self.engine is not None
         try:
-            return self.engine.relative_path(str(uri_to_path(uri)))
+            return self.api.relative_path(str(uri_to_path(uri)))
         except CodevmError:
             return None  # a file outside the project
 
     def uri(self, rel: str) -> str:
-        assert self.engine is not None
-        return (self.engine.root / rel).as_uri()
+        return (self.api.root / rel).as_uri()
 
     def word_at(self, uri: str, pos: t.Position) -> str | None:
         doc = self.workspace.get_text_document(uri)
@@ -112,40 +118,15 @@ class CodevmLanguageServer(LanguageServer):
 server = CodevmLanguageServer()
 
 
-def _settings(root: Path, options: Any) -> Settings:
-    settings = Settings.load(root)
-    if not isinstance(options, dict):
-        return settings
-    problems = []
-    for key, attr, kind in (("model", "model", str), ("ollamaHost", "ollama_host", str),
-                            ("numCtx", "num_ctx", int), ("ignore", "ignore", list)):
-        if key in options:
-            value = options[key]
-            if isinstance(value, kind) and not isinstance(value, bool):
-                setattr(settings, attr, value)
-            else:
-                problems.append(f"{key} must be a {kind.__name__}")
-    if "budget" in options:
-        value = options["budget"]
-        if isinstance(value, int) and not isinstance(value, bool) and value >= MIN_BUDGET:
-            server.settings_overrides["budget"] = value
-        else:
-            problems.append(f"budget must be a number of tokens >= {MIN_BUDGET}")
-    if problems:
-        server.window_show_message(t.ShowMessageParams(
-            t.MessageType.Warning, "codevm: invalid settings (" + "; ".join(problems) + "); using defaults"))
-    return settings
-
-
 @server.feature(t.INITIALIZE)
 def initialize(ls: CodevmLanguageServer, params: t.InitializeParams) -> None:
     folders = params.workspace_folders or []
     root = uri_to_path(folders[0].uri) if folders else (
         uri_to_path(params.root_uri) if params.root_uri else Path.cwd())
-    settings = _settings(root, params.initialization_options)
-    ls.engine = open_engine(root.resolve(), settings)  # the project's service, started if need be
+    settings = ls.configure(root, params.initialization_options)
+    ls.engine = engine = open_engine(root.resolve(), settings)  # the service, started if need be
     if params.initialization_options:
-        ls.engine.configure(settings)  # the editor's settings also govern the shared index
+        engine.configure(settings)  # the editor's settings also govern the shared index
 
 
 @server.feature(t.INITIALIZED)
@@ -166,8 +147,7 @@ EMBED_POLL_SECONDS = 1.0
 async def _embedding_progress(ls: CodevmLanguageServer, indexing: asyncio.Future) -> None:
     """After indexing, $/progress for the service's background embedding while it lasts."""
     await indexing
-    engine = ls.engine
-    assert engine is not None
+    engine = ls.api
     try:
         state = await asyncio.to_thread(engine.embedding_progress)
         if not (state.partial and state.running):
@@ -189,7 +169,6 @@ async def _embedding_progress(ls: CodevmLanguageServer, indexing: asyncio.Future
 
 
 def _index_workspace(ls: CodevmLanguageServer, token: str) -> None:
-    assert ls.engine is not None
     progress = ls.work_done_progress
     if token:
         progress.begin(token, t.WorkDoneProgressBegin(title="codevm: indexing", percentage=0,
@@ -208,8 +187,8 @@ def _index_workspace(ls: CodevmLanguageServer, token: str) -> None:
 
     message = "done"
     try:
-        report_ = ls.engine.index(progress=report)
-        ls.engine.warm_up()  # the first edit or search then answers at full speed
+        report_ = ls.api.index(progress=report)
+        ls.api.warm_up()  # the first edit or search then answers at full speed
         message = f"{report_.parsed} files parsed, {report_.chunks} chunks"
     except IndexCancelled:
         message = "cancelled"
@@ -226,7 +205,7 @@ def did_change_configuration(ls: CodevmLanguageServer, params: t.DidChangeConfig
     if ls.engine is None:
         return
     options = params.settings.get("codevm", params.settings) if isinstance(params.settings, dict) else None
-    ls.engine.configure(_settings(ls.engine.root, options))
+    ls.api.configure(ls.configure(ls.api.root, options))
 
 
 @server.feature(t.TEXT_DOCUMENT_DID_OPEN)
@@ -258,100 +237,70 @@ def did_change_watched_files(ls: CodevmLanguageServer, params: t.DidChangeWatche
 
 
 # -- features ----------------------------------------------------------------------------
-def _range(start: int, end: int) -> t.Range:
-    return t.Range(t.Position(max(start - 1, 0), 0), t.Position(max(end - 1, 0), 10_000))
-
-
 @server.feature(t.WORKSPACE_SYMBOL)
 def workspace_symbol(ls: CodevmLanguageServer, params: t.WorkspaceSymbolParams) -> list[t.WorkspaceSymbol]:
-    assert ls.engine is not None
-    return [t.WorkspaceSymbol(name=d.name, kind=SYMBOL_KINDS.get(d.kind, t.SymbolKind.Variable),
-                              location=t.Location(ls.uri(d.path), _range(d.start_line, d.end_line)),
+    return [t.WorkspaceSymbol(name=d.name, kind=symbol_kind(d.kind),
+                              location=t.Location(ls.uri(d.path), line_range(d.start_line, d.end_line)),
                               container_name=d.qualified_name.rsplit(".", 1)[0] if "." in d.qualified_name else None)
-            for d in ls.engine.find_symbols(params.query)]
+            for d in ls.api.find_symbols(params.query)]
 
 
 @server.feature(t.TEXT_DOCUMENT_DOCUMENT_SYMBOL)
 def document_symbol(ls: CodevmLanguageServer, params: t.DocumentSymbolParams) -> list[t.DocumentSymbol]:
-    assert ls.engine is not None
     ls.flush(params.text_document.uri)
     rel = ls.rel(params.text_document.uri)
     if rel is None:
         return []
-    roots: list[t.DocumentSymbol] = []
-    stack: list[tuple[t.DocumentSymbol, int]] = []
-    for d in ls.engine.outline(rel):
-        sym = t.DocumentSymbol(name=d.name, kind=SYMBOL_KINDS.get(d.kind, t.SymbolKind.Variable),
-                               range=_range(d.start_line, d.end_line),
-                               selection_range=_range(d.start_line, d.start_line),
-                               detail=d.signature or None, children=[])
-        while stack and stack[-1][1] < d.end_line:
-            stack.pop()
-        (stack[-1][0].children if stack else roots).append(sym)  # type: ignore[union-attr]
-        stack.append((sym, d.end_line))
-    return roots
+    return document_symbols(ls.api.outline(rel))
 
 
 @server.feature(t.TEXT_DOCUMENT_DEFINITION)
 def definition(ls: CodevmLanguageServer, params: t.DefinitionParams) -> list[t.Location]:
-    assert ls.engine is not None
     name = ls.symbol_at(params.text_document.uri, params.position)
     if not name:
         return []
     rel = ls.rel(params.text_document.uri)
-    defs = ls.engine.definitions(name, rel, limit=20)
+    defs = ls.api.definitions(name, rel, limit=20)
     if defs and defs[0].path == rel:  # exact: defined in this file
         defs = [d for d in defs if d.path == rel]
-    return [t.Location(ls.uri(d.path), _range(d.start_line, d.end_line)) for d in defs]
+    return [t.Location(ls.uri(d.path), line_range(d.start_line, d.end_line)) for d in defs]
 
 
 @server.feature(t.TEXT_DOCUMENT_REFERENCES)
 def references(ls: CodevmLanguageServer, params: t.ReferenceParams) -> list[t.Location]:
-    assert ls.engine is not None
     name = ls.symbol_at(params.text_document.uri, params.position)
     if not name:
         return []
-    out = [t.Location(ls.uri(r.path), _range(r.line, r.line)) for r in ls.engine.refs(name, limit=500)]
+    out = [t.Location(ls.uri(r.path), line_range(r.line, r.line)) for r in ls.api.refs(name, limit=500)]
     if params.context.include_declaration:
-        out += [t.Location(ls.uri(d.path), _range(d.start_line, d.start_line))
-                for d in ls.engine.definitions(name, ls.rel(params.text_document.uri))]
+        out += [t.Location(ls.uri(d.path), line_range(d.start_line, d.start_line))
+                for d in ls.api.definitions(name, ls.rel(params.text_document.uri))]
     return out
 
 
 @server.feature(t.TEXT_DOCUMENT_HOVER)
 def hover(ls: CodevmLanguageServer, params: t.HoverParams) -> t.Hover | None:
-    assert ls.engine is not None
     name = ls.symbol_at(params.text_document.uri, params.position)
-    detail = ls.engine.describe(name, ls.rel(params.text_document.uri)) if name else None
+    detail = ls.api.describe(name, ls.rel(params.text_document.uri)) if name else None
     if detail is None:
         return None
-    d = detail.definition
-    parts = [f"```\n{detail.signature or d.qualified_name}\n```"]
-    if detail.docstring:
-        parts.append(detail.docstring)
-    parts.append(f"*{d.path}:{d.start_line}-{d.end_line}*")
-    if detail.notes:
-        parts.append("**Notes**\n" + "\n".join(
-            f"- {n.text}{' *(stale: the code changed)*' if n.stale else ''} (#{n.id}, {n.source})"
-            for n in detail.notes))
-    return t.Hover(contents=t.MarkupContent(t.MarkupKind.Markdown, "\n\n".join(parts)))
+    return t.Hover(contents=t.MarkupContent(t.MarkupKind.Markdown, hover_markdown(detail)))
 
 
 @server.feature(t.TEXT_DOCUMENT_CODE_LENS)
 def code_lens(ls: CodevmLanguageServer, params: t.CodeLensParams) -> list[t.CodeLens]:
-    assert ls.engine is not None
     rel = ls.rel(params.text_document.uri)
     if rel is None:
         return []
     counts: dict[str, int] = {}
-    for note in ls.engine.list_notes(path=rel):
+    for note in ls.api.list_notes(path=rel):
         if note.symbol:
             counts[note.symbol] = counts.get(note.symbol, 0) + 1
     lenses = []
-    for d in ls.engine.outline(rel):
+    for d in ls.api.outline(rel):
         n = counts.pop(d.qualified_name, 0) or counts.pop(d.name, 0)
         if n:
-            lenses.append(t.CodeLens(range=_range(d.start_line, d.start_line), command=t.Command(
+            lenses.append(t.CodeLens(range=line_range(d.start_line, d.start_line), command=t.Command(
                 title=f"{n} note{'s' if n > 1 else ''}", command="codevm.recall",
                 arguments=[d.qualified_name])))
     return lenses
@@ -361,12 +310,7 @@ def code_lens(ls: CodevmLanguageServer, params: t.CodeLensParams) -> list[t.Code
 def code_action(ls: CodevmLanguageServer, params: t.CodeActionParams) -> list[t.Command]:
     doc = ls.workspace.get_text_document(params.text_document.uri)
     r = params.range
-    lines = list(doc.lines[r.start.line: r.end.line + 1])
-    if lines:
-        lines[-1] = lines[-1][: r.end.character] if r.end.line != r.start.line else lines[-1][r.start.character: r.end.character]
-        if r.end.line != r.start.line:
-            lines[0] = lines[0][r.start.character:]
-    selection = "".join(lines).strip()
+    selection = selected_text(list(doc.lines), r)
     rel = ls.rel(params.text_document.uri) or ""
     actions: list[t.Command] = []  # plain commands: they run without editing anything
     if selection:
@@ -398,44 +342,38 @@ def _run(fn: Any) -> Any:
 
 @server.command("codevm.search")
 def cmd_search(ls: CodevmLanguageServer, *args: Any) -> Any:
-    assert ls.engine is not None
     query = _arg(list(args), 0, "query")
-    return _run(lambda: to_dict(ls.engine.search(str(query or ""), k=20)))
+    return _run(lambda: to_dict(ls.api.search(str(query or ""), k=20)))
 
 
 @server.command("codevm.recall")
 def cmd_recall(ls: CodevmLanguageServer, *args: Any) -> Any:
-    assert ls.engine is not None
     query = _arg(list(args), 0, "query")
-    return _run(lambda: to_dict(ls.engine.recall(str(query or ""))))
+    return _run(lambda: to_dict(ls.api.search_notes(str(query or ""))))
 
 
 @server.command("codevm.remember")
 def cmd_remember(ls: CodevmLanguageServer, *args: Any) -> Any:
-    assert ls.engine is not None
     data = args[0] if args and isinstance(args[0], dict) else {}
     text = data.get("text") or (args[1] if len(args) > 1 else None)
     if not text:
         raise ValueError("codevm.remember needs {'text': ..., 'path'?: ..., 'symbol'?: ...}")
-    return _run(lambda: to_dict(ls.engine.remember(str(text), data.get("tags"), data.get("path"),
+    return _run(lambda: to_dict(ls.api.add_note(str(text), data.get("tags"), data.get("path"),
                                                   data.get("symbol"), source="lsp")))
 
 
 @server.command("codevm.reindex")
 def cmd_reindex(ls: CodevmLanguageServer, *args: Any) -> Any:
-    assert ls.engine is not None
-    return _run(lambda: to_dict(ls.engine.index()))
+    return _run(lambda: to_dict(ls.api.index()))
 
 
 @server.command("codevm.status")
 def cmd_status(ls: CodevmLanguageServer, *args: Any) -> Any:
-    assert ls.engine is not None
-    return _run(lambda: to_dict(ls.engine.status()))
+    return _run(lambda: to_dict(ls.api.status()))
 
 
 @server.command("codevm.ask")
 async def cmd_ask(ls: CodevmLanguageServer, *args: Any) -> Any:
-    assert ls.engine is not None
     question = _arg(list(args), 0, "question")
     if not question or not str(question).strip():
         raise ValueError("codevm.ask needs a question")
@@ -445,8 +383,8 @@ async def cmd_ask(ls: CodevmLanguageServer, *args: Any) -> Any:
         ls.work_done_progress.begin(token, t.WorkDoneProgressBegin(title="codevm: thinking"))
     except Exception:
         token = ""
-    engine = ls.engine
-    budget = ls.settings_overrides.get("budget")
+    engine = ls.api
+    budget = ls.budget
     try:
         result = await asyncio.get_running_loop().run_in_executor(
             ls.thread_pool, lambda: _run(lambda: engine.ask(str(question), budget=budget)))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import anyio
 import anyio.from_thread
@@ -17,12 +17,9 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import Field
 
+from codevm.api import CORE_BLOCKS, EngineAPI, Progress, to_dict
 from codevm.errors import CodevmError
-from codevm.api import CORE_BLOCKS, Progress, to_dict
 from codevm.mcp_server import tools
-
-if TYPE_CHECKING:
-    from codevm.memory.engine import Engine
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 WRITES = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
@@ -57,7 +54,7 @@ MaxChars = Annotated[int, Field(description="cap on the size of the result",
 PathArg = Annotated[str, Field(description="file path, relative to the project root")]
 
 
-def build_server(engine: Engine) -> MCPServer:
+def build_server(engine: EngineAPI) -> MCPServer:
     server = MCPServer(name="codevm", instructions=INSTRUCTIONS, log_level="WARNING")
 
     @server.tool(annotations=READ_ONLY)

@@ -12,18 +12,11 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
-from codevm.errors import CodevmError
-from codevm.memory.context import ContextMessage, MainContext, Page
-from codevm.memory.pager import Candidate
 from codevm.api import StepLog
-
-if TYPE_CHECKING:
-    from codevm.memory.engine import Engine
-    from codevm.memory.model import ModelReply
-
-MAX_RESULT_CHARS = 2400  # one tool result never floods the context
+from codevm.memory.context import ContextMessage, MainContext
+from codevm.memory.functions import TOOL_NAMES, MemoryFunctions
+from codevm.model_client import ModelReply
 
 INSTRUCTIONS = """You are codevm, an assistant that answers questions about one codebase.
 Your context window is small, so it works like virtual memory: code you need must be
@@ -35,42 +28,6 @@ paged in. The working set below holds code already paged in for this question.
 - Answer with send_message, or plainly when you are done. Cite code as path:start-end.
 Be brief and exact; say so when the code does not show the answer."""
 
-
-def _schema(name: str, description: str, properties: dict[str, tuple[str, str]],
-            required: list[str]) -> dict:
-    return {"type": "function", "function": {
-        "name": name, "description": description,
-        "parameters": {"type": "object", "required": required, "properties": {
-            k: {"type": t, "description": d} for k, (t, d) in properties.items()}}}}
-
-
-TOOLS = [
-    _schema("search_code", "Search the codebase by words, identifiers or symbol names.",
-            {"query": ("string", "what to look for"), "k": ("integer", "results (max 10)"),
-             "page": ("integer", "result page, from 1")}, ["query"]),
-    _schema("open_code", "Page code into the working set: a search result id, or a path and lines.",
-            {"id": ("integer", "id from search_code"), "path": ("string", "file path"),
-             "start_line": ("integer", "first line"), "end_line": ("integer", "last line")}, []),
-    _schema("close_code", "Page code out of the working set.",
-            {"page": ("string", "page key or path:start-end as shown")}, ["page"]),
-    _schema("archival_memory_insert", "Save a note for later sessions, optionally about a symbol.",
-            {"text": ("string", "the note"), "tags": ("array", "tags"),
-             "path": ("string", "file the note is about"), "symbol": ("string", "symbol name")},
-            ["text"]),
-    _schema("archival_memory_search", "Search saved notes.",
-            {"query": ("string", "what to look for"), "k": ("integer", "results")}, ["query"]),
-    _schema("conversation_search", "Search earlier messages of all conversations.",
-            {"query": ("string", "what to look for"), "k": ("integer", "results")}, ["query"]),
-    _schema("core_memory_append", "Append text to a core memory block (project, user, task).",
-            {"block": ("string", "project | user | task"), "text": ("string", "text to add")},
-            ["block", "text"]),
-    _schema("core_memory_replace", "Replace text in a core memory block.",
-            {"block": ("string", "project | user | task"), "old": ("string", "text to replace"),
-             "new": ("string", "replacement")}, ["block", "old", "new"]),
-    _schema("send_message", "Send the final answer to the user.",
-            {"message": ("string", "the answer, citing path:start-end")}, ["message"]),
-]
-TOOL_NAMES = {t["function"]["name"] for t in TOOLS}
 
 _JSON_CALL = re.compile(r"\{.*\}", re.DOTALL)
 
@@ -101,8 +58,6 @@ def parse_text_call(content: str) -> dict | None:
     return None
 
 
-
-
 @dataclass
 class AgentResult:
     answer: str
@@ -111,107 +66,15 @@ class AgentResult:
 
 
 class Agent:
-    def __init__(self, engine: Engine, context: MainContext, session_id: str,
+    def __init__(self, functions: MemoryFunctions, context: MainContext,
                  chat: Callable[[list[dict], int, Callable[[str], None] | None], ModelReply],
-                 max_steps: int, remember: Callable[[ContextMessage], None]):
-        self.engine = engine
+                 max_steps: int, record: Callable[[ContextMessage], None]):
+        self.functions = functions
         self.context = context
-        self.session_id = session_id
         self.chat = chat
         self.max_steps = max_steps
-        self.remember = remember  # persists a message and appends it to main context
-        self.last_search: dict[int, Any] = {}
+        self.record = record  # persists a message to recall storage and main context
 
-    # -- functions -----------------------------------------------------------------------
-    def _search_code(self, query: str, k: int = 5, page: int = 1) -> str:
-        k = max(1, min(int(k), 10))
-        page = max(1, int(page))
-        hits = self.engine.search(query, k=k * page)[k * (page - 1):]
-        if not hits:
-            return "no results"
-        lines = []
-        for h in hits:
-            self.last_search[h.id] = h
-            lines.append(f"id={h.id} {h.path}:{h.start_line}-{h.end_line} {h.kind} {h.symbol}\n"
-                         f"{h.snippet}")
-        more = "\n(more: page=%d)" % (page + 1) if len(hits) == k else ""
-        return "\n\n".join(lines) + more
-
-    def _open_code(self, id: int | None = None, path: str | None = None,
-                   start_line: int | None = None, end_line: int | None = None) -> str:
-        ws = self.context.working_set
-        if id is not None:
-            pages = self.engine.pager.pages([Candidate(int(id), 0.9, "opened by the model")],
-                                            self.context.budget, estimator=self.context.estimator)
-            if not pages:
-                raise CodevmError(f"no code with id {id}; use an id from search_code")
-            page = pages[0]
-        elif path:
-            code = self.engine.read(path, start_line, end_line if end_line else (start_line or 1) + 80)
-            text = code.text
-            page = Page(f"{code.path}:{code.start_line}-{code.end_line}", code.path, code.start_line,
-                        code.end_line, text, 0, relevance=0.9, reason="opened by the model")
-            page.tokens = self.context.estimator.count(page.render())
-        else:
-            raise CodevmError("open_code needs an id, or a path (and lines)")
-        limit = self.context.budget // 3
-        if page.tokens > limit:
-            raise CodevmError(f"{page.citation} is {page.tokens} tokens, more than a third of the "
-                              "budget: open a smaller line range")
-        page.last_used = ws.tick()
-        ws.page_in(page)
-        return f"opened {page.citation} ({page.tokens} tokens); it is in the working set now"
-
-    def _close_code(self, page: str) -> str:
-        ws = self.context.working_set
-        key = page if page in ws.pages else next(
-            (k for k, p in ws.pages.items() if p.citation == page), None)
-        if key is None:
-            raise CodevmError(f"no page {page!r} in the working set")
-        ws.page_out(key)
-        return f"closed {page}"
-
-    def _archival_memory_insert(self, text: str, tags: list[str] | None = None,
-                                path: str | None = None, symbol: str | None = None) -> str:
-        note = self.engine.remember(text, tags=tags, path=path, symbol=symbol, source="agent")
-        return f"saved note {note.id}"
-
-    def _archival_memory_search(self, query: str, k: int = 5) -> str:
-        notes = self.engine.recall(query, k=max(1, min(int(k), 10)))
-        return "\n".join(f"[note {n.id}{' STALE' if n.stale else ''}] {n.text}" for n in notes) or "no notes"
-
-    def _conversation_search(self, query: str, k: int = 5) -> str:
-        found = self.engine.conversation_search(query, k=max(1, min(int(k), 10)))
-        return "\n".join(f"[{m.created_at} {m.role}] {m.content[:400]}" for m in found) or "no messages"
-
-    def _core_memory_append(self, block: str, text: str) -> str:
-        b = self.engine.core_memory_update(block, text, mode="append")
-        return f"{block}: {len(b.value)}/{b.limit} chars"
-
-    def _core_memory_replace(self, block: str, old: str, new: str) -> str:
-        b = self.engine.core_memory_update(block, new, mode="replace", old=old)
-        return f"{block}: {len(b.value)}/{b.limit} chars"
-
-    def call(self, name: str, arguments: dict) -> tuple[bool, str]:
-        """Run one function; errors become the result the model sees."""
-        if name not in TOOL_NAMES:
-            return False, f"error: unknown function {name!r}; available: {', '.join(sorted(TOOL_NAMES))}"
-        if not isinstance(arguments, dict):
-            return False, "error: arguments must be a JSON object"
-        try:
-            result = getattr(self, "_" + name)(**arguments)
-        except TypeError as e:
-            return False, f"error: bad arguments for {name}: {e}"
-        except (CodevmError, ValueError) as e:
-            return False, f"error: {e}"
-        except Exception as e:  # a bug must not end the conversation
-            return False, f"error: {name} failed: {type(e).__name__}: {e}"
-        text = str(result)
-        if len(text) > MAX_RESULT_CHARS:
-            text = text[:MAX_RESULT_CHARS] + "\n(cut: ask for less, or the next page)"
-        return True, text
-
-    # -- loop ----------------------------------------------------------------------------
     def run(self, fit: Callable[[], None], on_text: Callable[[str], None] | None) -> AgentResult:
         steps: list[StepLog] = []
         last_content = ""
@@ -226,22 +89,22 @@ class Agent:
                 reply.content = ""
             if not calls:
                 answer = reply.content.strip()
-                self.remember(self._message("assistant", answer))
+                self.record(self._message("assistant", answer))
                 return AgentResult(answer, steps)
-            self.remember(self._message("assistant", reply.content, tool_calls=calls))
+            self.record(self._message("assistant", reply.content, tool_calls=calls))
             last_content = reply.content or last_content
             for call in calls:
                 name, args = call.get("name", ""), call.get("arguments") or {}
                 if name == "send_message":
                     answer = str(args.get("message", "")).strip() if isinstance(args, dict) else ""
-                    self.remember(self._message("tool", "sent", tool_name=name))
+                    self.record(self._message("tool", "sent", tool_name=name))
                     steps.append(StepLog(name, {}, True, "answer sent"))
                     if on_text and answer:
                         on_text(answer)
                     return AgentResult(answer, steps)
-                ok, result = self.call(name, args)
+                ok, result = self.functions.call(name, args)
                 steps.append(StepLog(name, args if isinstance(args, dict) else {}, ok, result[:120]))
-                self.remember(self._message("tool", result, tool_name=str(name)))
+                self.record(self._message("tool", result, tool_name=str(name)))
         return AgentResult(last_content.strip(), steps, finished=False)
 
     def _message(self, role: str, content: str, tool_calls: list[dict] | None = None,

@@ -2,9 +2,7 @@
 
 Sections, in order: instructions (+ function schemas, sent as tools), core memory blocks,
 the working set of code pages, the recursive summary of evicted conversation, and the
-recent messages. Tokens are estimated before every call and the estimate is calibrated
-from Ollama's `prompt_eval_count` after it, so a prompt is never sent over budget (Ollama
-would silently cut it).
+recent messages. Their tokens are counted by the Budget (budget.py).
 """
 
 from __future__ import annotations
@@ -12,30 +10,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from codevm.errors import InvalidArgument
-from codevm.memory.records import CoreBlock
-from codevm.api import ContextReport, SectionReport
-
-PRESSURE_WARNING = 0.72  # share of the budget at which the model is warned
-CHARS_PER_TOKEN = 3.6  # code and prose with a BPE tokenizer, before calibration
-
-
-class TokenEstimator:
-    """chars / 3.6, times a factor learnt from what Ollama counted."""
-
-    def __init__(self, factor: float = 1.0):
-        self.factor = factor
-
-    def count(self, text: str) -> int:
-        return int(len(text) / CHARS_PER_TOKEN * self.factor) + 1
-
-    def calibrate(self, estimated: int, counted: int | None) -> None:
-        if not counted or estimated <= 0:
-            return  # prompt_eval_count may be missing (e.g. a cached prompt)
-        observed = self.factor * counted / estimated
-        # move towards what was observed, but never so far that one odd reply misleads
-        self.factor = min(2.5, max(0.5, 0.5 * self.factor + 0.5 * observed))
-
+from codevm.api import ContextReport, CoreBlock, SectionReport
+from codevm.memory.budget import Budget
 
 @dataclass
 class Page:
@@ -141,14 +117,9 @@ class ContextMessage:
 
 
 class MainContext:
-    def __init__(self, num_ctx: int, answer_reserve: int, estimator: TokenEstimator,
-                 instructions: str, tools: list[dict]):
-        if num_ctx - answer_reserve < 512:
-            raise InvalidArgument(f"num_ctx {num_ctx} leaves no room after the answer reserve "
-                                  f"of {answer_reserve} tokens: raise num_ctx or lower answer_reserve")
-        self.num_ctx = num_ctx
-        self.budget = num_ctx - answer_reserve
-        self.estimator = estimator
+    def __init__(self, budget: Budget, instructions: str, tools: list[dict]):
+        self.budget = budget
+        self.estimator = budget.estimator
         self.instructions = instructions
         self.tools = tools
         self.tools_json = json.dumps(tools)  # counted with every prompt: serialised once
@@ -202,15 +173,15 @@ class MainContext:
         return self._estimate("\n\n".join(self._sections()))
 
     def pressure(self) -> bool:
-        return self.used() >= PRESSURE_WARNING * self.budget
+        return self.budget.under_pressure(self.used())
 
     def prompt(self) -> tuple[list[dict], int]:
         """Messages for Ollama and their estimated token count (system included)."""
         parts = self._sections()
         used = self._estimate("\n\n".join(parts))
-        if used >= PRESSURE_WARNING * self.budget:
+        if self.budget.under_pressure(used):
             parts.append(
-                f"## Memory pressure: {round(100 * used / self.budget)}% of your context is in use. "
+                f"## Memory pressure: {round(100 * used / self.budget.tokens)}% of your context is in use. "
                 "Save what matters with archival_memory_insert or core_memory_append and "
                 "close_code pages you no longer need; the oldest messages will soon be evicted "
                 "to recall storage.")
@@ -240,4 +211,5 @@ class MainContext:
                 s.items = [f"{b.label}: {len(b.value)}/{b.limit} chars" for b in self.core]
             elif s.name == "messages":
                 s.items = [f"{len(self.messages)} in context"]
-        return ContextReport(self.budget, self.num_ctx, self.used(), sections, self.pressure())
+        return ContextReport(self.budget.tokens, self.budget.num_ctx, self.used(), sections,
+                             self.pressure())

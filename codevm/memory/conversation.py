@@ -13,10 +13,7 @@ from dataclasses import dataclass, field
 
 from codevm.errors import InvalidArgument
 from codevm.memory.context import ContextMessage, ContextReport, MainContext
-from codevm.memory.records import Recall
-
-EVICT_TO = 0.55  # after an eviction main context is at most this share of the budget
-SUMMARY_SHARE = 0.12  # the recursive summary never takes more of the budget than this
+from codevm.memory.recall import Recall
 
 SUMMARY_PROMPT = """Summarise the conversation below for your own later use, in at most
 {words} words: what the user asked, what was found (with path:lines), decisions and open
@@ -38,12 +35,11 @@ class ConversationState:
 
 class Conversation:
     def __init__(self, context: MainContext, recall: Recall, session_id: str,
-                 summarize: Callable[[str, str, int], str | None], pages_share: float):
+                 summarize: Callable[[str, str, int], str | None]):
         self.context = context
         self.recall = recall
         self.session_id = session_id
         self.summarize = summarize  # (previous summary, transcript, max words) -> summary
-        self.pages_share = pages_share
         self.state = ConversationState()
 
     def restore(self) -> None:
@@ -56,7 +52,7 @@ class Conversation:
                 m.role, m.content, self.context.estimator.count(text) + 4, m.id,
                 m.tool_calls, m.tool_name))
 
-    def add(self, message: ContextMessage) -> None:
+    def record(self, message: ContextMessage) -> None:
         """Persist first (nothing is lost), then place in main context."""
         record = self.recall.add(self.session_id, message.role, message.content,
                                  message.tool_calls, message.tool_name, message.tokens)
@@ -66,21 +62,22 @@ class Conversation:
     def fit(self) -> None:
         """Make the next prompt fit the budget; never send one over it."""
         ctx = self.context
-        ws_limit = int(self.pages_share * ctx.budget)
+        limit = ctx.budget.tokens
+        ws_limit = ctx.budget.pages
         if ctx.working_set.tokens > ws_limit:
             ctx.working_set.evict_to(ws_limit)
         if ctx.pressure():
             self.state.warned = True
-        if ctx.prompt()[1] <= ctx.budget:
+        if ctx.prompt()[1] <= limit:
             return
         self._evict_messages()
         # still over: code pages go (pinned last), then the newest message is cut
-        if ctx.prompt()[1] > ctx.budget:
-            ctx.working_set.evict_to(max(0, ctx.working_set.tokens - (ctx.prompt()[1] - ctx.budget)))
-        while ctx.prompt()[1] > ctx.budget and ctx.messages:
+        if ctx.prompt()[1] > limit:
+            ctx.working_set.evict_to(max(0, ctx.working_set.tokens - (ctx.prompt()[1] - limit)))
+        while ctx.prompt()[1] > limit and ctx.messages:
             last = ctx.messages[-1]
-            over = ctx.prompt()[1] - ctx.budget
-            keep = max(0, len(last.content) - int((over + 16) * 3.6 / max(ctx.estimator.factor, 0.5)))
+            over = ctx.prompt()[1] - limit
+            keep = max(0, len(last.content) - ctx.estimator.chars(over + 16))
             if keep == 0 and len(ctx.messages) > 1:
                 ctx.messages.pop(0)
                 continue
@@ -88,9 +85,9 @@ class Conversation:
             last.tokens = ctx.estimator.count(last.content) + 4
             if keep == 0:
                 break
-        if ctx.prompt()[1] > ctx.budget:
+        if ctx.prompt()[1] > limit:
             raise InvalidArgument(
-                f"instructions and core memory alone exceed the budget of {ctx.budget} tokens: "
+                f"instructions and core memory alone exceed the budget of {limit} tokens: "
                 "raise --budget (or num_ctx) or shorten the core memory blocks")
 
     def _evict_messages(self) -> None:
@@ -98,7 +95,7 @@ class Conversation:
         groups = ctx.evictable_groups()
         evicted: list[ContextMessage] = []
         # keep the newest group (the current question or step) in context
-        while len(groups) > 1 and ctx.prompt()[1] > EVICT_TO * ctx.budget:
+        while len(groups) > 1 and ctx.prompt()[1] > ctx.budget.after_eviction():
             group = groups.pop(0)
             for m in group:
                 ctx.messages.remove(m)
@@ -106,11 +103,10 @@ class Conversation:
         if not evicted:
             return
         transcript = "\n".join(f"{m.role}: {m.content[:600]}" for m in evicted if m.content)
-        max_words = max(40, int(SUMMARY_SHARE * ctx.budget / 1.5))
-        by_model = self.summarize(ctx.summary, transcript, max_words)
+        by_model = self.summarize(ctx.summary, transcript, ctx.budget.summary_words)
         summary = by_model if by_model else extractive_summary(ctx.summary, evicted)
         # the summary is capped too: its oldest lines go first
-        cap = int(SUMMARY_SHARE * ctx.budget * 3.6)
+        cap = ctx.budget.summary_chars
         while len(summary) > cap and "\n" in summary:
             summary = summary.split("\n", 1)[1]
         ctx.summary = summary[-cap:]

@@ -1,6 +1,6 @@
 """The heuristic pager: which code to page in for a question, with no model involved.
 
-For each question it takes the fused ranking of the retrieval signals (retrieval.py):
+For each question it takes the fused ranking of the retrieval signals (codevm/retrieval):
 search hits, traceback frames, paths and definitions the question names, and the
 reference graph around the best of them; a candidate gains a share of its file's best
 score. It then fills its share of the budget, most relevant first, never paging the same
@@ -12,10 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from codevm.memory.context import Page, TokenEstimator
-from codevm.memory.retrieval import Retriever
-from codevm.memory.search import BY_IDS
-from codevm.memory.store import Store
+from codevm.db.store import Store
+from codevm.memory.budget import TokenEstimator, candidates_for
+from codevm.memory.context import Page
+from codevm.retrieval.fusion import Scored
+from codevm.retrieval.retriever import Retriever
+from codevm.retrieval.sql import BY_IDS
 
 
 FILE_PRIOR = 0.3  # share of its file's best score that a candidate adds to its own
@@ -28,23 +30,17 @@ class Candidate:
     reason: str
 
 
-def search_depth(budget: int) -> int:
-    """How many fused hits the pager ranks for a working set of `budget` tokens: enough
-    to fill it (chunks average ~250 tokens), at least 30."""
-    return max(30, budget // 150)
-
-
-def with_file_prior(fused: list[tuple[float, int, str]], paths: dict[int, str],
+def with_file_prior(fused: list[Scored], paths: dict[int, str],
                     prior: float = FILE_PRIOR) -> list[Candidate]:
     """Candidates from a fused ranking: each gains `prior` of its file's best score
     (code in the file that matches best is likelier than an equal hit elsewhere)."""
     if not fused:
         return []
     best: dict[str, float] = {}
-    for score, cid, _ in fused:
+    for cid, score, _ in fused:
         best[paths.get(cid, "")] = max(best.get(paths.get(cid, ""), 0.0), score)
     ranked = sorted(((score + prior * best[paths.get(cid, "")], cid, reason)
-                     for score, cid, reason in fused), key=lambda r: -r[0])
+                     for cid, score, reason in fused), key=lambda r: -r[0])
     top = ranked[0][0] or 1.0
     return [Candidate(cid, score / top, reason) for score, cid, reason in ranked]
 
@@ -108,5 +104,5 @@ class HeuristicPager:
 
     def prefetch(self, question: str, budget: int, have: set[str] | None = None,
                  estimator: TokenEstimator | None = None) -> list[Page]:
-        return self.pages(self.candidates(question, k_search=search_depth(budget)), budget, have,
+        return self.pages(self.candidates(question, k_search=candidates_for(budget)), budget, have,
                           estimator)

@@ -11,15 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from pathlib import Path
 
 import watchfiles
 
+from codevm.api import IndexReport
 from codevm.errors import CodevmError
 from codevm.indexers.discovery import DEFAULT_EXCLUDED_DIRS
-
-if TYPE_CHECKING:
-    from codevm.memory.engine import Engine
 
 log = logging.getLogger("codevm.watcher")
 
@@ -28,10 +27,15 @@ TICK_MS = 1000  # the watch loop wakes this often even without changes
 
 
 class Watcher:
-    def __init__(self, engine: Engine, debounce_ms: int = 300):
-        self.engine = engine
-        self.root = os.path.realpath(engine.root)
-        self.data = os.path.realpath(engine.store.path.parent)
+    def __init__(self, root: Path, data_folder: Path,
+                 index: Callable[[list[str] | None], IndexReport], indexed: Callable[[], bool],
+                 debounce_ms: int = 300):
+        """`index(paths)` re-indexes paths (None: everything); `indexed()` says whether the
+        project was ever indexed (until then there is nothing to keep fresh)."""
+        self.index = index
+        self.indexed = indexed
+        self.root = os.path.realpath(root)
+        self.data = os.path.realpath(data_folder)
         self.debounce_ms = max(debounce_ms, 50)
         self.running = False
         self.error = ""
@@ -87,14 +91,14 @@ class Watcher:
         """Index the pending paths; False when the project has never been indexed."""
         with self._lock:
             paths = sorted(self._pending)
-        if self.engine.store.get_meta("last_indexed_at") is None:
+        if not self.indexed():
             with self._lock:
                 self._pending.difference_update(paths)
             return False  # nothing to keep fresh: the first index is the user's to start
         if any(p.rsplit("/", 1)[-1] in IGNORE_FILES for p in paths):
             everything = True
         try:
-            report = self.engine.index(None if everything else paths)
+            report = self.index(None if everything else paths)
             if report.parsed or report.deleted:
                 log.info("re-indexed %d changed and %d removed files", report.parsed, report.deleted)
         except (CodevmError, OSError) as e:

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 import duckdb
 
 from codevm.errors import InvalidArgument
-from codevm.indexers.tokens import IDENTIFIER, expand_identifier
-from codevm.memory.store import TermDictionary
 from codevm.api import SearchHit
+from codevm.db.terms import TermDictionary
+from codevm.indexers.identifiers import IDENTIFIER, expand_identifier
+from codevm.retrieval.fusion import Scored
+from codevm.retrieval.sql import BY_IDS, chunk_filters, quoted
 
 K1 = 1.2
 B = 0.75
@@ -94,10 +96,6 @@ SELECT id FROM (
 ORDER BY id LIMIT 200
 """
 
-# Chunks by id: `FROM chunks c {BY_IDS}` with the ids as the list parameter $ids. An
-# inlined IN list of literals took 2-4x as long (800 ids of django: 7.3 ms against 1.6).
-BY_IDS = "SEMI JOIN (SELECT unnest($ids::BIGINT[]) AS id) wanted ON c.id = wanted.id"
-
 _ROWS_SQL = f"""
 SELECT id, path, start_line, end_line, qualified_name, kind, language, text, signature
 FROM chunks c {BY_IDS}
@@ -111,28 +109,10 @@ def check_query(query: str, k: int) -> None:
         raise InvalidArgument(f"k must be between 1 and 1000, got {k}")
 
 
-def chunk_filters(language: str | None, path_glob: str | None,
-                  kind: str | None) -> tuple[str, dict[str, object]]:
-    """A WHERE clause over `chunks c` for the search filters, and its parameters."""
-    filters = ["TRUE"]
-    params: dict[str, object] = {}
-    if language:
-        filters.append("c.language = $language")
-        params["language"] = language
-    if path_glob:
-        filters.append("(c.path GLOB $glob OR c.path GLOB $glob_any)")
-        params["glob"] = path_glob
-        params["glob_any"] = "*/" + path_glob.lstrip("/") if not path_glob.startswith("*") else path_glob
-    if kind:
-        filters.append("c.kind = $kind")
-        params["kind"] = kind
-    return " AND ".join(filters), params
-
-
 def lexical(con: duckdb.DuckDBPyConnection, query: str, k: int = 10, language: str | None = None,
             path_glob: str | None = None, kind: str | None = None,
-            terms: TermDictionary | None = None) -> tuple[QueryTerms, list[tuple[float, int]]]:
-    """BM25 with exact symbol matches boosted: (score, chunk id), best first."""
+            terms: TermDictionary | None = None) -> tuple[QueryTerms, list[Scored]]:
+    """BM25 with exact symbol matches boosted, best first."""
     check_query(query, k)
     q = analyse_query(query)
     if not q.terms:
@@ -147,7 +127,7 @@ def lexical(con: duckdb.DuckDBPyConnection, query: str, k: int = 10, language: s
     scored = con.execute(_SCORE_SQL.replace("{chunk_filter}", chunk_filter), params).fetchall()
     exact: set[int] = set()
     if q.names:
-        names = ", ".join("'" + n.replace("'", "''") + "'" for n in sorted(q.names))
+        names = quoted(q.names)
         exact_params = {k: v for k, v in params.items() if f"${k}" in where}
         exact = {r[0] for r in con.execute(_EXACT_SQL.format(names=names, filters=where),
                                            exact_params).fetchall()}
@@ -155,27 +135,27 @@ def lexical(con: duckdb.DuckDBPyConnection, query: str, k: int = 10, language: s
         return q, []
     top = max((r[1] for r in scored), default=1.0) or 1.0
     scores = dict(scored)
-    ranked: list[tuple[float, int]] = []
+    ranked: list[Scored] = []
     for cid in scores.keys() | exact:
         score = scores.get(cid, 0.0)
         if cid in exact:
             # exact symbol matches first for identifier queries; a strong boost otherwise
             score = score + (top * 10 if q.short else top * 0.5)
-        ranked.append((score, cid))
-    ranked.sort(key=lambda r: (-r[0], r[1]))
+        ranked.append(Scored(cid, score, "search hit"))
+    ranked.sort(key=_best_first)
     if not q.short and not q.about_tests:
         ranked = _demote_tests(con, ranked[: params["limit"]])
     return q, ranked
 
 
-def make_hits(con: duckdb.DuckDBPyConnection, ranked: list[tuple[float, int]], q: QueryTerms,
+def make_hits(con: duckdb.DuckDBPyConnection, ranked: list[Scored], q: QueryTerms,
               k: int) -> list[SearchHit]:
-    """The top `k` of (score, chunk id) pairs, best first, as hits with snippets."""
+    """The top `k` of a ranking, best first, as hits with snippets."""
     if not ranked:
         return []
     # ties are broken by path and line below, so read a few more rows than needed
-    cut = ranked[k - 1][0] if len(ranked) >= k else None
-    keep = {cid: score for score, cid in ranked[: k + 50] if cut is None or score >= cut}
+    cut = ranked[k - 1].score if len(ranked) >= k else None
+    keep = {cid: score for cid, score, _ in ranked[: k + 50] if cut is None or score >= cut}
     rows = con.execute(_ROWS_SQL, {"ids": list(keep)}).fetchall()
     hits = []
     for cid, path, start, end, qual, knd, lang, text, sig in rows:
@@ -189,13 +169,16 @@ def make_hits(con: duckdb.DuckDBPyConnection, ranked: list[tuple[float, int]], q
     return result
 
 
-def _demote_tests(con: duckdb.DuckDBPyConnection,
-                  ranked: list[tuple[float, int]]) -> list[tuple[float, int]]:
+def _best_first(item: Scored) -> tuple[float, int]:
+    return -item.score, item.chunk_id
+
+
+def _demote_tests(con: duckdb.DuckDBPyConnection, ranked: list[Scored]) -> list[Scored]:
     paths = dict(con.execute(f"SELECT id, path FROM chunks c {BY_IDS}",
-                             {"ids": [cid for _, cid in ranked]}).fetchall())
-    out = [(score * TEST_PRIOR if TEST_PATH.search(paths.get(cid, "")) else score, cid)
-           for score, cid in ranked]
-    out.sort(key=lambda r: (-r[0], r[1]))
+                             {"ids": [item.chunk_id for item in ranked]}).fetchall())
+    out = [item._replace(score=item.score * TEST_PRIOR) if TEST_PATH.search(paths.get(item.chunk_id, ""))
+           else item for item in ranked]
+    out.sort(key=_best_first)
     return out
 
 

@@ -1,0 +1,137 @@
+"""Schema migrations, applied in order and recorded by name in the `migrations` table.
+
+A migration is applied once: when its name is not recorded yet. Recording names (not
+list positions) lets a migration be inserted anywhere in the list without being skipped.
+Each runs in its own transaction with its record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import duckdb
+
+
+def m001_initial(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("""
+        CREATE TABLE meta (key VARCHAR, value VARCHAR);
+        CREATE TABLE files (
+            path VARCHAR, language VARCHAR, size BIGINT, mtime_ns BIGINT, hash VARCHAR,
+            status VARCHAR, reason VARCHAR, n_chunks INTEGER, extractor VARCHAR,
+            indexed_at TIMESTAMPTZ);
+        CREATE SEQUENCE chunk_ids START 1;
+        CREATE TABLE chunks (
+            id BIGINT, path VARCHAR, ord INTEGER, language VARCHAR, kind VARCHAR, name VARCHAR,
+            qualified_name VARCHAR, start_line INTEGER, end_line INTEGER, signature VARCHAR,
+            docstring VARCHAR, text VARCHAR, hash VARCHAR, tokens INTEGER, n_terms INTEGER);
+        CREATE SEQUENCE term_ids START 1;
+        CREATE TABLE terms (id INTEGER, term VARCHAR);
+        -- identifier -> its terms; an identifier with no term (a stopword) maps to NULL
+        CREATE TABLE ident_terms (ident VARCHAR, term_id INTEGER);
+        CREATE TABLE postings (term_id INTEGER, chunk_id BIGINT, tf INTEGER);
+        CREATE TABLE symbols (
+            path VARCHAR, language VARCHAR, name VARCHAR, qualified_name VARCHAR, kind VARCHAR,
+            start_line INTEGER, end_line INTEGER, signature VARCHAR);
+        CREATE TABLE refs (
+            path VARCHAR, language VARCHAR, name VARCHAR, kind VARCHAR, line INTEGER,
+            caller VARCHAR);
+    """)
+
+
+def m002_search_indexes(con: duckdb.DuckDBPyConnection) -> None:
+    # search reads the winning chunks by id: through this index in ~1 ms, by a scan in ~15
+    con.execute("CREATE INDEX chunks_id ON chunks (id)")
+
+
+def m003_terms_from_workers(con: duckdb.DuckDBPyConnection) -> None:
+    # parsing processes now expand identifiers into terms: the identifier map is unused
+    con.execute("DROP TABLE ident_terms")
+
+
+def m004_postings_carry_lengths(con: duckdb.DuckDBPyConnection) -> None:
+    # search ranks from the postings alone: each carries its chunk's length, and the
+    # chunks replaced since the last compaction are listed in dead_chunks
+    con.execute("""
+        CREATE TABLE postings_new AS
+        SELECT p.term_id, p.chunk_id, p.tf, c.n_terms FROM postings p
+        JOIN chunks c ON c.id = p.chunk_id ORDER BY p.term_id, p.chunk_id""")
+    con.execute("DROP TABLE postings")
+    con.execute("ALTER TABLE postings_new RENAME TO postings")
+    con.execute("DELETE FROM meta WHERE key = 'postings_sorted_rows'")
+    con.execute("INSERT INTO meta SELECT 'postings_sorted_rows', count(*)::VARCHAR FROM postings")
+    con.execute("CREATE TABLE dead_chunks (id BIGINT)")
+    # exact symbol matches are looked up by name
+    con.execute("CREATE INDEX chunks_name ON chunks (name)")
+    con.execute("CREATE INDEX chunks_qualified_name ON chunks (qualified_name)")
+
+
+def m005_memory(con: duckdb.DuckDBPyConnection) -> None:
+    # local time, as users read it (TIMESTAMPTZ would need pytz on the Python side)
+    con.execute("""
+        -- core memory: always in main context, size-capped
+        CREATE TABLE core_blocks (
+            label VARCHAR PRIMARY KEY, value VARCHAR, char_limit INTEGER,
+            updated_at TIMESTAMP);
+        -- archival notes; an anchor (path, symbol, hash of that code) makes a note stale
+        -- when its code changes
+        CREATE SEQUENCE note_ids START 1;
+        CREATE TABLE notes (
+            id BIGINT PRIMARY KEY, text VARCHAR, tags VARCHAR[], source VARCHAR,
+            path VARCHAR, symbol VARCHAR, anchor_hash VARCHAR, stale BOOLEAN,
+            created_at TIMESTAMP, updated_at TIMESTAMP);
+        -- recall storage: every message of every session
+        CREATE TABLE sessions (
+            id VARCHAR PRIMARY KEY, title VARCHAR, summary VARCHAR,
+            created_at TIMESTAMP, updated_at TIMESTAMP);
+        CREATE SEQUENCE message_ids START 1;
+        CREATE TABLE messages (
+            id BIGINT PRIMARY KEY, session_id VARCHAR, role VARCHAR, content VARCHAR,
+            tool_calls VARCHAR, tool_name VARCHAR, tokens INTEGER, in_context BOOLEAN,
+            created_at TIMESTAMP);
+    """)
+
+
+def m006_embeddings(con: duckdb.DuckDBPyConnection) -> None:
+    # dense vectors live in one table per dimension, embeddings_<n> (model, hash,
+    # vec FLOAT[n]), created with an embedder's first vectors: a model's dimension is known
+    # only once it answers. This table records each embedder's dimension.
+    con.execute("""
+        CREATE TABLE embedding_models (
+            model VARCHAR PRIMARY KEY, dimension INTEGER, created_at TIMESTAMP)""")
+
+
+def m007_empty_strings_in_references(con: duckdb.DuckDBPyConnection) -> None:
+    # empty fields of the workers' TSV files were read as NULL (a module-level call's
+    # caller, a symbol without signature), where the API promises ''
+    for table, columns in (("symbols", ("name", "qualified_name", "kind", "signature")),
+                           ("refs", ("name", "kind", "caller"))):
+        for column in columns:
+            con.execute(f"UPDATE {table} SET {column} = '' WHERE {column} IS NULL")
+
+
+MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
+    m001_initial, m002_search_indexes, m003_terms_from_workers, m004_postings_carry_lengths,
+    m005_memory, m006_embeddings, m007_empty_strings_in_references]
+
+
+def apply(con: duckdb.DuckDBPyConnection,
+          migrations: list[Callable[[duckdb.DuckDBPyConnection], None]] | None = None) -> list[str]:
+    """Apply the migrations not recorded yet; the names of those applied now."""
+    con.execute("CREATE TABLE IF NOT EXISTS migrations (id INTEGER, name VARCHAR, "
+                "applied_at TIMESTAMPTZ DEFAULT current_timestamp)")
+    done = {row[0] for row in con.execute("SELECT name FROM migrations").fetchall()}
+    applied = []
+    for migration in MIGRATIONS if migrations is None else migrations:
+        if migration.__name__ in done:
+            continue
+        con.execute("BEGIN")
+        try:
+            migration(con)
+            con.execute("INSERT INTO migrations (id, name) SELECT coalesce(max(id), 0) + 1, ? "
+                        "FROM migrations", [migration.__name__])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        applied.append(migration.__name__)
+    return applied

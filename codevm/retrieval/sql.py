@@ -1,0 +1,31 @@
+"""SQL pieces that the retrieval signals share."""
+
+from __future__ import annotations
+
+# Chunks by id: `FROM chunks c {BY_IDS}` with the ids as the list parameter $ids. An
+# inlined IN list of literals took 2-4x as long (800 ids of django: 7.3 ms against 1.6).
+BY_IDS = "SEMI JOIN (SELECT unnest($ids::BIGINT[]) AS id) wanted ON c.id = wanted.id"
+
+
+def quoted(values: set[str] | list[str]) -> str:
+    """Names as an inlined SQL list: the indexes on chunks.name and chunks.qualified_name
+    answer it (a list parameter would scan the table)."""
+    return ", ".join("'" + v.replace("'", "''") + "'" for v in sorted(values)) or "NULL"
+
+
+def chunk_filters(language: str | None, path_glob: str | None,
+                  kind: str | None) -> tuple[str, dict[str, object]]:
+    """A WHERE clause over `chunks c` for the search filters, and its parameters."""
+    filters = ["TRUE"]
+    params: dict[str, object] = {}
+    if language:
+        filters.append("c.language = $language")
+        params["language"] = language
+    if path_glob:
+        filters.append("(c.path GLOB $glob OR c.path GLOB $glob_any)")
+        params["glob"] = path_glob
+        params["glob_any"] = "*/" + path_glob.lstrip("/") if not path_glob.startswith("*") else path_glob
+    if kind:
+        filters.append("c.kind = $kind")
+        params["kind"] = kind
+    return " AND ".join(filters), params

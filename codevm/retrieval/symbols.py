@@ -1,0 +1,82 @@
+"""Symbol queries: definitions by name, a file's outline, references, chunk locations."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+
+from codevm.api import RefInfo, SymbolInfo
+from codevm.errors import InvalidArgument
+
+_COLUMNS = "name, qualified_name, kind, path, start_line, end_line, signature, language"
+
+
+class Symbols:
+    def __init__(self, cursor: Callable[[], duckdb.DuckDBPyConnection]):
+        self.cursor = cursor
+
+    def defined(self, name: str, limit: int = 50) -> list[SymbolInfo]:
+        """Where `name` (a name or a qualified name like Class.method) is defined."""
+        rows = self.cursor().execute(
+            f"""SELECT {_COLUMNS} FROM symbols WHERE name = $n OR qualified_name = $n
+                  OR qualified_name LIKE '%.' || $n
+               ORDER BY qualified_name = $n DESC, path LIKE '%test%', path, start_line
+               LIMIT $limit""", {"n": name, "limit": limit}).fetchall()
+        return [SymbolInfo(*r) for r in rows]
+
+    def matching(self, query: str, limit: int = 200) -> list[SymbolInfo]:
+        """Symbols whose name holds `query`: exact, then prefix, then shortest; tests last."""
+        rows = self.cursor().execute(
+            f"""SELECT {_COLUMNS} FROM symbols
+               WHERE $q = '' OR lower(name) LIKE '%' || lower($q) || '%'
+                  OR lower(qualified_name) LIKE '%' || lower($q) || '%'
+               ORDER BY lower(name) = lower($q) DESC, lower(name) LIKE lower($q) || '%' DESC,
+                        path LIKE '%test%', length(name), path
+               LIMIT $limit""", {"q": query.strip(), "limit": max(1, min(limit, 1000))}).fetchall()
+        return [SymbolInfo(*r) for r in rows]
+
+    def outline(self, path: str) -> list[SymbolInfo]:
+        """The symbols of one file, in order (outer before inner)."""
+        rows = self.cursor().execute(
+            f"SELECT {_COLUMNS} FROM symbols WHERE path = ? ORDER BY start_line, end_line DESC",
+            [path]).fetchall()
+        return [SymbolInfo(*r) for r in rows]
+
+    def definitions(self, name: str, from_path: str = "", limit: int = 50) -> list[SymbolInfo]:
+        """Definitions of `name` as seen from a file: its own first, then modules it imports."""
+        con = self.cursor()
+        imports = " ".join(r[0] for r in con.execute(
+            "SELECT name FROM refs WHERE path = ? AND kind = 'import'", [from_path]).fetchall())
+        rows = [SymbolInfo(*r) for r in con.execute(
+            f"SELECT {_COLUMNS} FROM symbols WHERE name = ? OR qualified_name = ? LIMIT 500",
+            [name, name]).fetchall()]
+        rows.sort(key=lambda d: (d.path != from_path, Path(d.path).stem not in imports,
+                                 "test" in d.path, d.path, d.start_line))
+        return rows[:limit]
+
+    def signature_and_docstring(self, d: SymbolInfo) -> tuple[str, str]:
+        """The signature and docstring of a definition, from its smallest chunk."""
+        row = self.cursor().execute(
+            "SELECT signature, docstring FROM chunks WHERE path = ? AND start_line <= ? "
+            "AND end_line >= ? AND (name = ? OR qualified_name = ?) "
+            "ORDER BY end_line - start_line LIMIT 1",
+            [d.path, d.start_line, d.start_line, d.name, d.qualified_name]).fetchone()
+        return (row[0] if row else "") or d.signature, (row[1] if row else "") or ""
+
+    def chunk_location(self, chunk_id: int) -> tuple[str, int, int]:
+        """(path, start line, end line) of a chunk (a search hit's id)."""
+        row = self.cursor().execute(
+            "SELECT path, start_line, end_line FROM chunks WHERE id = ?", [chunk_id]).fetchone()
+        if row is None:
+            raise InvalidArgument(f"no chunk with id {chunk_id}; ids come from search")
+        return row[0], row[1], row[2]
+
+    def references(self, name: str, limit: int = 200) -> list[RefInfo]:
+        """Who calls or imports `name` (the last part of a qualified name counts)."""
+        short = name.rsplit(".", 1)[-1]
+        rows = self.cursor().execute(
+            """SELECT name, kind, path, line, caller, language FROM refs WHERE name = ?
+               ORDER BY path, line LIMIT ?""", [short, limit]).fetchall()
+        return [RefInfo(*r) for r in rows]

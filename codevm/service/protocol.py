@@ -1,0 +1,72 @@
+"""The wire between the engine service and its clients.
+
+Messages are tuples, pickled; nothing is unpickled before the HMAC handshake, and the
+unpickler admits codevm's API data, settings and errors only (no other class can be
+built from a message, so only plain data travels):
+
+    client -> ("call", method, args, kwargs) | ("info",) | ("stop",)
+    service -> ("callback", n, args)   client -> ("ok",) | ("failed",)
+    service -> ("result", value) | ("error", CodevmError) | ("callback_failed",)
+             | ("not_served",)   (a stopping service did not run the call: try the next)
+
+Callables among the arguments (progress, streamed text) stay in the client as
+`CallbackRef`s; the service calls them back, and an exception they raise ends the call
+in both processes.
+
+A client talks only to a service of the same build: `build_id()` hashes codevm's own
+files, so an edited or upgraded install never talks to a service started before.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import pickle
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+# modules whose classes may be built from a message
+_ALLOWED_MODULES = frozenset({"codevm.api", "codevm.config", "codevm.errors",
+                              "codevm.service.protocol"})
+_PACKAGE = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class CallbackRef:
+    """Stands for a callable argument that stays in the client."""
+
+    index: int
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if module in _ALLOWED_MODULES and not name.startswith("_"):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} may not travel between codevm processes")
+
+
+def send(conn: Connection, message: tuple) -> None:
+    conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def receive(conn: Connection) -> Any:
+    """The next message; EOFError when the other side is gone or sends what is not ours."""
+    data = conn.recv_bytes()
+    try:
+        return _Unpickler(io.BytesIO(data)).load()
+    except (pickle.UnpicklingError, AttributeError, ImportError, EOFError, ValueError) as e:
+        raise EOFError(f"a message that is not codevm's: {e}") from None
+
+
+@functools.cache
+def build_id() -> str:
+    """A hash of codevm's own source files: the same for a client and a service only when
+    both run the same code."""
+    digest = hashlib.sha256()
+    for path in sorted(_PACKAGE.rglob("*.py")):
+        digest.update(path.relative_to(_PACKAGE).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
