@@ -27,8 +27,8 @@ sys.path.insert(0, str(HERE.parent))
 
 from bench.index_speed import bench_queries, copy_corpus, latency_summary  # noqa: E402
 from codevm.config import Settings  # noqa: E402
-from codevm.retrieval.embedders import LocalEmbedder, make_embedder  # noqa: E402
 from codevm.engine import Engine  # noqa: E402
+from codevm.retrieval.embedders import LocalEmbedder, make_embedder  # noqa: E402
 
 
 def timed(calls: list) -> list[float]:

@@ -18,13 +18,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from localization import DATA, accuracy, edited_accuracy, fused_items, mirror_for, ranks  # noqa: E402
 from gold import edited_gold  # noqa: E402
+from localization import DATA, accuracy, edited_accuracy, fused_items, mirror_for, ranks  # noqa: E402
 from paging import PAGING, Kept, covered  # noqa: E402
 
 from codevm.config import Settings  # noqa: E402
-from codevm.retrieval.fusion import weights as weights_of  # noqa: E402
 from codevm.retrieval.fusion import SIGNALS  # noqa: E402
+from codevm.retrieval.fusion import weights as weights_of  # noqa: E402
 
 GRID = {"named": (0.0, 0.1, 0.2, 0.35, 0.5), "graph": (0.0, 0.75, 1.0, 1.5, 2.0, 3.0),
         "vector": (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0), "text": (1.0, 0.7, 0.5, 0.3, 0.2, 0.1),

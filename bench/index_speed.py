@@ -31,8 +31,8 @@ from tree_sitter_language_pack import get_parser  # noqa: E402
 from codevm.config import Settings  # noqa: E402
 from codevm.indexers.chunker import _parser_and_query, chunk_terms_counts  # noqa: E402
 from codevm.indexers.discovery import Candidate, walk_project  # noqa: E402
-from codevm.indexers.worker import Limits, TaskFile, process_file  # noqa: E402
 from codevm.indexers.languages import LANGUAGES, detect_language  # noqa: E402
+from codevm.indexers.worker import Limits, TaskFile, process_file  # noqa: E402
 
 if TYPE_CHECKING:
     from codevm.engine import Engine

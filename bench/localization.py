@@ -34,8 +34,15 @@ from index_speed import latency_summary  # noqa: E402
 
 from codevm.config import Settings  # noqa: E402
 from codevm.engine import Engine  # noqa: E402
-from codevm.retrieval.fusion import weights  # noqa: E402
-from codevm.retrieval.fusion import SIGNAL_DEPTH, SIGNALS, TEXT_KINDS, Ranked, Scored, fused_ranking  # noqa: E402
+from codevm.retrieval.fusion import (  # noqa: E402
+    SIGNAL_DEPTH,
+    SIGNALS,
+    TEXT_KINDS,
+    Ranked,
+    Scored,
+    fused_ranking,
+    weights,  # noqa: E402
+)
 
 DATA = HERE.parent.parent / "shared" / "bench" / "swebench_lite.jsonl"
 SWE_BENCH_MIRRORS = {"django/django", "scikit-learn/scikit-learn", "matplotlib/matplotlib"}

@@ -31,12 +31,18 @@ from index_speed import latency_summary  # noqa: E402
 from localization import Bench, bench_arguments, run_instances, selected  # noqa: E402
 
 from codevm.config import Settings  # noqa: E402
-from codevm.memory.context import Page  # noqa: E402
 from codevm.engine import Engine  # noqa: E402
-from codevm.retrieval.fusion import weights  # noqa: E402
 from codevm.memory.budget import candidates_for as search_depth  # noqa: E402
+from codevm.memory.context import Page  # noqa: E402
 from codevm.memory.pager import FILE_PRIOR, Candidate, fill, with_file_prior  # noqa: E402
-from codevm.retrieval.fusion import SIGNALS, TEXT_KINDS, Ranked, Scored, fused_ranking  # noqa: E402
+from codevm.retrieval.fusion import (  # noqa: E402
+    SIGNALS,
+    TEXT_KINDS,
+    Ranked,
+    Scored,
+    fused_ranking,
+    weights,  # noqa: E402
+)
 from codevm.retrieval.retriever import signal_depth  # noqa: E402
 
 BUDGETS = (2000, 4000, 8000, 16000)

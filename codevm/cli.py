@@ -17,9 +17,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from codevm import __version__
-from codevm.errors import CodevmError, ProjectNotFound
 from codevm.api import EmbeddingProgress, EngineHandle, to_dict
 from codevm.api import Progress as IndexProgress
+from codevm.errors import CodevmError, ProjectNotFound
 from codevm.project import find_root
 from codevm.service import open_engine, service_info, stop_service
 

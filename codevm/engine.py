@@ -13,8 +13,21 @@ from pathlib import Path
 from typing import Protocol
 
 from codevm.api import (
-    AskResult, CodeText, CoreBlock, EmbeddingProgress, IndexReport, MessageRecord, Note, Progress,
-    RefInfo, SearchHit, SessionInfo, Status, SymbolDetail, SymbolInfo)
+    AskResult,
+    CodeText,
+    CoreBlock,
+    EmbeddingProgress,
+    IndexReport,
+    MessageRecord,
+    Note,
+    Progress,
+    RefInfo,
+    SearchHit,
+    SessionInfo,
+    Status,
+    SymbolDetail,
+    SymbolInfo,
+)
 from codevm.config import Settings
 from codevm.db.index_tables import IndexTables
 from codevm.db.store import Store

@@ -72,7 +72,7 @@ def test_outside_any_project(tmp_path: Path) -> None:
 def test_ci_runs_the_readme_test_command() -> None:
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci/run").read_text()
-    command = "pip install -e '.[test]' && pytest -q"
+    command = "pip install -e '.[test]' && ruff check codevm tests bench && mypy && pytest -q"
     assert command in readme and command in ci
     assert "pip install . && codevm index && codevm ask" in readme
 

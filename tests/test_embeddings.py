@@ -16,8 +16,8 @@ from lsprotocol import types as t
 from pytest_lsp import client_capabilities, make_test_lsp_client
 
 from codevm.config import Settings
-from codevm.errors import EmbeddingUnavailable
 from codevm.engine import Engine
+from codevm.errors import EmbeddingUnavailable
 from codevm.service import service_info, stop_service
 from tests.fake_ollama import FakeOllama
 from tests.test_cli import codevm

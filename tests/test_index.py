@@ -11,9 +11,9 @@ import duckdb
 import pytest
 
 from codevm.config import Settings
+from codevm.engine import Engine
 from codevm.indexers import languages, pipeline, worker
 from codevm.indexers.worker import Limits, TaskFile, process_file
-from codevm.engine import Engine
 from tests.conftest import add_bad_files
 
 LIMITS = Limits(1 << 20, 2000, 384, 32)
@@ -303,3 +303,25 @@ def test_the_last_update_time_moves_only_when_the_index_changes(engine: Engine) 
     engine.update_file("src/py/shapes.py")
     assert engine.store.get_meta("last_updated_at") not in (None, "before")
     assert engine.status().last_updated_at == engine.store.get_meta("last_updated_at")
+
+
+def test_a_migration_inserted_mid_list_is_applied_once(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from codevm.db import migrations, store
+
+    path = tmp_path / "index.duckdb"
+    store.Store(path).close()  # every migration applied, recorded by name
+
+    def m004b_inserted_later(con: object) -> None:
+        con.execute("CREATE TABLE inserted_later (x INTEGER)")  # type: ignore[attr-defined]
+
+    listed = list(migrations.MIGRATIONS)
+    monkeypatch.setattr(migrations, "MIGRATIONS", listed[:4] + [m004b_inserted_later] + listed[4:])
+    for _ in range(2):  # the second open finds nothing to apply
+        db = store.Store(path)
+        try:
+            names = [r[0] for r in db.con.execute("SELECT name FROM migrations ORDER BY id").fetchall()]
+            assert names == [m.__name__ for m in listed] + ["m004b_inserted_later"]
+            assert db.con.execute("SELECT count(*) FROM inserted_later").fetchone() == (0,)
+        finally:
+            db.close()

@@ -133,7 +133,7 @@ async def test_commands_and_bad_params(client: LanguageClient, project: Path) ->
         await run(t.ExecuteCommandParams("codevm.search", [""]))
     with pytest.raises(Exception, match="outside the project"):
         await run(t.ExecuteCommandParams("codevm.remember", [{"text": "x", "path": "../../etc/passwd"}]))
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="needs a question"):
         await run(t.ExecuteCommandParams("codevm.ask", []))
     # still serving
     assert (await run(t.ExecuteCommandParams("codevm.status", [])))["chunks"] > 0

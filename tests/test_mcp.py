@@ -12,8 +12,8 @@ import anyio
 from mcp import Client, StdioServerParameters
 
 from codevm.config import Settings
-from codevm.mcp_server.server import build_server
 from codevm.engine import Engine
+from codevm.mcp_server.server import build_server
 from tests.helpers import wait_until
 
 

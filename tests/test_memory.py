@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from codevm.config import Settings
+from codevm.engine import Engine
 from codevm.errors import InvalidArgument
 from codevm.memory.budget import TokenEstimator
 from codevm.memory.context import Page
-from codevm.engine import Engine
 from codevm.memory.pager import Candidate, fill
 from tests.fake_ollama import FakeOllama, call
 

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from codevm.errors import InvalidArgument, NotIndexed, PathOutsideProject
 from codevm.config import Settings
 from codevm.engine import Engine
+from codevm.errors import InvalidArgument, NotIndexed, PathOutsideProject
 from codevm.retrieval.lexical import analyse_query
 
 

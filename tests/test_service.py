@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pickle
 import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
-from multiprocessing.connection import AuthenticationError, Client as RawClient
+from multiprocessing.connection import AuthenticationError
+from multiprocessing.connection import Client as RawClient
 from pathlib import Path
 
 import pytest
@@ -18,11 +21,11 @@ from lsprotocol import types as t
 from mcp import Client, StdioServerParameters
 from pytest_lsp import LanguageClient, client_capabilities, make_test_lsp_client
 
+from codevm.api import API_METHODS
 from codevm.config import Settings
 from codevm.engine import Engine
-from codevm.api import API_METHODS
-from codevm.service import (
-    RemoteEngine, ServiceFiles, lock_held, open_engine, service_info, stop_service)
+from codevm.errors import ServiceUnavailable
+from codevm.service import RemoteEngine, ServiceFiles, lock_held, open_engine, service_info, stop_service
 from tests.helpers import await_until, wait_for, wait_until
 from tests.test_cli import codevm
 from tests.test_mcp import _result
@@ -274,3 +277,58 @@ def test_clients_reach_every_engine_method_and_load_no_engine_module(project: Pa
     result = subprocess.run([sys.executable, "-c", probe], cwd=project, env=ENV, capture_output=True,
                             text=True, timeout=60)
     assert "src/py/shapes.py" in result.stdout and result.stdout.strip().endswith("[]"), result
+
+
+class _Evil:
+    """Unpickled, it would run a command: a service must refuse to build it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_the_service_unpickles_codevm_data_only(project: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    with RemoteEngine(project) as engine:
+        engine.index()
+        files = ServiceFiles.of(project)
+        info = files.read_info()
+        conn = RawClient(info["address"], "AF_UNIX", authkey=files.key.read_bytes())
+        conn.send_bytes(pickle.dumps(("call", "search", (_Evil(marker),), {})))
+        with pytest.raises(EOFError):  # the service hangs up on a message that is not its own
+            conn.recv_bytes()
+        assert not marker.exists()
+        assert engine.search("HandleHealth")[0].path == "src/native/server.go"  # still serving
+
+
+def test_a_call_that_may_have_run_is_not_run_twice(project: Path) -> None:
+    from tests.fake_ollama import FakeOllama
+
+    cli(project, "index")
+    asked = threading.Event()
+    release = threading.Event()
+
+    def slow_answer(_body: dict) -> dict:
+        asked.set()
+        release.wait(30)
+        return {"content": "too late"}
+
+    with FakeOllama() as fake:
+        fake.script = [slow_answer, {"content": "a second answer"}]
+        with RemoteEngine(project, Settings(ollama_host=fake.host)) as engine:
+            pid = service_info(project)["pid"]
+            killer = threading.Thread(
+                target=lambda: asked.wait(30) and os.kill(pid, signal.SIGKILL), daemon=True)
+            killer.start()
+            try:
+                # asking records the question: a retry on the next service would ask twice
+                with pytest.raises(ServiceUnavailable, match="may or may not have been done"):
+                    engine.ask("what does total_area return?")
+            finally:
+                release.set()
+            assert len(fake.chat_requests()) == 1
+            # a read is retried on a new service
+            assert engine.search("HandleHealth")[0].path == "src/native/server.go"
+            assert service_info(project)["pid"] != pid

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from codevm.db.store import Store
+from codevm.db.store import Store, first_row
 
 # Postings are kept sorted by term so that a query reads a few row groups (zone maps);
 # rows appended since the last sort, and those of replaced chunks (left behind by updates
@@ -176,7 +176,7 @@ class IndexTables:
                      [r[3] for r in rows]])
 
     def _postings_in_sql(self, con: duckdb.DuckDBPyConnection) -> None:
-        self.loaded_since_check += con.execute("SELECT count(*) FROM stage_chunks").fetchone()[0]
+        self.loaded_since_check += first_row(con, "SELECT count(*) FROM stage_chunks")[0]
         new_terms = """
             INSERT INTO terms SELECT nextval('term_ids'), term FROM (
                 SELECT DISTINCT s.term FROM stage_terms s ANTI JOIN terms t ON t.term = s.term)"""
@@ -195,7 +195,7 @@ class IndexTables:
         with self.store.lock:
             self.loaded_since_check = 0
             con = self.store.cursor()
-            total = con.execute("SELECT count(*) FROM postings").fetchone()[0]
+            total = first_row(con, "SELECT count(*) FROM postings")[0]
             row = con.execute("SELECT value FROM meta WHERE key = 'postings_sorted_rows'").fetchone()
             unsorted = total - (int(row[0]) if row else 0)
             if not force and unsorted <= max(UNSORTED_MIN_ROWS, UNSORTED_SHARE * total):
@@ -208,7 +208,7 @@ class IndexTables:
                 con.execute("DROP TABLE postings")
                 con.execute("ALTER TABLE postings_sorted RENAME TO postings")
                 con.execute("DELETE FROM dead_chunks")
-                kept = con.execute("SELECT count(*) FROM postings").fetchone()[0]
+                kept = first_row(con, "SELECT count(*) FROM postings")[0]
                 self.store.set_meta("postings_sorted_rows", str(kept), con)
             return True
 
@@ -216,13 +216,13 @@ class IndexTables:
     def has_files(self) -> bool:
         """Whether an index run has committed anything (a first run under way included)."""
         return self.store.get_meta("last_indexed_at") is not None or bool(
-            self.store.cursor().execute("SELECT count(*) FROM files").fetchone()[0])
+            first_row(self.store.cursor(), "SELECT count(*) FROM files")[0])
 
     def counts(self) -> IndexCounts:
         con = self.store.cursor()
 
         def one(sql: str) -> int:
-            return int(con.execute(sql).fetchone()[0])
+            return int(first_row(con, sql)[0])
 
         db = self.store.path
         return IndexCounts(

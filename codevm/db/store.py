@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -76,3 +77,11 @@ class Store:
         c = con or self.cursor()
         c.execute("DELETE FROM meta WHERE key = ?", [key])
         c.execute("INSERT INTO meta VALUES (?, ?)", [key, value])
+
+
+def first_row(con: duckdb.DuckDBPyConnection, sql: str, params: object = None) -> tuple[Any, ...]:
+    """The row of a query that always returns one (an aggregate, INSERT ... RETURNING)."""
+    row = con.execute(sql, params).fetchone()
+    if row is None:
+        raise RuntimeError(f"the query returned no row: {sql.strip()[:80]}")
+    return row

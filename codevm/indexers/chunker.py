@@ -14,13 +14,14 @@ import hashlib
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
+from typing import Any
 
 from tree_sitter import Node, Parser, Query, QueryCursor
 from tree_sitter_language_pack import get_language, get_parser
 
-from codevm.indexers.languages import CONTAINER_KINDS, LANGUAGES, METHOD_OWNER_KINDS, LanguageSpec
 from codevm.indexers.identifiers import IDENTIFIER, expand_identifier
+from codevm.indexers.languages import CONTAINER_KINDS, LANGUAGES, METHOD_OWNER_KINDS, LanguageSpec
 
 # Weights of a chunk's fields in its term frequencies (a cheap BM25F).
 NAME_WEIGHT = 4
@@ -72,10 +73,11 @@ class Extraction:
     refs: list[tuple[str, str, int, str]]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _parser_and_query(language: str) -> tuple[Parser, Query, LanguageSpec]:
     spec = LANGUAGES[language]
-    return get_parser(spec.name), Query(get_language(spec.name), spec.query), spec
+    name: Any = spec.name  # one of the pack's grammar names (a Literal of ~170)
+    return get_parser(name), Query(get_language(name), spec.query), spec
 
 
 def content_hash(data: bytes) -> str:

@@ -14,12 +14,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from codevm.api import IndexReport, Progress
 from codevm.config import Settings
+from codevm.db.index_tables import IndexTables
 from codevm.indexers.discovery import Candidate, Skipped, walk_project, within
 from codevm.indexers.languages import EXTRACTOR_VERSION
 from codevm.indexers.worker import Limits, TaskFile, TaskResult, run_task
-from codevm.api import IndexReport, Progress
-from codevm.db.index_tables import IndexTables
 
 TASK_FILES = 24  # files per worker task: small enough to balance the cores
 IN_PROCESS_MAX = 8  # fewer changed files than this are parsed without worker processes
@@ -83,14 +83,14 @@ class Indexer:
                     skipped.append((item.path, item.reason))
                 continue
             assert isinstance(item, Candidate)
-            current = old is not None and old[3] == EXTRACTOR_VERSION
-            if current and old[0] == item.size and old[1] == item.mtime_ns and old[4] != "error":
-                if old[4] == "skipped":
+            current = old if old is not None and old[3] == EXTRACTOR_VERSION else None
+            if current and current[0] == item.size and current[1] == item.mtime_ns and current[4] != "error":
+                if current[4] == "skipped":
                     report.skipped += 1
                 else:
                     report.unchanged += 1
                 continue
-            known_hash = old[2] if current and old[4] == "indexed" else None
+            known_hash = current[2] if current and current[4] == "indexed" else None
             todo.append(TaskFile(item.path, item.size, item.mtime_ns, known_hash))
         deleted = [p for p in known if p not in seen and within(p, prefixes)]
         report.deleted = len(deleted)

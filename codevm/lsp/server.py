@@ -22,8 +22,7 @@ from codevm import __version__
 from codevm.api import EngineAPI, EngineHandle, to_dict
 from codevm.config import Settings
 from codevm.errors import CodevmError
-from codevm.lsp.convert import (
-    document_symbols, hover_markdown, line_range, selected_text, symbol_kind, uri_to_path)
+from codevm.lsp.convert import document_symbols, hover_markdown, line_range, selected_text, symbol_kind, uri_to_path
 from codevm.lsp.settings import editor_settings
 from codevm.service import open_engine
 

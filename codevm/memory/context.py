@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from codevm.api import ContextReport, CoreBlock, SectionReport
 from codevm.memory.budget import Budget
 
+
 @dataclass
 class Page:
     """A piece of code paged into main context."""

@@ -84,7 +84,7 @@ class MemoryFunctions:
             self.last_search[h.id] = h
             lines.append(f"id={h.id} {h.path}:{h.start_line}-{h.end_line} {h.kind} {h.symbol}\n"
                          f"{h.snippet}")
-        more = "\n(more: offset=%d)" % (offset + k) if len(hits) == k else ""
+        more = f"\n(more: offset={offset + k})" if len(hits) == k else ""
         return "\n\n".join(lines) + more
 
     def _open_code(self, id: int | None = None, path: str | None = None,

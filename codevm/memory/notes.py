@@ -5,7 +5,7 @@ from __future__ import annotations
 import duckdb
 
 from codevm.api import Note
-from codevm.db.store import Store
+from codevm.db.store import Store, first_row
 from codevm.errors import InvalidArgument
 from codevm.memory.matching import iso, match_params, match_sql
 
@@ -47,10 +47,10 @@ class Notes:
             if path and anchor is None:
                 what = f"symbol {symbol!r} in {path}" if symbol else path
                 raise InvalidArgument(f"{what} is not in the index; check the name or re-index")
-            row = con.execute(
-                "INSERT INTO notes VALUES (nextval('note_ids'), ?, ?, ?, ?, ?, ?, false, "
+            row = first_row(
+                con, "INSERT INTO notes VALUES (nextval('note_ids'), ?, ?, ?, ?, ?, ?, false, "
                 "current_localtimestamp(), current_localtimestamp()) RETURNING id, created_at",
-                [text, tags, source, path, symbol, anchor]).fetchone()
+                [text, tags, source, path, symbol, anchor])
             if path:
                 self._live_anchors = True
         return Note(row[0], text, tags, source, path, symbol, False, iso(row[1]), iso(row[1]))
@@ -106,8 +106,8 @@ class Notes:
     def mark_stale(self) -> int:
         """Mark anchored notes whose code changed (or vanished) since they were written."""
         if self._live_anchors is None:
-            self._live_anchors = bool(self.store.cursor().execute(
-                "SELECT count(*) FROM notes WHERE NOT stale AND path IS NOT NULL").fetchone()[0])
+            self._live_anchors = bool(first_row(
+                self.store.cursor(), "SELECT count(*) FROM notes WHERE NOT stale AND path IS NOT NULL")[0])
         if not self._live_anchors:
             return 0  # nothing to check: no query on every edit
         with self.store.lock:

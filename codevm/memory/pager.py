@@ -19,7 +19,6 @@ from codevm.retrieval.fusion import Scored
 from codevm.retrieval.retriever import Retriever
 from codevm.retrieval.sql import BY_IDS
 
-
 FILE_PRIOR = 0.3  # share of its file's best score that a candidate adds to its own
 
 

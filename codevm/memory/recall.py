@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime
 
 from codevm.api import MessageRecord, SessionInfo
-from codevm.db.store import Store
+from codevm.db.store import Store, first_row
 from codevm.errors import InvalidArgument
 from codevm.memory.matching import iso, match_params, match_sql
 
@@ -22,9 +22,10 @@ class Recall:
     def new_session(self, title: str = "") -> SessionInfo:
         sid = uuid.uuid4().hex[:12]
         with self.store.lock:
-            row = self.store.cursor().execute(
+            row = first_row(
+                self.store.cursor(),
                 "INSERT INTO sessions VALUES (?, ?, '', current_localtimestamp(), current_localtimestamp()) "
-                "RETURNING created_at", [sid, title[:200]]).fetchone()
+                "RETURNING created_at", [sid, title[:200]])
         return SessionInfo(sid, title[:200], iso(row[0]), iso(row[0]), 0)
 
     _SESSIONS = ("SELECT s.id, s.title, s.created_at, s.updated_at, "
@@ -51,11 +52,10 @@ class Recall:
     def add(self, session_id: str, role: str, content: str, tool_calls: list[dict] | None = None,
             tool_name: str = "", tokens: int = 0) -> MessageRecord:
         with self.store.transaction() as con:
-            row = con.execute(
-                "INSERT INTO messages VALUES (nextval('message_ids'), ?, ?, ?, ?, ?, ?, true, "
+            row = first_row(
+                con, "INSERT INTO messages VALUES (nextval('message_ids'), ?, ?, ?, ?, ?, ?, true, "
                 "current_localtimestamp()) RETURNING id, created_at",
-                [session_id, role, content, json.dumps(tool_calls or []), tool_name, tokens]
-            ).fetchone()
+                [session_id, role, content, json.dumps(tool_calls or []), tool_name, tokens])
             con.execute("UPDATE sessions SET updated_at = current_localtimestamp(), "
                         "title = CASE WHEN title = '' AND ? = 'user' THEN ? ELSE title END "
                         "WHERE id = ?", [role, content[:80], session_id])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import ollama
@@ -107,8 +107,8 @@ class LocalEmbedder(_Dimension):
         self.key = f"local:{model}"
         self.dimension = None
         self.max_tokens = max_tokens
-        self._model = None
-        self._torch = None
+        self._model: Any = None  # sentence_transformers.SentenceTransformer, loaded lazily
+        self._torch: Any = None
         self._bf16 = False
         self._lock = threading.Lock()
 

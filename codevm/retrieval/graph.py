@@ -122,12 +122,12 @@ def graph_signal(con: duckdb.DuckDBPyConnection, seeds: dict[int, float]) -> Ran
     for _ in range(ITERATIONS):
         nxt_rank: dict[int, float] = defaultdict(float)
         for node, mass in rank.items():
-            outs = graph.get(node)
-            if not outs:
+            weighted = graph.get(node)
+            if not weighted:
                 nxt_rank[node] += (1 - RESTART) * mass
                 continue
             share = (1 - RESTART) * mass / out_weight[node]
-            for dst, w in outs.items():
+            for dst, w in weighted.items():
                 nxt_rank[dst] += share * w
         for node, w in restart.items():
             nxt_rank[node] += RESTART * w

@@ -7,14 +7,14 @@ Identifiers in the query are kept whole and split like the indexed code; field w
 from __future__ import annotations
 
 import re
-from collections import Counter
+from collections import defaultdict
 from dataclasses import dataclass
 
 import duckdb
 
-from codevm.errors import InvalidArgument
 from codevm.api import SearchHit
 from codevm.db.terms import TermDictionary
+from codevm.errors import InvalidArgument
 from codevm.indexers.identifiers import IDENTIFIER, expand_identifier
 from codevm.retrieval.fusion import Scored
 from codevm.retrieval.sql import BY_IDS, chunk_filters, quoted
@@ -45,7 +45,7 @@ class QueryTerms:
 
 def analyse_query(query: str) -> QueryTerms:
     idents = IDENTIFIER.findall(query)
-    counts: Counter[str] = Counter()
+    counts: dict[str, float] = defaultdict(float)
     for ident in idents:
         expanded = expand_identifier(ident)
         for i, term in enumerate(expanded):
@@ -53,7 +53,7 @@ def analyse_query(query: str) -> QueryTerms:
             counts[term] += 2.0 if i == 0 and _CODE_LIKE.search(ident) else 1.0
     names = {i for i in idents if len(i) > 1}
     names.update(_DOTTED.findall(query))
-    terms = dict(counts.most_common(MAX_QUERY_TERMS))
+    terms = dict(sorted(counts.items(), key=lambda tc: -tc[1])[:MAX_QUERY_TERMS])
     # repeated words matter, but sub-linearly
     weights = {t: 1.0 + 0.5 * (c - 1) ** 0.5 if c > 1 else 1.0 for t, c in terms.items()}
     # a long text (an issue, a traceback) mentions tests in passing; a short query means it
@@ -119,9 +119,10 @@ def lexical(con: duckdb.DuckDBPyConnection, query: str, k: int = 10, language: s
         return q, []
     ids = (terms or TermDictionary()).find(con, list(q.terms))
     where, filter_params = chunk_filters(language, path_glob, kind)
+    limit = max(k * 4, 50)
     params: dict[str, object] = {
         "ids": list(ids.values()), "weights": [q.terms[t] for t in ids],
-        "limit": max(k * 4, 50), **filter_params,
+        "limit": limit, **filter_params,
     }
     chunk_filter = f"AND p.chunk_id IN (SELECT id FROM chunks c WHERE {where})" if filter_params else ""
     scored = con.execute(_SCORE_SQL.replace("{chunk_filter}", chunk_filter), params).fetchall()
@@ -144,7 +145,7 @@ def lexical(con: duckdb.DuckDBPyConnection, query: str, k: int = 10, language: s
         ranked.append(Scored(cid, score, "search hit"))
     ranked.sort(key=_best_first)
     if not q.short and not q.about_tests:
-        ranked = _demote_tests(con, ranked[: params["limit"]])
+        ranked = _demote_tests(con, ranked[:limit])
     return q, ranked
 
 

@@ -207,7 +207,7 @@ def _definitions(con: duckdb.DuckDBPyConnection, question: str) -> list[Scored]:
             continue
         order = names.index(keys[key])
         score = (0.9 if "." in key else 0.8) / len(distinct) ** 0.5 - 0.01 * order
-        for cid, qualified, path in defs:
+        for cid, _, path in defs:
             prior = 0.5 if "test" in path else 1.0
             found.append(Scored(cid, score * prior, f"definition of {keys[key]}"))
     return found

@@ -24,7 +24,6 @@ from codevm.retrieval.sql import BY_IDS, chunk_filters
 from codevm.retrieval.vectors import Vectors
 
 
-
 def vector_signal(vectors: Vectors | None, con: duckdb.DuckDBPyConnection, query: str, depth: int,
                   language: str | None, path_glob: str | None, kind: str | None) -> Ranked:
     """Chunks by cosine similarity to the query (raw cosines; see `fuse`)."""

@@ -25,7 +25,7 @@ import numpy as np
 
 from codevm.api import EmbeddingProgress
 from codevm.config import Settings
-from codevm.db.store import Store
+from codevm.db.store import Store, first_row
 from codevm.errors import EmbeddingUnavailable
 from codevm.retrieval.embedders import Embedder, LocalEmbedder, make_embedder
 from codevm.retrieval.sql import chunk_filters
@@ -205,9 +205,9 @@ class Vectors:
         with self.store.lock:
             con = self.store.cursor()
             try:
-                stored, live = con.execute(
-                    f"SELECT count(*), count(*) FILTER (WHERE hash IN (SELECT hash FROM chunks)) "
-                    f"FROM {table} WHERE model = ?", [embedder.key]).fetchone()
+                stored, live = first_row(
+                    con, f"SELECT count(*), count(*) FILTER (WHERE hash IN (SELECT hash FROM chunks)) "
+                    f"FROM {table} WHERE model = ?", [embedder.key])
                 if stored - live > max(live, 10_000):
                     con.execute(f"DELETE FROM {table} WHERE model = ? "
                                 "AND hash NOT IN (SELECT hash FROM chunks)", [embedder.key])
@@ -227,8 +227,8 @@ class Vectors:
                                   [self.key]).fetchone()
                 removed = 0
                 if row:
-                    removed = con.execute(f"DELETE FROM {_table(row[0])} WHERE model = ?",
-                                          [self.key]).fetchone()[0]
+                    removed = first_row(con, f"DELETE FROM {_table(row[0])} WHERE model = ?",
+                                        [self.key])[0]
                     con.execute("DELETE FROM embedding_models WHERE model = ?", [self.key])
                 self._saved += 1
                 self._drop_matrix()
@@ -248,12 +248,12 @@ class Vectors:
             return self._counted[1]
         con = self.store.cursor()
         try:
-            total = con.execute("SELECT count(*) FROM chunks").fetchone()[0]
+            total = first_row(con, "SELECT count(*) FROM chunks")[0]
             embedded = 0
             if dimension:
-                embedded = con.execute(
-                    f"SELECT count(*) FROM chunks c SEMI JOIN {_table(dimension)} e "
-                    "ON e.model = $m AND e.hash = c.hash", {"m": self.key}).fetchone()[0]
+                embedded = first_row(
+                    con, f"SELECT count(*) FROM chunks c SEMI JOIN {_table(dimension)} e "
+                    "ON e.model = $m AND e.hash = c.hash", {"m": self.key})[0]
         except duckdb.CatalogException:  # the table is created with the first vectors
             embedded = 0
         finally:
@@ -346,7 +346,7 @@ class Vectors:
                     data = con.execute(f"SELECT hash, vec FROM {_table(dimension)} WHERE model = ?",
                                        [self.key]).fetchnumpy()
                     if len(data["hash"]):
-                        matrix.add(list(data["hash"]), np.stack(data["vec"]).astype(np.float32))
+                        matrix.add(list(data["hash"]), np.stack(list(data["vec"])).astype(np.float32))
                 except duckdb.CatalogException:
                     pass  # no vectors yet
                 self._matrix = matrix

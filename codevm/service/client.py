@@ -26,9 +26,23 @@ from pathlib import Path
 from typing import Any
 
 from codevm.api import (
-    IDEMPOTENT_METHODS, AskResult, CodeText, CoreBlock, EmbeddingProgress, EngineHandle, IndexReport,
-    MessageRecord, Note, Progress, RefInfo, SearchHit, SessionInfo, Status, SymbolDetail,
-    SymbolInfo)
+    IDEMPOTENT_METHODS,
+    AskResult,
+    CodeText,
+    CoreBlock,
+    EmbeddingProgress,
+    EngineHandle,
+    IndexReport,
+    MessageRecord,
+    Note,
+    Progress,
+    RefInfo,
+    SearchHit,
+    SessionInfo,
+    Status,
+    SymbolDetail,
+    SymbolInfo,
+)
 from codevm.config import Settings
 from codevm.errors import CodevmError, ServiceUnavailable
 from codevm.project import data_folder, project_path

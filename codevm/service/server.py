@@ -115,10 +115,11 @@ class Service:
             lock.close()
 
     def _listen(self, key: bytes) -> Listener:
+        address: str | tuple[str, int]
         if UNIX_SOCKETS:
             family, address = "AF_UNIX", self.files.socket_path()
             try:
-                os.unlink(address)  # left by a service that died: we hold the lock now
+                os.unlink(self.files.socket_path())  # left by a service that died: ours now
             except FileNotFoundError:
                 pass
         else:
@@ -130,7 +131,7 @@ class Service:
         finally:
             os.umask(old)
         self._listening = (listener.address, family)
-        self.address = listener.address if family == "AF_UNIX" else "%s:%d" % listener.address
+        self.address = listener.address if family == "AF_UNIX" else "{}:{}".format(*listener.address)
         write_private(self.files.info, json.dumps({
             "pid": os.getpid(), "root": str(self.root), "family": family,
             "address": listener.address, "started_at": self.started_at, "version": __version__,
