@@ -4,7 +4,6 @@ service, progress, and failures that leave search working."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -20,8 +19,8 @@ from codevm.engine import Engine
 from codevm.errors import EmbeddingUnavailable
 from codevm.service import service_info, stop_service
 from tests.fake_ollama import FakeOllama
+from tests.helpers import wait_for, wait_until
 from tests.test_cli import codevm
-from tests.test_service import await_until, wait_until
 
 MODEL = "nomic-embed-text"
 WORK = '''import time
@@ -260,11 +259,11 @@ async def test_lsp_reports_the_background_embedding(small: Path, fake: FakeOllam
             return next((r for r in client.progress_reports.values() if r and isinstance(
                 r[0], t.WorkDoneProgressBegin) and r[0].title == "codevm: embedding"), [])
 
-        await await_until(lambda: asyncio.sleep(0, bool(embedding())), "embedding progress")
+        await wait_for(lambda: bool(embedding()), "embedding progress")
         assert embedding()[0].message == "0/3 chunks"
         fake.embed_gate.set()
-        await await_until(lambda: asyncio.sleep(0, isinstance(embedding()[-1], t.WorkDoneProgressEnd)),
-                          "the end of the embedding")
+        await wait_for(lambda: isinstance(embedding()[-1], t.WorkDoneProgressEnd),
+                   "the end of the embedding")
         assert embedding()[-1].message.startswith("vectors: 3 of 3 chunks embedded")
     finally:
         fake.embed_gate.set()

@@ -30,7 +30,8 @@ DOC_WEIGHT = 1  # on top of the docstring's occurrence in the body
 
 
 def estimate_tokens(text: str) -> int:
-    """Cheap token estimate (about four characters a token for code)."""
+    """A chunk's size in the index's own unit (four characters a token): what
+    `max_chunk_tokens` counts. Not the model's count: memory/budget.py estimates that."""
     return (len(text) + 3) // 4
 
 
