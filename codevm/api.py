@@ -245,19 +245,54 @@ class PageInfo:
 
 
 @dataclass
+class ModelCall:
+    """One request to the model: the prompt's tokens as estimated and as the server counted
+    them (and how many came from its prompt cache), the answer's tokens, the times."""
+
+    estimated_tokens: int
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
+    completion_tokens: int | None = None
+    first_token_seconds: float | None = None
+    seconds: float = 0.0
+    truncated: bool = False
+
+
+@dataclass
+class ModelCheck:
+    """What `codevm model check` found: which mode of asking the model can use."""
+
+    model: str
+    server: str
+    context_length: int
+    mode: str  # pager | tools
+    reason: str
+    native_calls: bool  # it calls functions through the API, not as text
+    seconds: float
+
+
+@dataclass
 class AskResult:
     question: str
-    answer: str  # empty when no model answered
+    answer: str  # empty when no model answered (or it gave no answer)
     session_id: str
     model: str
     model_used: bool
     notice: str = ""  # why no model answered, and what to do
+    # the pages the answer cites; if it cites none, the best pages it was given; with no
+    # answer, every page of the working set
     citations: list[str] = field(default_factory=list)
     pages: list[PageInfo] = field(default_factory=list)
     steps: list[StepLog] = field(default_factory=list)
     context: ContextReport | None = None
     evicted_messages: int = 0
-    finished: bool = True
+    finished: bool = True  # False: the model ran out of steps (tool mode)
+    mode: str = "pager"  # how the model was used: pager (one answer) or tools
+    cites_code: bool = False  # the answer's own text names a page's path
+    truncated: bool = False  # the answer was cut at its token limit (answer_reserve)
+    malformed: int = 0  # replies that were no answer (an echoed schema, a stray call)
+    streamed: bool = False  # the answer's text reached on_text as it came
+    calls: list[ModelCall] = field(default_factory=list)
 
 
 # -- the API ------------------------------------------------------------------------------
@@ -372,7 +407,11 @@ class EngineAPI(Protocol):
     # asking
     def ask(self, question: str, session: str | None = None, budget: int | None = None,
             on_text: Callable[[str], None] | None = None, new_session: bool = False,
-            settings: Settings | None = None) -> AskResult: ...
+            settings: Settings | None = None,
+            on_status: Callable[[str], None] | None = None) -> AskResult: ...
+
+    @idempotent
+    def check_model(self, settings: Settings | None = None) -> ModelCheck: ...
 
 
 class EngineHandle(EngineAPI, Protocol):

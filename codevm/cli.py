@@ -241,6 +241,27 @@ def status(as_json: bool) -> None:
 
 # -- the engine service --------------------------------------------------------------------
 @main.group()
+def model() -> None:
+    """The local model that `codevm ask` uses."""
+
+
+@model.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@handle_errors
+def model_check(as_json: bool) -> None:
+    """Ask the model once to call a function; record how `ask` should use it."""
+    with engine_at() as engine:
+        found = engine.check_model()
+    if as_json:
+        _print_json(to_dict(found))
+        return
+    how = ("tool mode: it pages code and memory itself" if found.mode == "tools" else
+           "pager-first: one answer over the code the pager chooses")
+    out.print(f"{found.model} at {found.server} (context {found.context_length:,} tokens): "
+              f"{how} ({found.reason}; {found.seconds:.0f}s). Set ask_mode to override.", markup=False)
+
+
+@main.group()
 def service() -> None:
     """The engine service: one process per project that owns its index (started on demand)."""
 
@@ -306,22 +327,32 @@ def _show_context(result: Any) -> None:
         out.print(f"  [dim]{result.evicted_messages} messages evicted to recall storage[/]")
 
 
-def _print_answer(result: Any, streamed: bool, show_context: bool) -> None:
-    if result.model_used:
-        if not streamed:
-            out.print(result.answer, markup=False)
-        else:
+def _print_answer(result: Any, show_context: bool) -> None:
+    if result.answer:
+        if result.streamed:
             out.print()
+        else:
+            out.print(result.answer, markup=False)
+        if not result.cites_code and result.citations:
+            out.print(f"[dim]Sources: {', '.join(result.citations)}[/]")
+        if result.truncated:
+            err.print("codevm: the answer was cut at its length limit (raise answer_reserve for longer ones)")
         if not result.finished:
-            err.print(f"codevm: the model did not finish within {len(result.steps)} steps")
+            err.print(f"codevm: the model did not finish within {len(result.steps)} steps: "
+                      "this is what it had")
     else:
         out.print("[bold]Code the pager selected for this question:[/]")
         for page in result.pages:
             out.print(f"\n[cyan]{page.citation}[/] {page.symbol} [dim]({page.reason})[/]")
             out.print("\n".join(page.text.split("\n")[:12]), markup=False)
-        err.print(f"codevm: no model was used: {result.notice}", markup=False)
+        what = "no model answered" if not result.model_used else "the model gave no answer"
+        err.print(f"codevm: {what}: {result.notice}", markup=False)
     if show_context:
         _show_context(result)
+
+
+def _status(text: str) -> None:
+    err.print(f"[dim]{text}[/]")
 
 
 @main.command()
@@ -338,11 +369,14 @@ def ask(question: tuple[str, ...], session: str | None, new_session: bool, budge
     with engine_at() as engine:
         stream = None if as_json else (lambda text: out.print(text, end="", markup=False))
         result = engine.ask(" ".join(question), session=session, budget=budget,
-                            on_text=stream, new_session=new_session)
+                            on_text=stream, new_session=new_session,
+                            on_status=None if as_json else _status)
         if as_json:
             _print_json(to_dict(result))
             return
-        _print_answer(result, stream is not None, show_context)
+        _print_answer(result, show_context)
+        if result.model_used and not result.answer:
+            sys.exit(1)  # a model ran and gave no answer (without a model, the pages are one)
 
 
 CHAT_HELP = """/memory  core memory blocks     /notes QUERY  search notes
@@ -391,9 +425,9 @@ def chat(session: str | None, budget: int | None) -> None:
             else:
                 last = engine.ask(line, session=current, budget=budget,
                                   on_text=lambda text: out.print(text, end="", markup=False),
-                                  new_session=current is None)
+                                  new_session=current is None, on_status=_status)
                 current = last.session_id
-                _print_answer(last, True, False)
+                _print_answer(last, False)
 
 
 @main.group()

@@ -22,7 +22,21 @@ class Settings:
     # the local model
     model: str = "qwen2.5-coder:7b"  # an Ollama model with tool calling
     ollama_host: str = field(default_factory=lambda: os.environ.get("OLLAMA_HOST", "http://127.0.0.1:11434"))
-    num_ctx: int = 8192  # used when Ollama does not report the model's context size
+    # an OpenAI-compatible server (llama.cpp, LM Studio, vLLM, LocalAI, Ollama's /v1) at
+    # this URL instead of Ollama's own API, e.g. http://127.0.0.1:8080/v1
+    model_url: str = ""
+    model_api_key: str = ""  # sent as a bearer token to model_url, if the server wants one
+    # seconds: to connect; for the prompt to be read (a CPU reads ~25-50 tokens/s); between
+    # two tokens of the answer
+    model_connect_timeout: float = 10.0
+    model_first_token_timeout: float = 600.0
+    model_idle_timeout: float = 120.0
+    # how `ask` uses the model: "pager" (one answer over the pager's working set: what
+    # small models get right), "tools" (the model pages code and memory itself through
+    # function calls: for models that drive them), "auto" (what `codevm model check`
+    # recorded for this model, else pager)
+    ask_mode: str = "auto"
+    num_ctx: int = 8192  # used when the server does not report the model's context size
     answer_reserve: int = 1024  # tokens of num_ctx kept free for the answer
     max_steps: int = 8  # function calls per question
     pager_share: float = 0.5  # share of the budget the working set may take

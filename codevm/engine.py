@@ -19,6 +19,7 @@ from codevm.api import (
     EmbeddingProgress,
     IndexReport,
     MessageRecord,
+    ModelCheck,
     Note,
     Progress,
     RefInfo,
@@ -290,11 +291,13 @@ class Engine:
     # -- asking ------------------------------------------------------------------------
     def ask(self, question: str, session: str | None = None, budget: int | None = None,
             on_text: Callable[[str], None] | None = None, new_session: bool = False,
-            settings: Settings | None = None) -> AskResult:
+            settings: Settings | None = None,
+            on_status: Callable[[str], None] | None = None) -> AskResult:
         """Answer a question with the local model inside a bounded main context.
 
         `session`: continue that session; None continues the latest unless `new_session`.
         `settings`: the asking client's model settings (model, host, context), if not ours.
+        `on_text` gets the answer as it streams; `on_status` what happens meanwhile.
         Without a reachable model the answer is the pages the heuristic pager chose.
         """
         if not question or not question.strip():
@@ -303,4 +306,8 @@ class Engine:
         memory = ask.Memory(self.root, self.store, self.retriever, self.pager, self.notes,
                             self.recall, self.core)
         return ask.ask(memory, settings or self.settings, question, session, budget, on_text,
-                       new_session)
+                       new_session, on_status)
+
+    def check_model(self, settings: Settings | None = None) -> ModelCheck:
+        """Probe the model once; record which mode of asking it can use."""
+        return ask.check_model(self.store, settings or self.settings)

@@ -35,6 +35,11 @@ class ModelMissing(CodevmError):
     """Ollama runs but does not have the model."""
 
 
+class ModelTimeout(ModelUnavailable):
+    """The model's server did not answer within one of the time limits (which one: the
+    message says)."""
+
+
 class ServiceUnavailable(CodevmError):
     """The project's engine service could not be reached or started."""
 

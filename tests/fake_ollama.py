@@ -1,8 +1,12 @@
-"""An Ollama-compatible HTTP server on 127.0.0.1 that plays a scripted model.
+"""A model server on 127.0.0.1 that plays a scripted model, speaking both Ollama's API
+(/api/chat, /api/show, /api/embed) and the OpenAI-compatible one of llama.cpp's server
+(/v1/chat/completions as server-sent events, /props).
 
-It replaces only the model: the engine talks to it through the real `ollama` client over
-real HTTP. Each /api/chat request takes the next scripted reply (a dict, or a function of
-the request that returns one) and is recorded, so tests can check what was sent.
+It replaces only the model: the engine talks to it over real HTTP. Each chat request
+takes the next scripted reply (a dict, or a function of the request that returns one)
+and is recorded, so tests can check what was sent. A reply may hold `content`,
+`tool_calls`, `done_reason` ("length": cut at the token limit), `wait_first` (seconds
+before the first token) and `trickle` (seconds between tokens).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,6 +43,11 @@ def fake_embedding(text: str, dimension: int) -> list[float]:
     return vector
 
 
+def _pieces(text: str) -> list[str]:
+    """A reply's text as a model streams it: a word or so at a time."""
+    return re.findall(r"\S*\s*", text)[:-1] if text else []
+
+
 def call(name: str, **arguments: Any) -> dict:
     return {"function": {"name": name, "arguments": arguments}}
 
@@ -51,6 +61,7 @@ class FakeOllama:
         self.embed_gate = threading.Event()  # /api/embed waits until it is set...
         self.embed_gate.set()
         self.embed_pause_after: int | None = None  # ...after this many requests, if set
+        self.n_ctx = 4096  # what /props reports (the OpenAI-compatible side)
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -67,7 +78,7 @@ class FakeOllama:
         self.server.server_close()
 
     def chat_requests(self) -> list[dict]:
-        return [r for r in self.requests if r["path"] == "/api/chat"]
+        return [r for r in self.requests if r["path"] in ("/api/chat", "/v1/chat/completions")]
 
     def embedded_texts(self) -> list[str]:
         """Every text sent to /api/embed, in order."""
@@ -96,7 +107,9 @@ class FakeOllama:
                     self.wfile.write(json.dumps(body).encode())
 
             def do_GET(self) -> None:
-                if self.path == "/api/tags":
+                if self.path == "/props":
+                    self._send(200, {"default_generation_settings": {"n_ctx": fake.n_ctx}})
+                elif self.path == "/api/tags":
                     self._send(200, {"models": [{"name": m, "model": m} for m in fake.models]})
                 else:
                     self._send(404, {"error": "not found"})
@@ -122,31 +135,78 @@ class FakeOllama:
                         fake_embedding(t, fake.dimension) for t in inputs]})
                 elif self.path == "/api/chat":
                     self._chat(body)
+                elif self.path == "/v1/chat/completions":
+                    self._openai_chat(body)
                 else:
                     self._send(404, {"error": "not found"})
 
-            def _chat(self, body: dict) -> None:
+            def _next_reply(self, body: dict) -> dict[str, Any]:
                 if not fake.script:
-                    reply: dict[str, Any] = {"content": "(the script ran out)"}
-                else:
-                    step = fake.script.pop(0)
-                    reply = step(body) if callable(step) else step
+                    return {"content": "(the script ran out)"}
+                step = fake.script.pop(0)
+                return step(body) if callable(step) else step
+
+            def _stream(self, content_type: str, lines: list[bytes], reply: dict[str, Any]) -> None:
+                """Headers now, then each line: the first after `wait_first` seconds, the
+                others `trickle` seconds apart."""
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.end_headers()
+                self.wfile.flush()
+                try:
+                    for i, line in enumerate(lines):
+                        time.sleep(reply.get("wait_first", 0) if i == 0 else reply.get("trickle", 0))
+                        self.wfile.write(line)
+                        self.wfile.flush()
+                except OSError:
+                    pass  # the client gave up
+
+            def _chat(self, body: dict) -> None:
+                reply = self._next_reply(body)
                 if "error" in reply:
                     self._send(reply.get("status", 500), {"error": reply["error"]})
                     return
                 prompt_chars = len(json.dumps(body.get("messages", []))) + len(json.dumps(body.get("tools") or []))
-                message = {"role": "assistant", "content": reply.get("content", "")}
-                if reply.get("tool_calls"):
-                    message["tool_calls"] = reply["tool_calls"]
                 done = {"model": body["model"], "created_at": "2026-11-23T00:00:00Z",
                         "message": {"role": "assistant", "content": ""}, "done": True,
-                        "done_reason": "stop", "prompt_eval_count": prompt_chars // 4,
-                        "eval_count": 10}
-                part = {"model": body["model"], "created_at": "2026-11-23T00:00:00Z",
-                        "message": message, "done": False}
+                        "done_reason": reply.get("done_reason", "stop"),
+                        "prompt_eval_count": prompt_chars // 4, "eval_count": 10}
+                parts = [{"model": body["model"], "created_at": "2026-11-23T00:00:00Z",
+                          "message": {"role": "assistant", "content": piece}, "done": False}
+                         for piece in _pieces(reply.get("content", ""))]
+                if reply.get("tool_calls"):
+                    parts.append({"model": body["model"], "created_at": "2026-11-23T00:00:00Z",
+                                  "message": {"role": "assistant", "content": "",
+                                              "tool_calls": reply["tool_calls"]}, "done": False})
                 if body.get("stream"):
-                    self._send(200, [part, done], stream=True)
+                    self._stream("application/x-ndjson",
+                                 [json.dumps(p).encode() + b"\n" for p in parts + [done]], reply)
                 else:
+                    message = {"role": "assistant", "content": reply.get("content", ""),
+                               **({"tool_calls": reply["tool_calls"]} if reply.get("tool_calls") else {})}
                     self._send(200, {**done, "message": message})
+
+            def _openai_chat(self, body: dict) -> None:
+                reply = self._next_reply(body)
+                if "error" in reply:
+                    self._send(reply.get("status", 500), {"error": {"message": reply["error"]}})
+                    return
+                prompt_chars = len(json.dumps(body.get("messages", []))) + len(json.dumps(body.get("tools") or []))
+                chunks: list[dict[str, Any]] = [{"choices": [{"index": 0, "delta": {"content": piece}}]}
+                                                for piece in _pieces(reply.get("content", ""))]
+                for i, c in enumerate(reply.get("tool_calls") or []):
+                    chunks.append({"choices": [{"index": 0, "delta": {"tool_calls": [{
+                        "index": i, "id": f"call_{i}", "type": "function",
+                        "function": {"name": c["function"]["name"],
+                                     "arguments": json.dumps(c["function"]["arguments"])}}]}}]})
+                finish = "length" if reply.get("done_reason") == "length" else (
+                    "tool_calls" if reply.get("tool_calls") else "stop")
+                chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+                chunks.append({"choices": [], "usage": {"prompt_tokens": prompt_chars // 4,
+                                                        "completion_tokens": 10},
+                               "timings": {"prompt_n": prompt_chars // 8, "cache_n": prompt_chars // 8}})
+                self._stream("text/event-stream",
+                             [b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks]
+                             + [b"data: [DONE]\n\n"], reply)
 
         return Handler

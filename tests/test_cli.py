@@ -81,7 +81,7 @@ def test_ask_with_a_model_then_memory_from_new_processes(indexed: Path) -> None:
     from tests.fake_ollama import FakeOllama, call
 
     with FakeOllama() as fake:
-        env = {"CODEVM_OLLAMA_HOST": fake.host}
+        env = {"CODEVM_OLLAMA_HOST": fake.host, "CODEVM_ASK_MODE": "tools"}
         fake.script = [{"tool_calls": [call("archival_memory_insert", text="Circle keeps a radius",
                                             path="src/py/shapes.py", symbol="Circle")]},
                        {"content": "Circle is defined in src/py/shapes.py:8-18."}]

@@ -23,7 +23,8 @@ def fake() -> FakeOllama:
 
 
 def _engine(project: Path, host: str, **overrides: object) -> Engine:
-    engine = Engine(project, Settings(ollama_host=host, **overrides))
+    """An indexed engine whose model drives the tools (the loop these tests script)."""
+    engine = Engine(project, Settings(ollama_host=host, **{"ask_mode": "tools", **overrides}))
     engine.index()
     return engine
 

@@ -384,14 +384,21 @@ async def cmd_ask(ls: CodevmLanguageServer, *args: Any) -> Any:
         token = ""
     engine = ls.api
     budget = ls.budget
+
+    def status(message: str) -> None:  # "reading 2,900 tokens of context..."
+        if token:
+            ls.work_done_progress.report(token, t.WorkDoneProgressReport(message=message))
+
     try:
         result = await asyncio.get_running_loop().run_in_executor(
-            ls.thread_pool, lambda: _run(lambda: engine.ask(str(question), budget=budget)))
+            ls.thread_pool, lambda: _run(lambda: engine.ask(str(question), budget=budget,
+                                                            on_status=status)))
     finally:
         if token:
             ls.work_done_progress.end(token, t.WorkDoneProgressEnd(message="done"))
-    if result.model_used:
-        text = result.answer
+    if result.answer:
+        sources = "" if result.cites_code else "\n\nSources: " + ", ".join(result.citations)
+        text = result.answer + sources
     else:
         cited = "\n".join(f"- {p.citation} {p.symbol}" for p in result.pages)
         text = f"No model answered: {result.notice}\n\nCode codevm selected:\n{cited}"

@@ -129,7 +129,7 @@ def ask(engine: EngineAPI, question: str, session: str | None = None,
              for p in result.pages]
     out = {"answer": result.answer, "model_used": result.model_used, "session_id": result.session_id,
            "citations": result.citations,
-           "note": "" if result.model_used else
+           "note": "" if result.answer else
            f"No local model answered ({result.notice}); these are the pages codevm's pager chose "
            "for the question: read them and answer yourself."}
     out["pages"] = fit_items(pages, 0, max(200, max_chars - len(json.dumps(out))))

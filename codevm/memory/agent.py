@@ -9,14 +9,14 @@ text instead of using native tool calling are understood too.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from codevm.api import StepLog
 from codevm.memory.context import ContextMessage, MainContext
 from codevm.memory.functions import TOOL_NAMES, MemoryFunctions
-from codevm.model_client import ModelReply
+from codevm.memory.replies import as_answer, parse_call
+from codevm.models import ModelReply
 
 INSTRUCTIONS = """You are codevm, an assistant that answers questions about one codebase.
 Your context window is small, so it works like virtual memory: code you need must be
@@ -28,34 +28,8 @@ paged in. The working set below holds code already paged in for this question.
 - Answer with send_message, or plainly when you are done. Cite code as path:start-end.
 Be brief and exact; say so when the code does not show the answer."""
 
-
-_JSON_CALL = re.compile(r"\{.*\}", re.DOTALL)
-
-
-def parse_text_call(content: str) -> dict | None:
-    """A call printed as JSON text ({"name": ..., "arguments": {...}}), if that is all it is."""
-    text = content.strip()
-    if text.startswith("```"):
-        text = text.strip("`").removeprefix("json").strip()
-    m = _JSON_CALL.fullmatch(text)
-    if not m:
-        return None
-    try:
-        data = json.loads(m.group(0))
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    name = data.get("name") or (data.get("function") or {}).get("name")
-    args = data.get("arguments", data.get("parameters", {}))
-    if isinstance(args, str):
-        try:
-            args = json.loads(args)
-        except json.JSONDecodeError:
-            return None
-    if name in TOOL_NAMES and isinstance(args, dict):
-        return {"name": name, "arguments": args}
-    return None
+NOT_AN_ANSWER = ("That was not an answer: it repeats the function definitions. Call one function, "
+                 "or answer the question in plain words, citing path:start-end.")
 
 
 @dataclass
@@ -63,6 +37,7 @@ class AgentResult:
     answer: str
     steps: list[StepLog] = field(default_factory=list)
     finished: bool = True
+    malformed: int = 0  # replies that were neither an answer nor a call (an echoed schema)
 
 
 class Agent:
@@ -78,19 +53,25 @@ class Agent:
     def run(self, fit: Callable[[], None], on_text: Callable[[str], None] | None) -> AgentResult:
         steps: list[StepLog] = []
         last_content = ""
+        malformed = 0
         for _ in range(self.max_steps):
             fit()
             self.context.working_set.tick()
             messages, estimate = self.context.prompt()
             reply = self.chat(messages, estimate, on_text)
             calls = reply.tool_calls
-            if not calls and (parsed := parse_text_call(reply.content)):
+            if not calls and (parsed := parse_call(reply.content, TOOL_NAMES)):
                 calls = [parsed]
                 reply.content = ""
             if not calls:
-                answer = reply.content.strip()
+                answer, bad = as_answer(reply.content, TOOL_NAMES)
+                if bad:  # a copy of the schemas: never an answer; the model is told so
+                    malformed += 1
+                    self.record(self._message("assistant", reply.content))
+                    self.record(self._message("user", NOT_AN_ANSWER))
+                    continue
                 self.record(self._message("assistant", answer))
-                return AgentResult(answer, steps)
+                return AgentResult(answer, steps, malformed=malformed)
             self.record(self._message("assistant", reply.content, tool_calls=calls))
             last_content = reply.content or last_content
             for call in calls:
@@ -101,11 +82,12 @@ class Agent:
                     steps.append(StepLog(name, {}, True, "answer sent"))
                     if on_text and answer:
                         on_text(answer)
-                    return AgentResult(answer, steps)
+                    return AgentResult(answer, steps, malformed=malformed)
                 ok, result = self.functions.call(name, args)
                 steps.append(StepLog(name, args if isinstance(args, dict) else {}, ok, result[:120]))
                 self.record(self._message("tool", result, tool_name=str(name)))
-        return AgentResult(last_content.strip(), steps, finished=False)
+        return AgentResult(as_answer(last_content, TOOL_NAMES)[0], steps, finished=False,
+                           malformed=malformed)
 
     def _message(self, role: str, content: str, tool_calls: list[dict] | None = None,
                  tool_name: str = "") -> ContextMessage:

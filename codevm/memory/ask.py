@@ -1,19 +1,26 @@
 """Asking: one question answered by the local model inside a bounded main context.
 
-The path of a question: the session's main context is restored from recall storage; the
-question is recorded; the heuristic pager fills the working set's share of the budget;
-the agent loop lets the model page code and use memory through its functions; the
-answer is recorded and returned with the pages it could cite. Without a reachable model
-the answer is the pages the pager chose.
+Two modes (setting `ask_mode`; "auto" takes what `codevm model check` recorded):
+
+- pager-first (the default): the heuristic pager fills the working set for the question
+  (and, for a follow-up, the turn before it); notes that match are added; the model
+  answers in one call, with no function schemas to read or copy. Small models (1.5B-7B)
+  answer best this way. "Remember that ..." is saved as a note without the model.
+- tools: the MemGPT loop; the model pages code and uses memory through function calls.
+
+Both restore the session from recall storage, record every message, keep the prompt
+within the budget, cap the answer's length and say when it was cut.
 """
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from codevm.api import AskResult, PageInfo
+from codevm.api import AskResult, ModelCall, ModelCheck, PageInfo
 from codevm.config import Settings
 from codevm.db.store import Store
 from codevm.errors import InvalidArgument, ModelMissing, ModelUnavailable
@@ -22,12 +29,37 @@ from codevm.memory.budget import Budget, TokenEstimator
 from codevm.memory.context import ContextMessage, MainContext, Page
 from codevm.memory.conversation import SUMMARY_PROMPT, Conversation
 from codevm.memory.core import CoreMemory
-from codevm.memory.functions import TOOLS, MemoryFunctions
+from codevm.memory.functions import TOOL_NAMES, TOOLS, MemoryFunctions
 from codevm.memory.notes import Notes
 from codevm.memory.pager import HeuristicPager
 from codevm.memory.recall import Recall
-from codevm.model_client import ModelReply, OllamaModel
+from codevm.memory.replies import StreamGate, as_answer, echoes_schema, parse_call
+from codevm.models import ChatModel, ModelReply, limits_of, make_model
 from codevm.retrieval.retriever import Retriever
+
+ASK_MODES = ("auto", "pager", "tools")
+MAX_NOTES = 5  # notes that match a question, added to its prompt
+
+PAGER_INSTRUCTIONS = """You are codevm, an assistant that answers questions about one codebase.
+With each question you get the parts of the code that matter most for it, each headed by
+[path:start-end], and notes saved in earlier sessions.
+- Answer from that code and those notes. Name the functions and classes you mean.
+- Cite the code you use as path:start-end, for example src/app.py:12-30.
+- If the code shown does not answer the question, say so and say where to look.
+Be brief and exact."""
+
+# "remember that we call the app factory make_app", "note: tests run with tox"
+_REMEMBER = re.compile(
+    r"^\s*(?:please\s+)?(?:remember|note|keep in mind|don'?t forget|do not forget)"
+    r"(?:\s+that\b|\s*:|\s*,)\s*(?P<fact>.+?)\s*$", re.IGNORECASE | re.DOTALL)
+
+
+def fact_to_remember(question: str) -> str | None:
+    """The fact of a "remember that ..." request, or None for anything else."""
+    m = _REMEMBER.match(question)
+    if not m or question.rstrip().endswith("?"):
+        return None
+    return m.group("fact").rstrip(".")
 
 
 @dataclass
@@ -43,20 +75,30 @@ class Memory:
     core: CoreMemory
 
 
+def mode_for(settings: Settings, store: Store) -> str:
+    mode = settings.ask_mode.strip().lower()
+    if mode not in ASK_MODES:
+        raise InvalidArgument(f"setting 'ask_mode' must be one of {', '.join(ASK_MODES)}, got {mode!r}")
+    if mode == "auto":
+        return store.get_meta(f"ask_mode:{settings.model}") or "pager"
+    return mode
+
+
 def ask(memory: Memory, settings: Settings, question: str, session: str | None = None,
         budget: int | None = None, on_text: Callable[[str], None] | None = None,
-        new_session: bool = False) -> AskResult:
+        new_session: bool = False, on_status: Callable[[str], None] | None = None) -> AskResult:
     """Answer `question` in `session` (None: the latest, unless `new_session`)."""
     if not question or not question.strip():
         raise InvalidArgument("the question is empty")
+    mode = mode_for(settings, memory.store)
     recall = memory.recall
     if session:
         info = recall.session(session)
     else:
         latest = None if new_session else recall.latest()
         info = latest or recall.new_session()
-    client = OllamaModel(settings.model, settings.ollama_host)
-    model: OllamaModel | None = client
+    client = make_model(settings)
+    model: ChatModel | None = client
     notice = ""
     num_ctx = settings.num_ctx
     try:
@@ -67,45 +109,89 @@ def ask(memory: Memory, settings: Settings, question: str, session: str | None =
     estimator = TokenEstimator(float(memory.store.get_meta(factor_key) or 1.0))
     limits = Budget.for_question(num_ctx, settings.answer_reserve, budget, settings.pager_share,
                                  estimator)
-    context = MainContext(limits, INSTRUCTIONS, TOOLS)
+    pager_first = mode == "pager"
+    context = MainContext(limits, PAGER_INSTRUCTIONS if pager_first else INSTRUCTIONS,
+                          [] if pager_first else TOOLS, layout="pager" if pager_first else "tools")
     context.core = memory.core.blocks()
-    conversation = Conversation(context, recall, info.id, _summarizer(model, limits))
+    conversation = Conversation(context, recall, info.id, _summarizer(model, limits, settings))
     conversation.restore()
+    earlier = [m.content for m in context.messages if m.role == "user"][-1:]
     conversation.record(ContextMessage("user", question, estimator.count(question) + 4))
-    # the heuristic pager fills the working set's share before the model sees anything
-    share = limits.pages - context.working_set.tokens
-    for page in memory.pager.prefetch(question, max(0, share), set(context.working_set.pages),
-                                      estimator):
+    result = AskResult(question, "", info.id, settings.model, model is not None, notice, mode=mode)
+    fact = fact_to_remember(question) if pager_first else None
+    if fact:
+        note = memory.notes.insert(fact, ["remembered"], "agent")
+        result.answer = f"I will remember that {fact} (note {note.id})."
+        result.model_used, result.notice = False, ""
+        conversation.record(ContextMessage("assistant", result.answer, estimator.count(result.answer) + 4))
+        if on_text:
+            on_text(result.answer)
+        return _finish(result, context, conversation)
+    # the heuristic pager fills the working set's share before the model sees anything;
+    # a follow-up ("and where is it called?") is read with the question before it
+    query = "\n".join(earlier + [question]) if pager_first else question
+    for page in memory.pager.prefetch(query, max(0, limits.pages - context.working_set.tokens),
+                                      set(context.working_set.pages), estimator):
         page.last_used = context.working_set.clock
         context.working_set.page_in(page)
+    if pager_first:
+        context.notes = _matching_notes(memory.notes, question)
     conversation.fit()
-    result = AskResult(question, "", info.id, settings.model, model is not None, notice)
-    if model is not None:
-        def chat(messages: list[dict], estimate: int,
-                 stream: Callable[[str], None] | None) -> ModelReply:
-            assert estimate <= limits.tokens, "fit() keeps every prompt within budget"
-            reply = client.chat(messages, TOOLS, limits.num_ctx, stream)
-            estimator.calibrate(estimate, reply.prompt_tokens)
-            return reply
+    if model is None:
+        return _finish(result, context, conversation)
 
-        functions = MemoryFunctions(memory.root, context, memory.retriever, memory.pager,
-                                    memory.notes, recall, memory.core)
-        agent = Agent(functions, context, chat, settings.max_steps, conversation.record)
-        try:
+    def chat(messages: list[dict], estimate: int, stream: Callable[[str], None] | None) -> ModelReply:
+        assert estimate <= limits.tokens, "fit() keeps every prompt within budget"
+        if on_status:
+            on_status(f"reading {estimate:,} tokens of context...")
+        gate = StreamGate(stream)
+        reply = client.chat(messages, limits.num_ctx, limits_of(settings, limits.answer_reserve),
+                            tools=None if pager_first else TOOLS, on_text=gate)
+        gate.finish()
+        estimator.calibrate(estimate, reply.prompt_tokens)
+        result.calls.append(ModelCall(estimate, reply.prompt_tokens, reply.cached_tokens,
+                                      reply.completion_tokens, reply.first_token_seconds,
+                                      round(reply.seconds, 2), reply.truncated))
+        result.streamed = result.streamed or gate.shown
+        return reply
+
+    try:
+        if pager_first:
+            messages, estimate = context.prompt()
+            reply = chat(messages, estimate, on_text)
+            result.answer, bad = as_answer(reply.content, TOOL_NAMES)
+            result.malformed = int(bad)
+            if result.answer:
+                conversation.record(ContextMessage("assistant", result.answer,
+                                                   estimator.count(result.answer) + 4))
+        else:
+            functions = MemoryFunctions(memory.root, context, memory.retriever, memory.pager,
+                                        memory.notes, recall, memory.core)
+            agent = Agent(functions, context, chat, settings.max_steps, conversation.record)
             outcome = agent.run(conversation.fit, on_text)
             result.answer, result.steps, result.finished = (
                 outcome.answer, outcome.steps, outcome.finished)
-            memory.store.set_meta(factor_key, f"{estimator.factor:.4f}")
-        except (ModelUnavailable, ModelMissing) as e:
-            result.model_used, result.notice = False, str(e)
-    _cite(result, sorted(context.working_set.pages.values(), key=lambda p: -p.relevance))
-    result.context = context.report()
-    result.evicted_messages = sum(e.messages for e in conversation.state.evictions)
-    return result
+            result.malformed = outcome.malformed
+        result.truncated = any(c.truncated for c in result.calls[-1:])
+        memory.store.set_meta(factor_key, f"{estimator.factor:.4f}")
+    except (ModelUnavailable, ModelMissing) as e:
+        result.model_used, result.notice = False, str(e)
+    if result.model_used and not result.answer and not result.notice:
+        result.notice = ("the model's reply was not an answer (it repeated its instructions or "
+                         "printed a call): these are the pages the pager chose")
+    return _finish(result, context, conversation)
 
 
-def _summarizer(model: OllamaModel | None,
-                limits: Budget) -> Callable[[str, str, int], str | None]:
+def _matching_notes(notes: Notes, question: str) -> str:
+    try:
+        found = notes.search(question, k=MAX_NOTES)
+    except InvalidArgument:  # no searchable word in the question
+        return ""
+    return "\n".join(f"- {n.text}" + (" (its code has changed since)" if n.stale else "") for n in found)
+
+
+def _summarizer(model: ChatModel | None, limits: Budget,
+                settings: Settings) -> Callable[[str, str, int], str | None]:
     """How evicted messages are summarised: by the model, or None (extractive)."""
 
     def summarize(previous: str, transcript: str, words: int) -> str | None:
@@ -116,7 +202,8 @@ def _summarizer(model: OllamaModel | None,
         text = (f"Earlier summary:\n{previous}\n\n" if previous else "") + transcript
         try:
             reply = model.chat([{"role": "system", "content": prompt},
-                                {"role": "user", "content": text[-room:]}], [], limits.num_ctx)
+                                {"role": "user", "content": text[-room:]}], limits.num_ctx,
+                               limits_of(settings, limits.answer_reserve))
         except (ModelUnavailable, ModelMissing):
             return None
         return reply.content.strip() or None
@@ -124,12 +211,47 @@ def _summarizer(model: OllamaModel | None,
     return summarize
 
 
+def _finish(result: AskResult, context: MainContext, conversation: Conversation) -> AskResult:
+    _cite(result, sorted(context.working_set.pages.values(), key=lambda p: -p.relevance))
+    result.context = context.report()
+    result.evicted_messages = sum(e.messages for e in conversation.state.evictions)
+    return result
+
+
 def _cite(result: AskResult, pages: list[Page]) -> None:
-    """The pages of the working set, and the citations of the answer (its sources)."""
+    """The pages of the working set, and the answer's citations: the pages it cites, else
+    the best pages it was given (with no answer: every page)."""
     result.pages = [PageInfo(p.citation, p.path, p.start_line, p.end_line, p.symbol, p.tokens,
                              p.relevance, p.reason, p.text) for p in pages]
     cited = [p.citation for p in pages if p.path in result.answer]
-    if result.answer and not cited and pages:
-        cited = [p.citation for p in pages[:5]]
-        result.answer += "\n\nSources: " + ", ".join(cited)
-    result.citations = cited if result.answer else [p.citation for p in pages]
+    result.cites_code = bool(cited)
+    if result.answer:
+        result.citations = cited or [p.citation for p in pages[:5]]
+    else:
+        result.citations = [p.citation for p in pages]
+
+
+PROBE = ("Find where the function `main` is defined in this project. Use the search_code "
+         "function: call it, do not answer in words.")
+
+
+def check_model(store: Store, settings: Settings) -> ModelCheck:
+    """Ask the configured model once to call a function; record which mode it can use
+    (`ask_mode = "auto"` then takes it)."""
+    client = make_model(settings)
+    num_ctx = client.context_length(settings.num_ctx)
+    started = time.monotonic()
+    reply = client.chat([{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": PROBE}],
+                        num_ctx, limits_of(settings, 256), tools=[t for t in TOOLS
+                                                                  if t["function"]["name"] == "search_code"])
+    calls = reply.tool_calls or ([c] if (c := parse_call(reply.content, TOOL_NAMES)) else [])
+    native = bool(reply.tool_calls)
+    if calls and calls[0]["name"] == "search_code" and calls[0]["arguments"].get("query"):
+        mode, why = "tools", ("it called search_code" + ("" if native else " (as text)"))
+    elif echoes_schema(reply.content):
+        mode, why = "pager", "it copied the function schemas instead of calling one"
+    else:
+        mode, why = "pager", "it answered in words instead of calling a function"
+    store.set_meta(f"ask_mode:{settings.model}", mode)
+    return ModelCheck(settings.model, client.where, num_ctx, mode, why, native,
+                      round(time.monotonic() - started, 1))

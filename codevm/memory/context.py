@@ -118,19 +118,35 @@ class ContextMessage:
 
 
 class MainContext:
-    def __init__(self, budget: Budget, instructions: str, tools: list[dict]):
+    """The prompt, in one of two layouts:
+
+    - "tools": everything the model may edit in the system message (instructions, core
+      memory, the working set, the summary), then the conversation with its tool calls;
+    - "pager": the stable part first, so that a server can reuse its prompt cache from
+      one question to the next (instructions, core memory, the summary, the earlier
+      turns), and what changes with each question last, in its user message: the working
+      set, the notes that match, the question.
+    """
+
+    def __init__(self, budget: Budget, instructions: str, tools: list[dict], layout: str = "tools"):
         self.budget = budget
         self.estimator = budget.estimator
         self.instructions = instructions
         self.tools = tools
-        self.tools_json = json.dumps(tools)  # counted with every prompt: serialised once
+        self.tools_json = json.dumps(tools) if tools else ""  # counted with every prompt
+        self.layout = layout
         self.core: list[CoreBlock] = []
         self.working_set = WorkingSet()
         self.summary = ""
+        self.notes = ""  # notes that match the question ("pager" layout)
         self.messages: list[ContextMessage] = []
 
     # -- sections ----------------------------------------------------------------------
     def _core_text(self) -> str:
+        if self.layout == "pager":
+            filled = [b for b in self.core if b.value.strip()]
+            return ("## What you know about this project and user\n" + "\n".join(
+                f"{b.label}: {b.value}" for b in filled)) if filled else ""
         parts = []
         for b in self.core:
             parts.append(f"<{b.label} chars={len(b.value)}/{b.limit}>\n{b.value}\n</{b.label}>")
@@ -138,10 +154,18 @@ class MainContext:
 
     def _pages_text(self) -> str:
         pages = self.working_set.ordered()
+        if self.layout == "pager":
+            if not pages:
+                return "(no code of the project matched the question)"
+            return "Code from the project, each part headed by its path:lines:\n\n" + "\n\n".join(
+                p.render() for p in pages)
         if not pages:
             return "## Working set\n(no code paged in: use search_code and open_code)"
         return "## Working set (code paged in; cite as path:start-end)\n\n" + "\n\n".join(
             p.render() for p in pages)
+
+    def _notes_text(self) -> str:
+        return f"Notes saved in earlier sessions:\n{self.notes}" if self.notes else ""
 
     def _summary_text(self) -> str:
         if not self.summary:
@@ -156,6 +180,7 @@ class MainContext:
             "core memory": count(self._core_text()),
             "working set": count(self._pages_text()),
             "summary": count(self._summary_text()),
+            "notes": count(self._notes_text()),
             "messages": sum(m.tokens for m in self.messages),
         }
 
@@ -163,7 +188,9 @@ class MainContext:
         parts = [self.instructions, self._core_text(), self._pages_text()]
         if self.summary:
             parts.append(self._summary_text())
-        return parts
+        if self.notes:
+            parts.append(self._notes_text())
+        return [p for p in parts if p]
 
     def _estimate(self, system: str) -> int:
         """Tokens of a prompt with this system message: it, the schemas, the messages."""
@@ -177,7 +204,9 @@ class MainContext:
         return self.budget.under_pressure(self.used())
 
     def prompt(self) -> tuple[list[dict], int]:
-        """Messages for Ollama and their estimated token count (system included)."""
+        """Messages for the model and their estimated token count (system included)."""
+        if self.layout == "pager":
+            return self._pager_prompt()
         parts = self._sections()
         used = self._estimate("\n\n".join(parts))
         if self.budget.under_pressure(used):
@@ -189,6 +218,19 @@ class MainContext:
         system = "\n\n".join(parts)
         messages = [{"role": "system", "content": system}] + [m.to_ollama() for m in self.messages]
         return messages, self._estimate(system)
+
+    def _pager_prompt(self) -> tuple[list[dict], int]:
+        system = "\n\n".join(p for p in (self.instructions, self._core_text(), self._summary_text()) if p)
+        turns = [m for m in self.messages[:-1] if m.role in ("user", "assistant") and m.content.strip()]
+        question = self.messages[-1].content if self.messages else ""
+        last = "\n\n".join(p for p in (self._pages_text(), self._notes_text(), f"Question: {question}") if p)
+        messages = ([{"role": "system", "content": system}]
+                    + [{"role": m.role, "content": m.content} for m in turns]
+                    + [{"role": "user", "content": last}])
+        count = self.estimator.count
+        estimate = (count(system) + sum(m.tokens for m in turns) + count(last)
+                    + 8 * (len(messages)))
+        return messages, estimate
 
     # -- eviction ----------------------------------------------------------------------
     def evictable_groups(self) -> list[list[ContextMessage]]:

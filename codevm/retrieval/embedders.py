@@ -14,7 +14,7 @@ import ollama
 
 from codevm.config import Settings
 from codevm.errors import EmbeddingUnavailable, InvalidArgument
-from codevm.model_client import OLLAMA_ERRORS, ollama_failure
+from codevm.models.ollama_api import OLLAMA_ERRORS, ollama_failure
 
 DEFAULT_MODELS = {"ollama": "nomic-embed-text", "local": "all-MiniLM-L6-v2"}
 EMBEDDERS = ("auto", "ollama", "local", "off")

@@ -34,6 +34,7 @@ from codevm.api import (
     EngineHandle,
     IndexReport,
     MessageRecord,
+    ModelCheck,
     Note,
     Progress,
     RefInfo,
@@ -284,10 +285,14 @@ class RemoteEngine:
 
     def ask(self, question: str, session: str | None = None, budget: int | None = None,
             on_text: Callable[[str], None] | None = None, new_session: bool = False,
-            settings: Settings | None = None) -> AskResult:
+            settings: Settings | None = None,
+            on_status: Callable[[str], None] | None = None) -> AskResult:
         # the model settings are the asking client's (its environment, its editor)
         return self._call("ask", question, session, budget, on_text, new_session,
-                          settings or self.settings)
+                          settings or self.settings, on_status)
+
+    def check_model(self, settings: Settings | None = None) -> ModelCheck:
+        return self._call("check_model", settings or self.settings)
 
     # -- the service itself ----------------------------------------------------------------
     def service_info(self) -> dict[str, Any]:

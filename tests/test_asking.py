@@ -1,0 +1,186 @@
+"""Pager-first asking and the model backends, against a server that speaks each backend's
+real protocol (tests/fake_ollama.py): Ollama's /api/chat and the OpenAI-compatible
+/v1/chat/completions of llama.cpp's server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from codevm.config import Settings
+from codevm.engine import Engine
+from codevm.errors import ModelTimeout
+from codevm.memory.ask import fact_to_remember
+from codevm.memory.replies import StreamGate, as_answer, parse_call
+from codevm.models import Limits, OpenAIModel
+from tests.fake_ollama import FakeOllama
+
+NAMES = {"search_code", "open_code", "send_message"}
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOllama]:
+    with FakeOllama() as server:
+        yield server
+
+
+@pytest.fixture(params=["ollama", "openai"])
+def backend(request: pytest.FixtureRequest, fake: FakeOllama) -> dict[str, str]:
+    """Settings for each backend, both served by `fake`."""
+    if request.param == "ollama":
+        return {"ollama_host": fake.host}
+    return {"model_url": fake.host + "/v1", "ollama_host": "http://127.0.0.1:9"}
+
+
+def _engine(project: Path, **settings: object) -> Engine:
+    engine = Engine(project, Settings(**settings))  # type: ignore[arg-type]
+    engine.index()
+    return engine
+
+
+def test_pager_first_is_one_call_with_the_pages_after_a_stable_prefix(
+        project: Path, fake: FakeOllama, backend: dict[str, str]) -> None:
+    fake.script = [{"content": "total_area sums the areas (src/py/shapes.py:21-23)."},
+                   {"content": "It is called from src/py/app.py."}]
+    with _engine(project, **backend) as engine:
+        streamed: list[str] = []
+        status: list[str] = []
+        first = engine.ask("How is the total area of the shapes computed?", on_text=streamed.append,
+                           on_status=status.append)
+        second = engine.ask("and where is it called?")
+    assert first.mode == "pager" and first.model_used and len(first.calls) == 1
+    assert "".join(streamed) == first.answer and first.streamed
+    assert first.cites_code and any(c.startswith("src/py/shapes.py:") for c in first.citations)
+    assert status and status[0].startswith("reading ") and "tokens of context" in status[0]
+    requests = [r["body"] for r in fake.chat_requests()]
+    assert all("tools" not in body for body in requests)  # no schemas to read or copy
+    one, two = (body["messages"] for body in requests)
+    assert one[0]["role"] == "system" and "def total_area" not in one[0]["content"]
+    assert "def total_area" in one[-1]["content"] and one[-1]["content"].rstrip().endswith(
+        "Question: How is the total area of the shapes computed?")
+    # the follow-up: the same prefix (system, then the first turn), the pages read with the
+    # question before it, the answer's length capped from the answer reserve
+    assert two[0] == one[0] and two[1]["content"] == "How is the total area of the shapes computed?"
+    assert two[2] == {"role": "assistant", "content": first.answer}
+    assert "def total_area" in two[-1]["content"]
+    assert second.calls[0].prompt_tokens is not None
+    body = requests[0]
+    limit = body["options"]["num_predict"] if "options" in body else body["max_tokens"]
+    assert limit == Settings().answer_reserve
+
+
+def test_remember_then_recall_in_a_new_session(project: Path, fake: FakeOllama) -> None:
+    fake.script = [lambda body: {"content": "The app factory is called make_app."
+                                 if "make_app" in body["messages"][-1]["content"] else "I do not know."}]
+    with _engine(project, ollama_host=fake.host) as engine:
+        saved = engine.ask("remember that we call the app factory make_app", new_session=True)
+        assert not fake.chat_requests()  # saved without the model
+        assert "make_app" in saved.answer
+        assert [n.text for n in engine.search_notes("app factory")] == [
+            "we call the app factory make_app"]
+        answer = engine.ask("what do we call the app factory?", new_session=True)
+    assert answer.session_id != saved.session_id and "make_app" in answer.answer
+
+
+def test_echoed_schemas_and_raw_calls_are_never_the_answer(project: Path, fake: FakeOllama) -> None:
+    echo = ('<tools>\n{"type": "function", "function": {"name": "search_code", "parameters": '
+            '{"type": "object", "properties": {"query": {"type": "string"}}}}}\n</tools>')
+    fake.script = [{"content": echo},
+                   {"content": 'send_message\n{"message": "Circle is in src/py/shapes.py:8-18"}'}]
+    with _engine(project, ollama_host=fake.host) as engine:
+        streamed: list[str] = []
+        bad = engine.ask("Where is Circle?", on_text=streamed.append)
+        unwrapped = engine.ask("Where is Circle defined?")
+    assert bad.answer == "" and bad.malformed == 1 and streamed == []
+    assert "not an answer" in bad.notice and bad.pages  # the pager's pages instead
+    assert unwrapped.answer == "Circle is in src/py/shapes.py:8-18" and unwrapped.cites_code
+
+
+def test_a_cut_answer_is_said_to_be_cut(project: Path, fake: FakeOllama, backend: dict[str, str]) -> None:
+    fake.script = [{"content": "total_area adds up", "done_reason": "length"}]
+    with _engine(project, **backend) as engine:
+        result = engine.ask("How is the total area computed?")
+    assert result.truncated and result.answer == "total_area adds up"
+
+
+def test_each_time_limit_says_which_it_was(fake: FakeOllama) -> None:
+    model = OpenAIModel("qwen2.5-coder:7b", fake.host + "/v1")
+    messages = [{"role": "user", "content": "hi"}]
+    fake.script = [{"content": "late", "wait_first": 3}]
+    with pytest.raises(ModelTimeout, match="model_first_token_timeout"):
+        model.chat(messages, 4096, Limits(first_token=1, idle=30))
+    fake.script = [{"content": "one two three four", "trickle": 3}]
+    with pytest.raises(ModelTimeout, match="model_idle_timeout"):
+        model.chat(messages, 4096, Limits(first_token=30, idle=1))
+    fake.script = [{"content": "in time", "wait_first": 0.5}]
+    reply = model.chat(messages, 4096, Limits(first_token=5, idle=5))
+    assert reply.content == "in time" and reply.first_token_seconds and reply.first_token_seconds >= 0.5
+
+
+def test_the_server_counts_and_its_prompt_cache_are_reported(project: Path, fake: FakeOllama) -> None:
+    fake.n_ctx = 6000
+    fake.script = [{"content": "src/py/shapes.py:21-23 sums them."}]
+    with _engine(project, model_url=fake.host + "/v1") as engine:
+        result = engine.ask("How is the total area computed?")
+    call = result.calls[0]
+    assert result.context is not None and result.context.num_ctx == 6000  # from /props
+    assert call.prompt_tokens and call.cached_tokens and call.estimated_tokens > 0
+    assert fake.chat_requests()[0]["body"]["cache_prompt"] is True
+
+
+@pytest.mark.parametrize(("text", "name"), [
+    ('{"name": "search_code", "arguments": {"query": "x"}}', "search_code"),
+    ('```json\n{"name": "open_code", "arguments": {"id": 3}}\n```', "open_code"),
+    ('<tool_call>\n{"name": "search_code", "arguments": {"query": "x"}}\n</tool_call>', "search_code"),
+    ('send_message\n{"message": "done"}', "send_message"),
+    ('search_code\n{"query": "app factory"}', "search_code"),
+])
+def test_calls_printed_as_text_are_read(text: str, name: str) -> None:
+    call = parse_call(text, NAMES)
+    assert call is not None and call["name"] == name and isinstance(call["arguments"], dict)
+
+
+def test_prose_is_an_answer_and_a_gate_holds_back_what_is_not() -> None:
+    assert parse_call("Circle is defined in shapes.py", NAMES) is None
+    assert as_answer("Circle is defined in shapes.py", NAMES) == ("Circle is defined in shapes.py", False)
+    shown: list[str] = []
+    gate = StreamGate(shown.append)
+    for piece in ('{"name": ', '"search_code", "arguments": {}}'):
+        gate(piece)
+    gate.finish()
+    assert shown == [] and not gate.shown
+    gate = StreamGate(shown.append)
+    for piece in ("Circle ", "is in ", "shapes.py."):
+        gate(piece)
+    gate.finish()
+    assert "".join(shown) == "Circle is in shapes.py." and gate.shown
+
+
+@pytest.mark.parametrize(("question", "fact"), [
+    ("remember that we call the app factory make_app", "we call the app factory make_app"),
+    ("Please remember: tests run with tox.", "tests run with tox"),
+    ("note that the CI uses Python 3.12", "the CI uses Python 3.12"),
+    ("do you remember what we call the app factory?", None),
+    ("remember how the pager works?", None),
+    ("How does the app factory work?", None),
+])
+def test_what_counts_as_a_fact_to_remember(question: str, fact: str | None) -> None:
+    assert fact_to_remember(question) == fact
+
+
+def test_model_check_records_the_mode_that_auto_then_uses(project: Path, fake: FakeOllama) -> None:
+    from tests.fake_ollama import call
+
+    fake.script = [{"tool_calls": [call("search_code", query="main")]},
+                   {"tool_calls": [call("search_code", query="total area")]},
+                   {"content": "src/py/shapes.py:21-23 sums the areas."},
+                   {"content": '<tools>{"type": "function", "function": {"name": "search_code"}}</tools>'}]
+    with _engine(project, ollama_host=fake.host) as engine:
+        found = engine.check_model()
+        assert found.mode == "tools" and found.native_calls and "called search_code" in found.reason
+        result = engine.ask("How is the total area computed?")
+        assert result.mode == "tools" and [s.function for s in result.steps] == ["search_code"]
+        assert engine.check_model().mode == "pager"  # it copied the schemas this time
+        assert engine.ask("What does Circle do?").mode == "pager"
