@@ -45,7 +45,7 @@ from localization import checkout, mirror_for  # noqa: E402
 
 from codevm.config import Settings  # noqa: E402
 from codevm.engine import Engine  # noqa: E402
-from codevm.memory.ask import PAGER_INSTRUCTIONS  # noqa: E402
+from codevm.memory.ask import PAGER_CLOSING, PAGER_INSTRUCTIONS  # noqa: E402
 from codevm.memory.budget import Budget, TokenEstimator  # noqa: E402
 from codevm.memory.functions import TOOL_NAMES  # noqa: E402
 from codevm.memory.replies import as_answer  # noqa: E402
@@ -57,6 +57,7 @@ REPOS = ("pallets/flask", "psf/requests")
 CONFIGS = ("closed", "rag", "pager", "tools")
 CLOSED = """You are an assistant that answers questions about the {repo} codebase.
 Cite the code you mean as path:start-end. Be brief and exact."""
+CLOSED_CLOSING = "Answer in a few sentences, citing the path:lines of the code you mean."
 _IDENT = re.compile(r"`([^`\n]{2,80})`|\b(?:[A-Za-z_]\w*\.)+[A-Za-z_]\w*\b|\b_*[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b"
                     r"|\b[A-Z][a-z0-9]+(?:[A-Z][a-z0-9]*)+\b")
 FACTS = [  # (told in one session, asked in a new one, the words the answer must hold)
@@ -209,6 +210,7 @@ def summarise(rows: list[dict]) -> dict:
 
     recalls = [r["identifier_recall"] for r in rows if r["identifier_recall"] is not None]
     firsts = [r["first_token_s"] for r in rows if r.get("first_token_s") is not None]
+    idle = [r["first_token_s"] for r in rows if r.get("first_token_s") is not None and r.get("load", 9) < 1.5]
     return {"questions": len(rows), "cites_reference_file": share("cites"),
             "identifier_recall": round(statistics.mean(recalls), 3) if recalls else None,
             "malformed_or_echoed": share("malformed"), "truncated": share("truncated"),
@@ -216,6 +218,8 @@ def summarise(rows: list[dict]) -> dict:
             "prompt_tokens_median": statistics.median(r["prompt_tokens"] for r in rows) if rows else 0,
             "cached_tokens_median": statistics.median(r["cached_tokens"] for r in rows) if rows else 0,
             "first_token_s_median": round(statistics.median(firsts), 1) if firsts else None,
+            "first_token_s_median_idle": round(statistics.median(idle), 1) if idle else None,
+            "idle_answers": len(idle),
             "seconds_median": round(statistics.median(r["seconds"] for r in rows), 1) if rows else 0,
             "over_budget": sum(r.get("over_budget", 0) for r in rows)}
 
@@ -262,16 +266,17 @@ def main() -> None:
                 for config in configs:
                     if config == "closed":
                         messages = [{"role": "system", "content": CLOSED.format(repo=repo)},
-                                    {"role": "user", "content": q["query"]}]
+                                    {"role": "user", "content": q["query"] + "\n\n" + CLOSED_CLOSING}]
                         prompt = json.dumps(messages)
                     elif config == "rag":
                         messages = [{"role": "system", "content": PAGER_INSTRUCTIONS},
                                     {"role": "user", "content": _pages_prompt(engine, q["query"], budget)
-                                     + "\n\nQuestion: " + q["query"]}]
+                                     + "\n\nQuestion: " + q["query"] + "\n\n" + PAGER_CLOSING}]
                         prompt = json.dumps(messages)
                     else:
                         pages = engine.pager.prefetch(q["query"], budget.pages)
-                        prompt = json.dumps([config, PAGER_INSTRUCTIONS, [p.citation for p in pages]])
+                        prompt = json.dumps([config, PAGER_INSTRUCTIONS, PAGER_CLOSING,
+                                             [p.citation for p in pages]])
                     key = hashlib.sha256(json.dumps(
                         [q["id"], config, args.model, args.budget, hashlib.sha256(prompt.encode()).hexdigest()]
                     ).encode()).hexdigest()[:24]
@@ -289,7 +294,8 @@ def main() -> None:
                             outcome = {"answer": "", "raw": "", "malformed": 0, "calls": 0,
                                        "prompt_tokens": 0, "cached_tokens": 0, "first_token_s": None,
                                        "seconds": 0.0, "truncated": False, "error": str(e)}
-                        row = {"key": key, "id": q["id"], "config": config, **outcome}
+                        row = {"key": key, "id": q["id"], "config": config, "load": os.getloadavg()[0],
+                               **outcome}
                         with cache_file.open("a", encoding="utf-8") as f:
                             f.write(json.dumps(row) + "\n")
                         cache[key] = row

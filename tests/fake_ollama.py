@@ -4,7 +4,8 @@
 
 It replaces only the model: the engine talks to it over real HTTP. Each chat request
 takes the next scripted reply (a dict, or a function of the request that returns one)
-and is recorded, so tests can check what was sent. A reply may hold `content`,
+and is recorded, so tests can check what was sent. A reply may hold `recorded` (the
+verbatim body of a real server's streamed response, replayed as it came), `content`,
 `tool_calls`, `done_reason` ("length": cut at the token limit), `wait_first` (seconds
 before the first token) and `trickle` (seconds between tokens).
 """
@@ -188,6 +189,9 @@ class FakeOllama:
 
             def _openai_chat(self, body: dict) -> None:
                 reply = self._next_reply(body)
+                if "recorded" in reply:  # a real server's response, byte for byte
+                    self._stream("text/event-stream", [reply["recorded"].encode()], reply)
+                    return
                 if "error" in reply:
                     self._send(reply.get("status", 500), {"error": {"message": reply["error"]}})
                     return

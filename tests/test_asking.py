@@ -12,7 +12,7 @@ import pytest
 from codevm.config import Settings
 from codevm.engine import Engine
 from codevm.errors import ModelTimeout
-from codevm.memory.ask import fact_to_remember
+from codevm.memory.ask import PAGER_CLOSING, fact_to_remember
 from codevm.memory.replies import StreamGate, as_answer, parse_call
 from codevm.models import Limits, OpenAIModel
 from tests.fake_ollama import FakeOllama
@@ -58,8 +58,9 @@ def test_pager_first_is_one_call_with_the_pages_after_a_stable_prefix(
     assert all("tools" not in body for body in requests)  # no schemas to read or copy
     one, two = (body["messages"] for body in requests)
     assert one[0]["role"] == "system" and "def total_area" not in one[0]["content"]
-    assert "def total_area" in one[-1]["content"] and one[-1]["content"].rstrip().endswith(
-        "Question: How is the total area of the shapes computed?")
+    last = one[-1]["content"]
+    assert "def total_area" in last and last.rstrip().endswith(PAGER_CLOSING)  # the request last
+    assert last.index("def total_area") < last.index("Question: How is the total area of the shapes")
     # the follow-up: the same prefix (system, then the first turn), the pages read with the
     # question before it, the answer's length capped from the answer reserve
     assert two[0] == one[0] and two[1]["content"] == "How is the total area of the shapes computed?"

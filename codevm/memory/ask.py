@@ -41,12 +41,16 @@ ASK_MODES = ("auto", "pager", "tools")
 MAX_NOTES = 5  # notes that match a question, added to its prompt
 
 PAGER_INSTRUCTIONS = """You are codevm, an assistant that answers questions about one codebase.
-With each question you get the parts of the code that matter most for it, each headed by
-[path:start-end], and notes saved in earlier sessions.
-- Answer from that code and those notes. Name the functions and classes you mean.
-- Cite the code you use as path:start-end, for example src/app.py:12-30.
-- If the code shown does not answer the question, say so and say where to look.
-Be brief and exact."""
+With each question you get excerpts of the code that matter most for it. Each excerpt
+starts with a header in brackets, its file path and lines, like [src/app.py:12-30].
+Rules:
+1. Answer from the excerpts (and the notes saved in earlier sessions, if any).
+2. Name the functions, classes and parameters involved.
+3. Cite each excerpt you use by its header, for example (src/app.py:12-30).
+4. If the excerpts do not answer the question, say so."""
+# after the question: small models follow the last thing they read most closely
+PAGER_CLOSING = ('Answer in a few sentences. Start with "In <path>:<lines>," naming the excerpt '
+                 "that answers it, and cite any other excerpt you use the same way.")
 
 # "remember that we call the app factory make_app", "note: tests run with tox"
 _REMEMBER = re.compile(
@@ -136,6 +140,7 @@ def ask(memory: Memory, settings: Settings, question: str, session: str | None =
         context.working_set.page_in(page)
     if pager_first:
         context.notes = _matching_notes(memory.notes, question)
+        context.closing = PAGER_CLOSING
     conversation.fit()
     if model is None:
         return _finish(result, context, conversation)

@@ -19,6 +19,9 @@ CHARS_PER_TOKEN = 3.6  # code and prose with a BPE tokenizer, before calibration
 # side of the estimate, since the summary's prompt must fit whatever the calibration says
 SUMMARY_INPUT_CHARS_PER_TOKEN = 3.0
 MIN_CONTEXT_TOKENS = 512  # what main context must hold after the answer reserve
+# kept free of the estimate: the chat template's own tokens and what calibration has not
+# learnt yet, so that the server's count of a prompt stays within the budget
+ESTIMATE_MARGIN = 0.05
 
 PRESSURE_WARNING = 0.72  # share of the budget at which the model is warned
 EVICT_TO = 0.55  # after an eviction main context is at most this share of the budget
@@ -89,6 +92,12 @@ class Budget:
     @property
     def tokens(self) -> int:
         return self.num_ctx - self.answer_reserve
+
+    @property
+    def prompt_limit(self) -> int:
+        """The most a prompt may be estimated at: the budget less a margin for the error
+        of the estimate."""
+        return int(self.tokens * (1 - ESTIMATE_MARGIN))
 
     @property
     def pages(self) -> int:

@@ -139,6 +139,7 @@ class MainContext:
         self.working_set = WorkingSet()
         self.summary = ""
         self.notes = ""  # notes that match the question ("pager" layout)
+        self.closing = ""  # what is asked of the answer, after the question ("pager" layout)
         self.messages: list[ContextMessage] = []
 
     # -- sections ----------------------------------------------------------------------
@@ -223,7 +224,8 @@ class MainContext:
         system = "\n\n".join(p for p in (self.instructions, self._core_text(), self._summary_text()) if p)
         turns = [m for m in self.messages[:-1] if m.role in ("user", "assistant") and m.content.strip()]
         question = self.messages[-1].content if self.messages else ""
-        last = "\n\n".join(p for p in (self._pages_text(), self._notes_text(), f"Question: {question}") if p)
+        last = "\n\n".join(p for p in (self._pages_text(), self._notes_text(), f"Question: {question}",
+                                       self.closing) if p)
         messages = ([{"role": "system", "content": system}]
                     + [{"role": m.role, "content": m.content} for m in turns]
                     + [{"role": "user", "content": last}])

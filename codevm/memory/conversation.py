@@ -62,7 +62,7 @@ class Conversation:
     def fit(self) -> None:
         """Make the next prompt fit the budget; never send one over it."""
         ctx = self.context
-        limit = ctx.budget.tokens
+        limit = ctx.budget.prompt_limit
         ws_limit = ctx.budget.pages
         if ctx.working_set.tokens > ws_limit:
             ctx.working_set.evict_to(ws_limit)
