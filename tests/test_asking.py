@@ -4,6 +4,7 @@ real protocol (tests/fake_ollama.py): Ollama's /api/chat and the OpenAI-compatib
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -185,3 +186,27 @@ def test_model_check_records_the_mode_that_auto_then_uses(project: Path, fake: F
         assert result.mode == "tools" and [s.function for s in result.steps] == ["search_code"]
         assert engine.check_model().mode == "pager"  # it copied the schemas this time
         assert engine.ask("What does Circle do?").mode == "pager"
+
+
+def test_mcp_ask_reports_progress_while_the_model_reads(project: Path, fake: FakeOllama) -> None:
+    import anyio
+    from mcp import Client
+
+    from codevm.mcp_server.server import build_server
+
+    fake.script = [{"content": "total_area is in src/py/shapes.py:21-23."}]
+    messages: list[str] = []
+
+    async def progress(done: float, total: float | None, message: str | None) -> None:
+        messages.append(message or "")
+
+    async def body() -> dict:
+        with _engine(project, ollama_host=fake.host) as engine:
+            async with Client(build_server(engine)) as client:
+                result = await client.call_tool("ask", {"question": "How is the total area computed?"},
+                                                progress_callback=progress)
+                return json.loads(result.content[0].text)  # type: ignore[union-attr]
+
+    answer = anyio.run(body)
+    assert "src/py/shapes.py:21-23" in answer["answer"]
+    assert any(m.startswith("reading ") and "tokens of context" in m for m in messages)

@@ -138,12 +138,23 @@ def build_server(engine: EngineAPI) -> MCPServer:
         return tools.conversation_search(engine, query, k)
 
     @server.tool(annotations=READ_ONLY)
-    @_errors
-    def ask(question: Annotated[str, Field(description="the question", max_length=20_000)],
-            session: Annotated[str | None, Field(description="session to continue")] = None,
-            max_chars: MaxChars = tools.DEFAULT_MAX_CHARS) -> dict:
-        """The local model's answer; without one, the code pages codevm selected."""
-        return tools.ask(engine, question, session, max_chars)
+    async def ask(ctx: Context,
+                  question: Annotated[str, Field(description="the question", max_length=20_000)],
+                  session: Annotated[str | None, Field(description="session to continue")] = None,
+                  max_chars: MaxChars = tools.DEFAULT_MAX_CHARS) -> dict:
+        """The local model's answer; without one, the code pages codevm selected. Progress
+        notifications say what the model is doing (reading its prompt can take a minute)."""
+        steps = 0
+
+        def status(message: str) -> None:
+            nonlocal steps
+            steps += 1
+            anyio.from_thread.run(ctx.report_progress, steps, None, message)
+
+        def run() -> dict:
+            return _errors(tools.ask)(engine, question, session, max_chars, status)
+
+        return await anyio.to_thread.run_sync(run)
 
     @server.tool(annotations=READ_ONLY)
     @_errors

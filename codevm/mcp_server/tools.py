@@ -8,6 +8,7 @@ Bad arguments raise InvalidArgument, which the server turns into a tool error.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from codevm.api import EngineAPI, to_dict
@@ -122,9 +123,9 @@ def conversation_search(engine: EngineAPI, query: str, k: int = 10) -> dict:
 
 
 def ask(engine: EngineAPI, question: str, session: str | None = None,
-        max_chars: int = DEFAULT_MAX_CHARS) -> dict:
+        max_chars: int = DEFAULT_MAX_CHARS, on_status: Callable[[str], None] | None = None) -> dict:
     _check_bounds(1, 0, max_chars)
-    result = engine.ask(question, session=session)
+    result = engine.ask(question, session=session, on_status=on_status)
     pages = [{"citation": p.citation, "symbol": p.symbol, "reason": p.reason, "text": p.text}
              for p in result.pages]
     out = {"answer": result.answer, "model_used": result.model_used, "session_id": result.session_id,
