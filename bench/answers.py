@@ -55,6 +55,14 @@ from codevm.retrieval.lexical import lexical  # noqa: E402
 DATA = HERE.parent.parent / "shared" / "bench" / "swe_qa_dev.jsonl"
 REPOS = ("pallets/flask", "psf/requests")
 CONFIGS = ("closed", "rag", "pager", "tools")
+# the 1-minute load average at which the machine counts as idle: the model server's own
+# two threads keep it near 2 while it reads or writes
+IDLE_LOAD = 2.5
+TOOL_STEPS = 4
+# the code that makes codevm's prompts: a change to it asks the pager and tool answers again
+PROMPT_CODE = hashlib.sha256(b"".join(
+    (HERE.parent / "codevm" / "memory" / name).read_bytes()
+    for name in ("ask.py", "agent.py", "context.py", "functions.py", "replies.py"))).hexdigest()
 CLOSED = """You are an assistant that answers questions about the {repo} codebase.
 Cite the code you mean as path:start-end. Be brief and exact."""
 CLOSED_CLOSING = "Answer in a few sentences, citing the path:lines of the code you mean."
@@ -210,7 +218,7 @@ def summarise(rows: list[dict]) -> dict:
 
     recalls = [r["identifier_recall"] for r in rows if r["identifier_recall"] is not None]
     firsts = [r["first_token_s"] for r in rows if r.get("first_token_s") is not None]
-    idle = [r["first_token_s"] for r in rows if r.get("first_token_s") is not None and r.get("load", 9) < 1.5]
+    idle = [r["first_token_s"] for r in rows if r.get("first_token_s") is not None and r.get("load", 9) < IDLE_LOAD]
     return {"questions": len(rows), "cites_reference_file": share("cites"),
             "identifier_recall": round(statistics.mean(recalls), 3) if recalls else None,
             "malformed_or_echoed": share("malformed"), "truncated": share("truncated"),
@@ -275,16 +283,17 @@ def main() -> None:
                         prompt = json.dumps(messages)
                     else:
                         pages = engine.pager.prefetch(q["query"], budget.pages)
-                        prompt = json.dumps([config, PAGER_INSTRUCTIONS, PAGER_CLOSING,
-                                             [p.citation for p in pages]])
+                        prompt = json.dumps([config, PROMPT_CODE, [p.citation for p in pages]])
                     key = hashlib.sha256(json.dumps(
                         [q["id"], config, args.model, args.budget, hashlib.sha256(prompt.encode()).hexdigest()]
                     ).encode()).hexdigest()[:24]
                     row = cache.get(key)
                     if row is None:
                         recorder.tag = f"{q['id']}|{config}"
-                        run_settings = Settings(**{**settings.__dict__, "ask_mode": config
-                                                   if config in ("pager", "tools") else "pager"})
+                        # tool mode: at most TOOL_STEPS calls (each reads the whole prompt again)
+                        run_settings = Settings(**{**settings.__dict__, "max_steps": TOOL_STEPS,
+                                                   "ask_mode": config if config in ("pager", "tools")
+                                                   else "pager"})
                         try:
                             if config in ("closed", "rag"):
                                 outcome = run_plain(model, messages, settings, budget.num_ctx)

@@ -94,6 +94,9 @@ class WorkingSet:
     def ordered(self) -> list[Page]:
         return sorted(self.pages.values(), key=lambda p: (p.path, p.start_line))
 
+    def most_relevant_first(self) -> list[Page]:
+        return sorted(self.pages.values(), key=lambda p: (-p.relevance, p.path, p.start_line))
+
 
 @dataclass
 class ContextMessage:
@@ -156,6 +159,8 @@ class MainContext:
     def _pages_text(self) -> str:
         pages = self.working_set.ordered()
         if self.layout == "pager":
+            # the best excerpt first: a small model cites and uses what it reads first
+            pages = self.working_set.most_relevant_first()
             if not pages:
                 return "(no code of the project matched the question)"
             return "Code from the project, each part headed by its path:lines:\n\n" + "\n\n".join(
