@@ -65,11 +65,12 @@ class Watchdog:
     `close` is called from the watchdog's thread (it closes the HTTP response, which makes
     the reading thread fail); `expired()` then says which limit fired."""
 
-    def __init__(self, limits: Limits, close: Callable[[], None], where: str):
+    def __init__(self, limits: Limits, close: Callable[[], None], where: str,
+                 started: float | None = None):
         self.limits = limits
         self.close = close
         self.where = where
-        self.started = time.monotonic()
+        self.started = time.monotonic() if started is None else started  # the request's start
         self.deadline = self.started + limits.first_token
         self.first_token: float | None = None
         self.fired: str = ""
@@ -143,7 +144,7 @@ def stream_chat(http: httpx.Client, path: str, body: dict, limits: Limits, where
             if response.status_code >= 400:
                 response.read()
                 raise refuse(response)
-            with Watchdog(limits, response.close, where) as watchdog:
+            with Watchdog(limits, response.close, where, started) as watchdog:
                 try:
                     for line in response.iter_lines():
                         if not read(line, reply, watchdog):
