@@ -27,7 +27,6 @@ from codevm.errors import CodevmError  # noqa: E402
 QUESTIONS = [
     "How does Flask decide which JSON provider to use, and where is ensure_ascii set?",
     "Where are blueprints registered on the application?",
-    "What happens when a view function returns a tuple?",
 ]
 
 
@@ -40,7 +39,7 @@ def main() -> None:
     out = HERE / ".cache" / "recordings-cases.jsonl"
     recorder = Recorder(args.model_url.removesuffix("/v1"), out)
     base = Settings(model=args.model, model_url=recorder.url + "/v1", embedder="off", service=False,
-                    watch=False, answer_reserve=512, max_steps=3)
+                    watch=False, answer_reserve=512, max_steps=2)
     seen = []
     with Engine(args.tree, base) as engine:
         recorder.tag = "check"
@@ -50,7 +49,7 @@ def main() -> None:
         for i, question in enumerate(QUESTIONS):
             recorder.tag = f"tools|{i}"
             try:
-                result = engine.ask(question, new_session=True, budget=4096, settings=tools)
+                result = engine.ask(question, new_session=True, budget=3000, settings=tools)
                 seen.append({"case": recorder.tag, "answer": result.answer[:200], "steps": len(result.steps),
                              "malformed": result.malformed, "finished": result.finished})
             except CodevmError as e:
