@@ -138,6 +138,9 @@ def test_the_server_counts_and_its_prompt_cache_are_reported(project: Path, fake
     ('<tool_call>\n{"name": "search_code", "arguments": {"query": "x"}}\n</tool_call>', "search_code"),
     ('send_message\n{"message": "done"}', "send_message"),
     ('search_code\n{"query": "app factory"}', "search_code"),
+    # both seen from Qwen2.5-Coder-1.5B through llama.cpp (tests/fixtures/recorded)
+    ('send_message, {"name": "search_code", "arguments": {"query": "main", "offset": 0}}', "search_code"),
+    ('<tools>\n{"name": "search_code", "arguments": {"query": "blueprints"}}\n</tools>', "search_code"),
 ])
 def test_calls_printed_as_text_are_read(text: str, name: str) -> None:
     call = parse_call(text, NAMES)

@@ -249,10 +249,14 @@ def check_model(store: Store, settings: Settings) -> ModelCheck:
     reply = client.chat([{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": PROBE}],
                         num_ctx, limits_of(settings, 256), tools=[t for t in TOOLS
                                                                   if t["function"]["name"] == "search_code"])
-    calls = reply.tool_calls or ([c] if (c := parse_call(reply.content, TOOL_NAMES)) else [])
     native = bool(reply.tool_calls)
-    if calls and calls[0]["name"] == "search_code" and calls[0]["arguments"].get("query"):
-        mode, why = "tools", ("it called search_code" + ("" if native else " (as text)"))
+    printed = None if native else parse_call(reply.content, TOOL_NAMES)
+    if native and reply.tool_calls[0]["name"] == "search_code" and reply.tool_calls[0]["arguments"].get("query"):
+        mode, why = "tools", "it called search_code"
+    elif printed is not None:
+        # measured with Qwen2.5-Coder-1.5B: a model that prints its calls as text also
+        # wraps them wrongly and loses the thread within a few steps
+        mode, why = "pager", "it printed the call as text instead of making it: tool mode would be unreliable"
     elif echoes_schema(reply.content):
         mode, why = "pager", "it copied the function schemas instead of calling one"
     else:

@@ -16,8 +16,8 @@ import re
 from collections.abc import Callable, Collection
 
 _FENCE = re.compile(r"^```[a-zA-Z]*\s*\n?(.*?)\n?```$", re.DOTALL)
-_TOOL_CALL_TAG = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
-_NAMED = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*[:\n]\s*(\{.*\})$", re.DOTALL)
+_TAGGED = re.compile(r"<(tool_call|tools)>\s*(.*?)\s*(?:</\1>|$)", re.DOTALL)
+_NAMED = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*[:,\n]\s*(\{.*\})$", re.DOTALL)
 # the marks of a copied schema: the template's wrapper, or a function definition
 _ECHO = re.compile(r"</?tools>|\"type\"\s*:\s*\"function\"|\"parameters\"\s*:\s*\{\s*\"type\"\s*:\s*\"object\"")
 
@@ -35,8 +35,8 @@ def parse_call(content: str, names: Collection[str]) -> dict | None:
     text = content.strip()
     if m := _FENCE.match(text):
         text = m.group(1).strip()
-    if m := _TOOL_CALL_TAG.search(text):
-        text = m.group(1).strip()
+    if m := _TAGGED.search(text):
+        text = m.group(2).strip()
     name, data = None, _json_object(text)
     if data is None and (m := _NAMED.match(text)):
         name, data = m.group(1), _json_object(m.group(2))
@@ -77,7 +77,7 @@ class StreamGate:
     """Passes a reply's streamed text on, unless it starts like a call or a copied schema
     (then none of it is shown): the first `window` characters decide."""
 
-    _START = re.compile(r"^\s*(?:\{|\[|```|<tool|[A-Za-z_][A-Za-z0-9_]*\s*\n\s*\{)")
+    _START = re.compile(r"^\s*(?:\{|\[|```|<tool|[A-Za-z_][A-Za-z0-9_]*\s*[:,\n]\s*\{)")
 
     def __init__(self, out: Callable[[str], None] | None, window: int = 80):
         self.out = out
