@@ -49,7 +49,7 @@ class CodevmLanguageServer(LanguageServer):
             raise RuntimeError("codevm: the server is not initialized yet")
         return self.engine
 
-    def configure(self, root: Path, options: Any) -> Settings:
+    def settings_from(self, root: Path, options: Any) -> Settings:
         """The settings from the editor's options; invalid ones are shown, defaults kept."""
         settings, budget, problems = editor_settings(root, options)
         if budget is not None:
@@ -122,7 +122,7 @@ def initialize(ls: CodevmLanguageServer, params: t.InitializeParams) -> None:
     folders = params.workspace_folders or []
     root = uri_to_path(folders[0].uri) if folders else (
         uri_to_path(params.root_uri) if params.root_uri else Path.cwd())
-    settings = ls.configure(root, params.initialization_options)
+    settings = ls.settings_from(root, params.initialization_options)
     ls.engine = engine = open_engine(root.resolve(), settings)  # the service, started if need be
     if params.initialization_options:
         engine.configure(settings)  # the editor's settings also govern the shared index
@@ -204,7 +204,7 @@ def did_change_configuration(ls: CodevmLanguageServer, params: t.DidChangeConfig
     if ls.engine is None:
         return
     options = params.settings.get("codevm", params.settings) if isinstance(params.settings, dict) else None
-    ls.api.configure(ls.configure(ls.api.root, options))
+    ls.api.configure(ls.settings_from(ls.api.root, options))
 
 
 @server.feature(t.TEXT_DOCUMENT_DID_OPEN)

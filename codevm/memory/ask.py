@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,99 +93,132 @@ def ask(memory: Memory, settings: Settings, question: str, session: str | None =
         budget: int | None = None, on_text: Callable[[str], None] | None = None,
         new_session: bool = False, on_status: Callable[[str], None] | None = None) -> AskResult:
     """Answer `question` in `session` (None: the latest, unless `new_session`)."""
-    if not question or not question.strip():
-        raise InvalidArgument("the question is empty")
     mode = mode_for(settings, memory.store)
-    recall = memory.recall
     if session:
-        info = recall.session(session)
+        info = memory.recall.session(session)
     else:
-        latest = None if new_session else recall.latest()
-        info = latest or recall.new_session()
-    client = make_model(settings)
-    model: ChatModel | None = client
-    notice = ""
-    num_ctx = settings.num_ctx
-    try:
-        num_ctx = client.context_length(settings.num_ctx)
-    except (ModelUnavailable, ModelMissing) as e:
-        model, notice = None, str(e)
-    factor_key = f"calibration:{settings.model}"
-    estimator = TokenEstimator(float(memory.store.get_meta(factor_key) or 1.0))
-    limits = Budget.for_question(num_ctx, settings.answer_reserve, budget, settings.pager_share,
-                                 estimator)
-    pager_first = mode == "pager"
-    context = MainContext(limits, PAGER_INSTRUCTIONS if pager_first else INSTRUCTIONS,
-                          [] if pager_first else TOOLS, layout="pager" if pager_first else "tools")
-    context.core = memory.core.blocks()
-    conversation = Conversation(context, recall, info.id, _summarizer(model, limits, settings))
-    conversation.restore()
-    earlier = [m.content for m in context.messages if m.role == "user"][-1:]
-    conversation.record(ContextMessage("user", question, estimator.count(question) + 4))
-    result = AskResult(question, "", info.id, settings.model, model is not None, notice, mode=mode)
-    fact = fact_to_remember(question) if pager_first else None
-    if fact:
-        note = memory.notes.insert(fact, ["remembered"], "agent")
+        latest = None if new_session else memory.recall.latest()
+        info = latest or memory.recall.new_session()
+    fact = fact_to_remember(question) if mode == "pager" else None
+    if fact:  # no model needed: not even its context size
+        question_ = _Question(memory, settings, info.id, mode, settings.num_ctx, budget, None)
+        return question_.remember(question, fact, on_text)
+    with closing(make_model(settings)) as client:
+        notice = ""
+        model: ChatModel | None = client
+        num_ctx = settings.num_ctx
+        try:
+            num_ctx = client.context_length(settings.num_ctx)
+        except (ModelUnavailable, ModelMissing) as e:
+            notice, model = str(e), None
+        return _Question(memory, settings, info.id, mode, num_ctx, budget, model).answer(
+            question, notice, on_text, on_status)
+
+
+class _Question:
+    """One question's main context, conversation and model."""
+
+    def __init__(self, memory: Memory, settings: Settings, session_id: str, mode: str,
+                 num_ctx: int, budget: int | None, model: ChatModel | None):
+        self.memory, self.settings, self.mode, self.model = memory, settings, mode, model
+        self.factor_key = f"calibration:{settings.model}"
+        self.estimator = TokenEstimator(float(memory.store.get_meta(self.factor_key) or 1.0))
+        self.limits = Budget.for_question(num_ctx, settings.answer_reserve, budget,
+                                          settings.pager_share, self.estimator)
+        pager_first = mode == "pager"
+        self.context = MainContext(self.limits, PAGER_INSTRUCTIONS if pager_first else INSTRUCTIONS,
+                                   [] if pager_first else TOOLS, layout="pager" if pager_first else "tools")
+        self.context.core = memory.core.blocks()
+        self.conversation = Conversation(self.context, memory.recall, session_id,
+                                         _summarizer(model, self.limits, settings))
+        self.conversation.restore()
+        self.session_id = session_id
+
+    def record(self, role: str, text: str) -> None:
+        self.conversation.record(ContextMessage(role, text, self.estimator.count(text) + 4))
+
+    def result(self, question: str, notice: str = "") -> AskResult:
+        return AskResult(question, "", self.session_id, self.settings.model, self.model is not None,
+                         notice, mode=self.mode)
+
+    def remember(self, question: str, fact: str, on_text: Callable[[str], None] | None) -> AskResult:
+        """"remember that ...": a note, saved without the model."""
+        self.record("user", question)
+        note = self.memory.notes.insert(fact, ["remembered"], "agent")
+        result = self.result(question)
         result.answer = f"I will remember that {fact} (note {note.id})."
-        result.model_used, result.notice = False, ""
-        conversation.record(ContextMessage("assistant", result.answer, estimator.count(result.answer) + 4))
+        result.model_used = False
+        self.record("assistant", result.answer)
         if on_text:
             on_text(result.answer)
-        return _finish(result, context, conversation)
-    # the heuristic pager fills the working set's share before the model sees anything;
-    # a follow-up ("and where is it called?") is read with the question before it
-    query = "\n".join(earlier + [question]) if pager_first else question
-    for page in memory.pager.prefetch(query, max(0, limits.pages - context.working_set.tokens),
-                                      set(context.working_set.pages), estimator):
-        page.last_used = context.working_set.clock
-        context.working_set.page_in(page)
-    if pager_first:
-        context.notes = _matching_notes(memory.notes, question)
-        context.closing = PAGER_CLOSING
-    conversation.fit()
-    if model is None:
-        return _finish(result, context, conversation)
+        return self.finish(result)
 
-    def chat(messages: list[dict], estimate: int, stream: Callable[[str], None] | None) -> ModelReply:
-        assert estimate <= limits.tokens, "fit() keeps every prompt within budget"
-        if on_status:
-            on_status(f"reading {estimate:,} tokens of context...")
-        gate = StreamGate(stream)
-        reply = client.chat(messages, limits.num_ctx, limits_of(settings, limits.answer_reserve),
-                            tools=None if pager_first else TOOLS, on_text=gate)
-        gate.finish()
-        estimator.calibrate(estimate, reply.prompt_tokens)
-        result.calls.append(ModelCall(estimate, reply.prompt_tokens, reply.cached_tokens,
-                                      reply.completion_tokens, reply.first_token_seconds,
-                                      round(reply.seconds, 2), reply.truncated))
-        result.streamed = result.streamed or gate.shown
-        return reply
-
-    try:
+    def answer(self, question: str, notice: str, on_text: Callable[[str], None] | None,
+               on_status: Callable[[str], None] | None) -> AskResult:
+        memory, context, limits = self.memory, self.context, self.limits
+        pager_first = self.mode == "pager"
+        earlier = [m.content for m in context.messages if m.role == "user"][-1:]
+        self.record("user", question)
+        result = self.result(question, notice)
+        # the heuristic pager fills the working set's share before the model sees anything;
+        # a follow-up ("and where is it called?") is read with the question before it
+        query = "\n".join(earlier + [question]) if pager_first else question
+        for page in memory.pager.prefetch(query, max(0, limits.pages - context.working_set.tokens),
+                                          set(context.working_set.pages), self.estimator):
+            page.last_used = context.working_set.clock
+            context.working_set.page_in(page)
         if pager_first:
-            messages, estimate = context.prompt()
-            reply = chat(messages, estimate, on_text)
-            result.answer, bad = as_answer(reply.content, TOOL_NAMES)
-            result.malformed = int(bad)
-            if result.answer:
-                conversation.record(ContextMessage("assistant", result.answer,
-                                                   estimator.count(result.answer) + 4))
-        else:
-            functions = MemoryFunctions(memory.root, context, memory.retriever, memory.pager,
-                                        memory.notes, recall, memory.core)
-            agent = Agent(functions, context, chat, settings.max_steps, conversation.record)
-            outcome = agent.run(conversation.fit, on_text)
-            result.answer, result.steps, result.finished = (
-                outcome.answer, outcome.steps, outcome.finished)
-            result.malformed = outcome.malformed
-        result.truncated = any(c.truncated for c in result.calls[-1:])
-        memory.store.set_meta(factor_key, f"{estimator.factor:.4f}")
-    except (ModelUnavailable, ModelMissing) as e:
-        result.model_used, result.notice = False, str(e)
-    if result.model_used and not result.answer and not result.notice:
-        result.notice = ("the model's reply was not an answer (it repeated its instructions or "
-                         "printed a call): these are the pages the pager chose")
-    return _finish(result, context, conversation)
+            context.notes = _matching_notes(memory.notes, question)
+            context.closing = PAGER_CLOSING
+        self.conversation.fit()
+        model = self.model
+        if model is None:
+            return self.finish(result)
+
+        def chat(messages: list[dict], estimate: int, stream: Callable[[str], None] | None) -> ModelReply:
+            assert estimate <= limits.tokens, "fit() keeps every prompt within budget"
+            if on_status:
+                on_status(f"reading {estimate:,} tokens of context...")
+            gate = StreamGate(stream)
+            reply = model.chat(messages, limits.num_ctx, limits_of(self.settings, limits.answer_reserve),
+                               tools=None if pager_first else TOOLS, on_text=gate)
+            gate.finish()
+            self.estimator.calibrate(estimate, reply.prompt_tokens)
+            result.calls.append(ModelCall(estimate, reply.prompt_tokens, reply.cached_tokens,
+                                          reply.completion_tokens, reply.first_token_seconds,
+                                          round(reply.seconds, 2), reply.truncated))
+            result.streamed = result.streamed or gate.shown
+            return reply
+
+        try:
+            if pager_first:
+                reply = chat(*context.prompt(), on_text)
+                result.answer, bad = as_answer(reply.content, TOOL_NAMES)
+                result.malformed = int(bad)
+                if result.answer:
+                    self.record("assistant", result.answer)
+            else:
+                functions = MemoryFunctions(memory.root, context, memory.retriever, memory.pager,
+                                            memory.notes, memory.recall, memory.core)
+                agent = Agent(functions, context, chat, self.settings.max_steps, self.conversation.record)
+                outcome = agent.run(self.conversation.fit, on_text)
+                result.answer, result.steps, result.finished = (
+                    outcome.answer, outcome.steps, outcome.finished)
+                result.malformed = outcome.malformed
+            result.truncated = bool(result.calls) and result.calls[-1].truncated
+            memory.store.set_meta(self.factor_key, f"{self.estimator.factor:.4f}")
+        except (ModelUnavailable, ModelMissing) as e:
+            result.model_used, result.notice = False, str(e)
+        if result.model_used and not result.answer and not result.notice:
+            result.notice = ("the model's reply was not an answer (it repeated its instructions or "
+                             "printed a call): these are the pages the pager chose")
+        return self.finish(result)
+
+    def finish(self, result: AskResult) -> AskResult:
+        _cite(result, sorted(self.context.working_set.pages.values(), key=lambda p: -p.relevance))
+        result.context = self.context.report()
+        result.evicted_messages = sum(e.messages for e in self.conversation.state.evictions)
+        return result
 
 
 def _matching_notes(notes: Notes, question: str) -> str:
@@ -216,13 +250,6 @@ def _summarizer(model: ChatModel | None, limits: Budget,
     return summarize
 
 
-def _finish(result: AskResult, context: MainContext, conversation: Conversation) -> AskResult:
-    _cite(result, sorted(context.working_set.pages.values(), key=lambda p: -p.relevance))
-    result.context = context.report()
-    result.evicted_messages = sum(e.messages for e in conversation.state.evictions)
-    return result
-
-
 def _cite(result: AskResult, pages: list[Page]) -> None:
     """The pages of the working set, and the answer's citations: the pages it cites, else
     the best pages it was given (with no answer: every page)."""
@@ -243,7 +270,11 @@ PROBE = ("Find where the function `main` is defined in this project. Use the sea
 def check_model(store: Store, settings: Settings) -> ModelCheck:
     """Ask the configured model once to call a function; record which mode it can use
     (`ask_mode = "auto"` then takes it)."""
-    client = make_model(settings)
+    with closing(make_model(settings)) as client:
+        return _probe(store, settings, client)
+
+
+def _probe(store: Store, settings: Settings, client: ChatModel) -> ModelCheck:
     num_ctx = client.context_length(settings.num_ctx)
     started = time.monotonic()
     reply = client.chat([{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": PROBE}],

@@ -93,17 +93,23 @@ class StreamGate:
             self.out(text)
             return
         self.buffer += text
-        if self._START.match(self.buffer) or echoes_schema(self.buffer):
+        if self._withheld():
             self.state = "shut"
         elif len(self.buffer) >= self.window or "\n" in self.buffer.strip():
-            self.state = "open"
-            self.shown = True
-            self.out(self.buffer)
+            self._open()
 
     def finish(self) -> None:
         """The reply ended: a short one still being decided is shown if it is prose."""
-        if self.out is not None and self.state == "deciding" and self.buffer.strip():
-            if not (self._START.match(self.buffer) or echoes_schema(self.buffer)):
-                self.shown = True
-                self.out(self.buffer)
-        self.state = "shut" if self.state == "deciding" else self.state
+        if self.state == "deciding":
+            if self.out is not None and self.buffer.strip() and not self._withheld():
+                self._open()
+            else:
+                self.state = "shut"
+
+    def _withheld(self) -> bool:
+        return bool(self._START.match(self.buffer) or echoes_schema(self.buffer))
+
+    def _open(self) -> None:
+        assert self.out is not None
+        self.state, self.shown = "open", True
+        self.out(self.buffer)

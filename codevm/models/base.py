@@ -58,6 +58,10 @@ class ChatModel(Protocol):
         """One reply; `on_text` gets the answer's text as it streams."""
         ...
 
+    def close(self) -> None:
+        """Let go of the connections to the server."""
+        ...
+
 
 class Watchdog:
     """Ends a streamed reply that waits too long: for its first token, then between two.

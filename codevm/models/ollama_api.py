@@ -56,6 +56,9 @@ class OllamaModel:
             raise ModelUnavailable(f"Ollama at {self.where} failed: {response.text[:300]}")
         return response
 
+    def close(self) -> None:
+        self.http.close()
+
     def context_length(self, default: int) -> int:
         """num_ctx set in the model's parameters, else min(its trained length, default)."""
         try:

@@ -31,6 +31,9 @@ class OpenAIModel:
     def _root(self) -> str:
         return self.where.removesuffix("/v1")
 
+    def close(self) -> None:
+        self.http.close()
+
     def context_length(self, default: int) -> int:
         """llama.cpp's n_ctx (from /props); other servers do not say: `default`."""
         try:

@@ -117,9 +117,9 @@ class Service:
     def _listen(self, key: bytes) -> Listener:
         address: str | tuple[str, int]
         if UNIX_SOCKETS:
-            family, address = "AF_UNIX", self.files.socket_path()
+            family, address = "AF_UNIX", (path := self.files.socket_path())
             try:
-                os.unlink(self.files.socket_path())  # left by a service that died: ours now
+                os.unlink(path)  # left by a service that died: we hold the lock now
             except FileNotFoundError:
                 pass
         else:
