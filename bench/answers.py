@@ -4,7 +4,10 @@ Questions: real developers' questions about flask and requests with reference an
 and the files they cite (../shared/bench/swe_qa_dev.jsonl). Configurations, each with the
 same token budget:
 - closed: the model alone (the question and nothing else);
-- rag: the top BM25 chunks filling the pager's share of the budget (plain RAG);
+- rag_plain: plain RAG, the closed-book prompt with the top BM25 chunks filling the
+  pager's share of the budget;
+- rag: the same chunks in codevm's pager-first prompt (its instructions and closing), so
+  that pager vs rag compares the pager's choice of code and nothing else;
 - pager: codevm's pager-first `ask`;
 - tools: codevm's tool mode (the MemGPT loop).
 Per configuration: the share of answers whose own text cites a reference file (a path,
@@ -43,6 +46,7 @@ sys.path.insert(0, str(HERE))
 
 from localization import checkout, mirror_for  # noqa: E402
 
+from codevm.api import to_dict  # noqa: E402
 from codevm.config import Settings  # noqa: E402
 from codevm.engine import Engine  # noqa: E402
 from codevm.memory.ask import PAGER_CLOSING, PAGER_INSTRUCTIONS  # noqa: E402
@@ -54,15 +58,23 @@ from codevm.retrieval.lexical import lexical  # noqa: E402
 
 DATA = HERE.parent.parent / "shared" / "bench" / "swe_qa_dev.jsonl"
 REPOS = ("pallets/flask", "psf/requests")
-CONFIGS = ("closed", "rag", "pager", "tools")
+CONFIGS = ("closed", "rag_plain", "rag", "pager", "tools")
 # the 1-minute load average at which the machine counts as idle: the model server's own
 # two threads keep it near 2 while it reads or writes
 IDLE_LOAD = 2.5
 TOOL_STEPS = 4
-# the code that makes codevm's prompts: a change to it asks the pager and tool answers again
-PROMPT_CODE = hashlib.sha256(b"".join(
-    (HERE.parent / "codevm" / "memory" / name).read_bytes()
-    for name in ("ask.py", "agent.py", "context.py", "functions.py", "replies.py"))).hexdigest()
+
+
+def _code_hash(*names: str, extra: str = "") -> str:
+    return hashlib.sha256(extra.encode() + b"".join(
+        (HERE.parent / "codevm" / "memory" / name).read_bytes() for name in names)).hexdigest()
+
+
+# the code that makes each configuration's prompts: a change to it asks those answers again
+# (pager-first: its two prompt texts, the context's layout and the pager's choice of pages)
+PROMPT_CODE = {"pager": _code_hash("context.py", "pager.py", extra=PAGER_INSTRUCTIONS + PAGER_CLOSING),
+               "tools": _code_hash("ask.py", "agent.py", "context.py", "functions.py", "replies.py",
+                                   "pager.py")}
 CLOSED = """You are an assistant that answers questions about the {repo} codebase.
 Cite the code you mean as path:start-end. Be brief and exact."""
 CLOSED_CLOSING = "Answer in a few sentences, citing the path:lines of the code you mean."
@@ -258,6 +270,7 @@ def main() -> None:
     questions = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
     configs = [c for c in args.configs.split(",") if c]
     results: dict[str, list[dict]] = {c: [] for c in configs}
+    checks: dict[str, dict] = {}
     model = OpenAIModel(args.model, settings.model_url)
     server_ctx = model.context_length(args.budget)
     for repo in REPOS:
@@ -270,11 +283,21 @@ def main() -> None:
             # the same share-out as codevm's own asking: `--budget` tokens of prompt
             budget = Budget.for_question(server_ctx, settings.answer_reserve, args.budget,
                                          settings.pager_share, TokenEstimator())
+            calls = engine.store.get_meta(f"tool_calls:{args.model}")
+            if "tools" in configs and not calls:  # as a user would: `codevm model check` first
+                recorder.tag = "model check"
+                checks[repo] = to_dict(engine.check_model(settings))
+                calls = engine.store.get_meta(f"tool_calls:{args.model}")
             for q in chosen:
                 for config in configs:
                     if config == "closed":
                         messages = [{"role": "system", "content": CLOSED.format(repo=repo)},
                                     {"role": "user", "content": q["query"] + "\n\n" + CLOSED_CLOSING}]
+                        prompt = json.dumps(messages)
+                    elif config == "rag_plain":
+                        messages = [{"role": "system", "content": CLOSED.format(repo=repo)},
+                                    {"role": "user", "content": _pages_prompt(engine, q["query"], budget)
+                                     + "\n\nQuestion: " + q["query"] + "\n\n" + CLOSED_CLOSING}]
                         prompt = json.dumps(messages)
                     elif config == "rag":
                         messages = [{"role": "system", "content": PAGER_INSTRUCTIONS},
@@ -283,7 +306,8 @@ def main() -> None:
                         prompt = json.dumps(messages)
                     else:
                         pages = engine.pager.prefetch(q["query"], budget.pages)
-                        prompt = json.dumps([config, PROMPT_CODE, [p.citation for p in pages]])
+                        prompt = json.dumps([config, PROMPT_CODE[config], [p.citation for p in pages]]
+                                            + ([calls] if config == "tools" else []))
                     key = hashlib.sha256(json.dumps(
                         [q["id"], config, args.model, args.budget, hashlib.sha256(prompt.encode()).hexdigest()]
                     ).encode()).hexdigest()[:24]
@@ -295,7 +319,7 @@ def main() -> None:
                                                    "ask_mode": config if config in ("pager", "tools")
                                                    else "pager"})
                         try:
-                            if config in ("closed", "rag"):
+                            if config in ("closed", "rag_plain", "rag"):
                                 outcome = run_plain(model, messages, settings, budget.num_ctx)
                             else:
                                 outcome = run_codevm(engine, q["query"], run_settings, args.budget)
@@ -319,6 +343,7 @@ def main() -> None:
         "machine": {"cores": os.cpu_count(), "load_before": [round(x, 2) for x in load_before],
                     "load_after": [round(x, 2) for x in os.getloadavg()]},
         "configs": {c: summarise(rows) for c, rows in results.items()},
+        "model_check": checks or None,
         "memory": memory}))
 
 

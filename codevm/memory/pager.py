@@ -4,7 +4,7 @@ For each question it takes the fused ranking of the retrieval signals (codevm/re
 search hits, traceback frames, paths and definitions the question names, and the
 reference graph around the best of them; a candidate gains a share of its file's best
 score. It then fills its share of the budget, most relevant first, never paging the same
-code twice.
+code twice and leaving out candidates far below the best one.
 """
 
 from __future__ import annotations
@@ -20,6 +20,11 @@ from codevm.retrieval.retriever import Retriever
 from codevm.retrieval.sql import BY_IDS
 
 FILE_PRIOR = 0.3  # share of its file's best score that a candidate adds to its own
+# a candidate scoring under this share of the best one is not paged in before the model asks:
+# on 24 questions about flask and requests (bench/answers.py) the pages under it held 1% of the
+# identifiers the reference answers name, and took 10% of the working set (and of the time the
+# model spends reading it)
+RELEVANCE_FLOOR = 0.3
 
 
 @dataclass
@@ -102,6 +107,8 @@ class HeuristicPager:
         return fill(candidates, self.page_map([c.chunk_id for c in candidates], estimator), budget, have)
 
     def prefetch(self, question: str, budget: int, have: set[str] | None = None,
-                 estimator: TokenEstimator | None = None) -> list[Page]:
-        return self.pages(self.candidates(question, k_search=candidates_for(budget)), budget, have,
-                          estimator)
+                 estimator: TokenEstimator | None = None, floor: float = RELEVANCE_FLOOR) -> list[Page]:
+        """The working set for a question before the model sees it: the most relevant pages
+        that fit in `budget`, none scoring under `floor` of the best one."""
+        candidates = self.candidates(question, k_search=candidates_for(budget))
+        return self.pages([c for c in candidates if c.relevance >= floor], budget, have, estimator)
