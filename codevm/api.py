@@ -269,6 +269,7 @@ class ModelCheck:
     reason: str
     native_calls: bool  # it calls functions through the API, not as text
     seconds: float
+    tool_calls: str = ""  # how tool mode has it call: native | json (held to a schema) | "" (neither)
 
 
 @dataclass

@@ -36,6 +36,11 @@ class Settings:
     # function calls: for models that drive them), "auto" (what `codevm model check`
     # recorded for this model, else pager)
     ask_mode: str = "auto"
+    # how a model calls functions in tool mode: "native" (the server's tool calling; calls
+    # printed as text are read too), "json" (each reply is one call, constrained to a JSON
+    # schema by the server: for models without native tool calling), "auto" (what
+    # `codevm model check` found for this model, else native)
+    tool_calls: str = "auto"
     num_ctx: int = 8192  # used when the server does not report the model's context size
     answer_reserve: int = 1024  # tokens of num_ctx kept free for the answer
     max_steps: int = 8  # function calls per question

@@ -13,7 +13,7 @@ import pytest
 from codevm.config import Settings
 from codevm.engine import Engine
 from codevm.errors import ModelTimeout
-from codevm.memory.ask import PAGER_CLOSING, fact_to_remember
+from codevm.memory.ask import CALL_SCHEMA, PAGER_CLOSING, fact_to_remember
 from codevm.memory.replies import StreamGate, as_answer, parse_call
 from codevm.models import Limits, OpenAIModel
 from tests.fake_ollama import FakeOllama
@@ -98,6 +98,50 @@ def test_echoed_schemas_and_raw_calls_are_never_the_answer(project: Path, fake: 
     assert bad.answer == "" and bad.malformed == 1 and streamed == []
     assert "not an answer" in bad.notice and bad.pages  # the pager's pages instead
     assert unwrapped.answer == "Circle is in src/py/shapes.py:8-18" and unwrapped.cites_code
+
+
+def test_tool_mode_held_to_a_json_schema(project: Path, fake: FakeOllama, backend: dict[str, str]) -> None:
+    """tool_calls = "json": no native schemas; the functions in words; every request asks
+    the server to hold the reply to CALL_SCHEMA; the calls it writes as JSON are run."""
+    fake.script = [{"content": '{"name": "search_code", "arguments": {"query": "total area"}}'},
+                   {"content": '{"name": "send_message", "arguments": '
+                               '{"message": "total_area sums them (src/py/shapes.py:21-23)."}}'}]
+    with _engine(project, ask_mode="tools", tool_calls="json", **backend) as engine:
+        streamed: list[str] = []
+        result = engine.ask("How is the total area computed?", on_text=streamed.append)
+    assert [s.function for s in result.steps] == ["search_code", "send_message"] and result.steps[0].ok
+    assert result.answer == "total_area sums them (src/py/shapes.py:21-23)." and result.cites_code
+    assert streamed == [result.answer]  # the answer once, never the JSON around it
+    bodies = [r["body"] for r in fake.chat_requests()]
+    assert len(bodies) == 2 and all("tools" not in b for b in bodies)
+    held = [b.get("format") or b["response_format"]["json_schema"]["schema"] for b in bodies]
+    assert held == [CALL_SCHEMA, CALL_SCHEMA]
+    assert "search_code(query, offset?)" in bodies[0]["messages"][0]["content"]
+    assert "src/py/shapes.py" in bodies[1]["messages"][-1]["content"]  # the search's result
+
+
+def test_the_call_schema_admits_calls_and_nothing_else() -> None:
+    import jsonschema
+
+    def valid(call: object) -> bool:
+        return jsonschema.Draft202012Validator(CALL_SCHEMA).is_valid(call)
+
+    assert valid({"name": "search_code", "arguments": {"query": "x"}})
+    assert valid({"name": "open_code", "arguments": {"path": "a.py", "start_line": 3}})
+    assert valid({"name": "send_message", "arguments": {"message": "done"}})
+    assert not valid({"name": "search_code", "arguments": {}})  # its query is required
+    assert not valid({"name": "search_code", "arguments": {"query": "x", "k": 3}})
+    assert not valid({"name": "find_best_app", "arguments": {"query": "x"}})
+    assert not valid({"name": "open_code", "arguments": {"start_line": "three"}})
+
+
+@pytest.mark.parametrize("content, answer", [
+    ('{"name": "send_message", "arguments": {"message": "In a.py:1-2, x\\n y \\u00', "In a.py:1-2, x\n y"),
+    ('{"name": "send_message", "arguments": {"message": "ok"}}', "ok"),
+    ('{"name": "search_code", "arguments": {"query": "cut', ""),
+])
+def test_a_call_cut_at_the_token_limit_shows_only_its_message(content: str, answer: str) -> None:
+    assert as_answer(content, NAMES) == (answer, True)
 
 
 def test_a_cut_answer_is_said_to_be_cut(project: Path, fake: FakeOllama, backend: dict[str, str]) -> None:
@@ -189,6 +233,21 @@ def test_model_check_records_the_mode_that_auto_then_uses(project: Path, fake: F
         assert result.mode == "tools" and [s.function for s in result.steps] == ["search_code"]
         assert engine.check_model().mode == "pager"  # it copied the schemas this time
         assert engine.ask("What does Circle do?").mode == "pager"
+
+
+def test_model_check_tries_a_json_schema_when_native_calls_fail(project: Path, fake: FakeOllama) -> None:
+    fake.script = [{"content": "The function main is defined in app.py."},
+                   {"content": '{"name": "search_code", "arguments": {"query": "def main"}}'},
+                   {"content": '{"name": "send_message", "arguments": {"message": "src/py/shapes.py"}}'}]
+    with _engine(project, ollama_host=fake.host) as engine:
+        found = engine.check_model()
+        assert (found.mode, found.tool_calls, found.native_calls) == ("pager", "json", False)
+        assert "JSON schema" in found.reason
+        forced = Settings(ollama_host=fake.host, ask_mode="tools")  # tool_calls = auto: json
+        assert engine.ask("Where is Circle?", settings=forced).answer == "src/py/shapes.py"
+    first, probe, asked = (r["body"] for r in fake.chat_requests())
+    assert "tools" in first and "format" not in first
+    assert probe["format"] == CALL_SCHEMA and asked["format"] == CALL_SCHEMA and "tools" not in asked
 
 
 def test_mcp_ask_reports_progress_while_the_model_reads(project: Path, fake: FakeOllama) -> None:

@@ -30,7 +30,7 @@ from codevm.memory.budget import Budget, TokenEstimator
 from codevm.memory.context import ContextMessage, MainContext, Page
 from codevm.memory.conversation import SUMMARY_PROMPT, Conversation
 from codevm.memory.core import CoreMemory
-from codevm.memory.functions import TOOL_NAMES, TOOLS, MemoryFunctions
+from codevm.memory.functions import TOOL_NAMES, TOOLS, MemoryFunctions, call_schema, describe_tools
 from codevm.memory.notes import Notes
 from codevm.memory.pager import HeuristicPager
 from codevm.memory.recall import Recall
@@ -39,6 +39,10 @@ from codevm.models import ChatModel, ModelReply, limits_of, make_model
 from codevm.retrieval.retriever import Retriever
 
 ASK_MODES = ("auto", "pager", "tools")
+TOOL_CALLS = ("auto", "native", "json")
+CALL_SCHEMA = call_schema(TOOLS)
+# tool mode for a model without native tool calling: the functions as text, each reply a call
+JSON_INSTRUCTIONS = INSTRUCTIONS + "\n\n" + describe_tools(TOOLS)
 MAX_NOTES = 5  # notes that match a question, added to its prompt
 
 PAGER_INSTRUCTIONS = """You are codevm, an assistant that answers questions about one codebase.
@@ -81,12 +85,23 @@ class Memory:
 
 
 def mode_for(settings: Settings, store: Store) -> str:
-    mode = settings.ask_mode.strip().lower()
-    if mode not in ASK_MODES:
-        raise InvalidArgument(f"setting 'ask_mode' must be one of {', '.join(ASK_MODES)}, got {mode!r}")
-    if mode == "auto":
-        return store.get_meta(f"ask_mode:{settings.model}") or "pager"
-    return mode
+    """How `ask` uses the model: pager or tools."""
+    return _chosen(settings, store, "ask_mode", ASK_MODES, "pager")
+
+
+def calls_for(settings: Settings, store: Store) -> str:
+    """How the model calls functions in tool mode: native or json."""
+    return _chosen(settings, store, "tool_calls", TOOL_CALLS, "native")
+
+
+def _chosen(settings: Settings, store: Store, name: str, choices: tuple[str, ...], default: str) -> str:
+    """A setting's value; for "auto", what `codevm model check` recorded for the model."""
+    value = str(getattr(settings, name)).strip().lower()
+    if value not in choices:
+        raise InvalidArgument(f"setting {name!r} must be one of {', '.join(choices)}, got {value!r}")
+    if value == "auto":
+        return store.get_meta(f"{name}:{settings.model}") or default
+    return value
 
 
 def ask(memory: Memory, settings: Settings, question: str, session: str | None = None,
@@ -126,8 +141,13 @@ class _Question:
         self.limits = Budget.for_question(num_ctx, settings.answer_reserve, budget,
                                           settings.pager_share, self.estimator)
         pager_first = mode == "pager"
-        self.context = MainContext(self.limits, PAGER_INSTRUCTIONS if pager_first else INSTRUCTIONS,
-                                   [] if pager_first else TOOLS, layout="pager" if pager_first else "tools")
+        self.json_calls = not pager_first and calls_for(settings, memory.store) == "json"
+        if pager_first:
+            self.context = MainContext(self.limits, PAGER_INSTRUCTIONS, [], layout="pager")
+        elif self.json_calls:  # the functions in words, and no native schemas sent
+            self.context = MainContext(self.limits, JSON_INSTRUCTIONS, [])
+        else:
+            self.context = MainContext(self.limits, INSTRUCTIONS, TOOLS)
         self.context.core = memory.core.blocks()
         self.conversation = Conversation(self.context, memory.recall, session_id,
                                          _summarizer(model, self.limits, settings))
@@ -179,9 +199,11 @@ class _Question:
             assert estimate <= limits.tokens, "fit() keeps every prompt within budget"
             if on_status:
                 on_status(f"reading {estimate:,} tokens of context...")
-            gate = StreamGate(stream)
+            # a constrained reply is a call: its answer is shown when send_message is read
+            gate = StreamGate(None if self.json_calls else stream)
             reply = model.chat(messages, limits.num_ctx, limits_of(self.settings, limits.answer_reserve),
-                               tools=None if pager_first else TOOLS, on_text=gate)
+                               tools=None if pager_first or self.json_calls else TOOLS,
+                               json_schema=CALL_SCHEMA if self.json_calls else None, on_text=gate)
             gate.finish()
             self.estimator.calibrate(estimate, reply.prompt_tokens)
             result.calls.append(ModelCall(estimate, reply.prompt_tokens, reply.cached_tokens,
@@ -277,12 +299,12 @@ def check_model(store: Store, settings: Settings) -> ModelCheck:
 def _probe(store: Store, settings: Settings, client: ChatModel) -> ModelCheck:
     num_ctx = client.context_length(settings.num_ctx)
     started = time.monotonic()
+    search = [t for t in TOOLS if t["function"]["name"] == "search_code"]
     reply = client.chat([{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": PROBE}],
-                        num_ctx, limits_of(settings, 256), tools=[t for t in TOOLS
-                                                                  if t["function"]["name"] == "search_code"])
-    native = bool(reply.tool_calls)
-    printed = None if native else parse_call(reply.content, TOOL_NAMES)
-    if native and reply.tool_calls[0]["name"] == "search_code" and reply.tool_calls[0]["arguments"].get("query"):
+                        num_ctx, limits_of(settings, 256), tools=search)
+    native = _searched(reply.tool_calls[0] if reply.tool_calls else None)
+    printed = None if reply.tool_calls else parse_call(reply.content, TOOL_NAMES)
+    if native:
         mode, why = "tools", "it called search_code"
     elif printed is not None:
         # measured with Qwen2.5-Coder-1.5B: a model that prints its calls as text also
@@ -292,6 +314,20 @@ def _probe(store: Store, settings: Settings, client: ChatModel) -> ModelCheck:
         mode, why = "pager", "it copied the function schemas instead of calling one"
     else:
         mode, why = "pager", "it answered in words instead of calling a function"
+    calls = "native" if native else ""
+    if not native:  # can the server hold it to a call? (for ask_mode = "tools")
+        constrained = client.chat([{"role": "system", "content": JSON_INSTRUCTIONS},
+                                   {"role": "user", "content": PROBE}], num_ctx, limits_of(settings, 256),
+                                  json_schema=CALL_SCHEMA)
+        if _searched(parse_call(constrained.content, TOOL_NAMES)):
+            calls = "json"
+            why += "; held to a JSON schema it called search_code (tool mode would use that)"
     store.set_meta(f"ask_mode:{settings.model}", mode)
+    if calls:
+        store.set_meta(f"tool_calls:{settings.model}", calls)
     return ModelCheck(settings.model, client.where, num_ctx, mode, why, native,
-                      round(time.monotonic() - started, 1))
+                      round(time.monotonic() - started, 1), calls)
+
+
+def _searched(call: dict | None) -> bool:
+    return bool(call and call.get("name") == "search_code" and (call.get("arguments") or {}).get("query"))

@@ -57,6 +57,30 @@ TOOLS = [
 TOOL_NAMES = {t["function"]["name"] for t in TOOLS}
 
 
+def call_schema(tools: list[dict]) -> dict:
+    """The JSON schema of one call of one of `tools`: {"name": ..., "arguments": {...}}.
+    A server that constrains its output to it (llama.cpp's `response_format`, Ollama's
+    `format`) can only write a well-formed call, for a model without native tool calling."""
+    return {"anyOf": [
+        {"type": "object", "required": ["name", "arguments"], "additionalProperties": False,
+         "properties": {"name": {"const": t["function"]["name"]},
+                        "arguments": {**t["function"]["parameters"], "additionalProperties": False}}}
+        for t in tools]}
+
+
+def describe_tools(tools: list[dict]) -> str:
+    """The functions as lines of text, for a prompt without native schemas (a quarter of
+    their JSON): `- search_code(query, offset?): Find code by words or names.`"""
+    lines = []
+    for t in tools:
+        f = t["function"]
+        params = f["parameters"]
+        names = [k if k in params.get("required", []) else k + "?" for k in params["properties"]]
+        lines.append(f"- {f['name']}({', '.join(names)}): {f['description']}")
+    return ('Reply with exactly one JSON object, {"name": <function>, "arguments": {...}}, '
+            "calling one of these functions:\n" + "\n".join(lines))
+
+
 class MemoryFunctions:
     """The functions of TOOLS over one question's main context and the project's memory."""
 

@@ -18,6 +18,9 @@ from collections.abc import Callable, Collection
 _FENCE = re.compile(r"^```[a-zA-Z]*\s*\n?(.*?)\n?```$", re.DOTALL)
 _TAGGED = re.compile(r"<(tool_call|tools)>\s*(.*?)\s*(?:</\1>|$)", re.DOTALL)
 _NAMED = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*[:,\n]\s*(\{.*\})$", re.DOTALL)
+_CUT_SEND = re.compile(r'^\s*\{\s*"name"\s*:\s*"send_message"\s*,\s*"arguments"\s*:\s*\{\s*"message"\s*:\s*"(.*)$',
+                       re.DOTALL)
+_CUT_CALL = re.compile(r'^\s*\{\s*"name"\s*:\s*"[A-Za-z_]+"\s*,\s*"arguments"')
 # the marks of a copied schema: the template's wrapper, or a function definition
 _ECHO = re.compile(r"</?tools>|\"type\"\s*:\s*\"function\"|\"parameters\"\s*:\s*\{\s*\"type\"\s*:\s*\"object\"")
 
@@ -58,15 +61,34 @@ def echoes_schema(content: str) -> bool:
     return bool(_ECHO.search(content))
 
 
+def _cut_message(content: str) -> str | None:
+    """The message of a send_message call cut off at the answer's token limit (its JSON
+    never closed), as far as it got."""
+    m = _CUT_SEND.match(content)
+    if m is None:
+        return None
+    text = m.group(1)
+    for end in range(len(text), max(len(text) - 8, -1), -1):  # a cut escape sequence
+        try:
+            return str(json.loads('"' + text[:end].removesuffix("\\") + '"')).strip()
+        except ValueError:
+            continue
+    return text.strip()
+
+
 def as_answer(content: str, names: Collection[str]) -> tuple[str, bool]:
     """What of a reply may be shown as the answer, and whether the reply was malformed.
 
-    A `send_message` call printed as text is its message; any other call, or a copy of
-    the schemas, is no answer at all ("" and malformed)."""
+    A `send_message` call printed as text is its message (even one cut off before its
+    end); any other call, or a copy of the schemas, is no answer at all ("" and malformed)."""
     call = parse_call(content, set(names) | {"send_message"})
     if call is not None:
         if call["name"] == "send_message":
             return str(call["arguments"].get("message", "")).strip(), True
+        return "", True
+    if (cut := _cut_message(content)) is not None:
+        return cut, True
+    if _CUT_CALL.match(content):  # another call, cut off
         return "", True
     if echoes_schema(content):
         return "", True
