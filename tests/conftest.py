@@ -47,6 +47,15 @@ def add_bad_files(root: Path) -> dict[str, str]:
     outside.write_text("def outside_secret():\n    pass\n")
     (root / "bad/escape.py").symlink_to(outside)
     (root / "bad/dangling.py").symlink_to(root / "nowhere.py")
+    # a link that sorts before the folder it points to: the folder is indexed under its own path
+    (root / "bad/z_real").mkdir()
+    (root / "bad/z_real/deep.py").write_text("def deep_in_real():\n    return 1\n")
+    (root / "bad/a_link").symlink_to(root / "bad/z_real")
+    # any name the filesystem allows (ODD_NAMES); one that is not UTF-8 cannot be stored
+    for name, function in ODD_NAMES.items():
+        (root / "bad" / name).write_text(f"def {function}():\n    return 1\n")
+    (root / "bad").joinpath(os.fsdecode(b"caf\xe9.py")).write_text("def not_utf8_name():\n    pass\n")
+    (root / "\\N").write_text("#!/usr/bin/env python\ndef odd_null_root():\n    return 1\n")  # DuckDB's NULL
     return {
         "bad/image.bin": "binary",
         "bad/blob.py": "binary",
@@ -55,8 +64,16 @@ def add_bad_files(root: Path) -> dict[str, str]:
         "bad/app.min.js": "minified",
         "bad/escape.py": "symlink to outside the project",
         "bad/dangling.py": "broken symlink",
-        "bad/loop": "symlink loop",
+        "bad/loop": "symlink to a folder of the project",
+        "bad/a_link": "symlink to a folder of the project",
+        "bad/caf\\xe9.py": "its name is not valid UTF-8",
     }
+
+
+# file names that broke indexing (paths were written unescaped into the workers' TSV files)
+ODD_NAMES = {"tab\there.py": "odd_tab", "new\nline.py": "odd_newline", "\\N.py": "odd_null",
+             "back\\slash.py": "odd_backslash", 'q"uote.py': "odd_quote", " lead .py": "odd_spaces",
+             "données.py": "odd_accents"}
 
 
 @pytest.fixture

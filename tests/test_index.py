@@ -14,7 +14,7 @@ from codevm.config import Settings
 from codevm.engine import Engine
 from codevm.indexers import languages, pipeline, worker
 from codevm.indexers.worker import Limits, TaskFile, process_file
-from tests.conftest import add_bad_files
+from tests.conftest import ODD_NAMES, add_bad_files
 
 LIMITS = Limits(1 << 20, 2000, 384, 32)
 
@@ -46,6 +46,13 @@ def test_bad_files_are_recorded_and_the_rest_indexed(project: Path) -> None:
         assert engine.symbol("caf\ufffd_menu") or engine.search("menu")
         assert engine.status().skipped["binary"] == 2
         assert engine.search("total_area")  # the good files are all there
+        # a file is indexed under its exact name, whatever it holds
+        for name, function in {**{f"bad/{n}": f for n, f in ODD_NAMES.items()}, "\\N": "odd_null_root",
+                               "bad/z_real/deep.py": "deep_in_real"}.items():
+            assert [s.path for s in engine.symbol(function)] == [name], function
+            assert engine.search(function)[0].path == name
+        paths = [p for (p,) in engine.store.cursor().execute("SELECT path FROM files").fetchall()]
+        assert None not in paths and not any(p.startswith("bad/a_link/") for p in paths)
 
 
 def test_unreadable_and_vanishing_files_are_reported(tmp_path: Path) -> None:

@@ -19,6 +19,35 @@ def test_identifiers_are_kept_whole_and_split() -> None:
     assert q.terms["read_chunk_size"] > q.terms["call"]  # code-like identifiers weigh more
 
 
+UNICODE_SOURCES = {
+    "données.py": "def données_brutes(valeur):\n    return valeur\n\n\nclass 数据处理:\n"
+                  "    def 处理(self, x):\n        return données_brutes(x)\n",
+    "app.js": "function größeBerechnen(breite, höhe) {\n  return breite * höhe;\n}\n",
+    "Main.java": "class Ünicode {\n    int wertAusrechnen(int zähler) { return zähler + 1; }\n}\n",
+    "main.go": "package main\n\nfunc Größe(x int) int { return x * 2 }\n",
+    "lib.rs": "fn größe_berechnen(x: i32) -> i32 { x * 2 }\n",
+}
+
+
+def test_identifiers_in_any_script_are_symbols_and_searchable(tmp_path: Path) -> None:
+    for name, text in UNICODE_SOURCES.items():
+        (tmp_path / name).write_text(text)
+    with Engine(tmp_path, Settings(embedder="off", service=False)) as engine:
+        engine.index()
+        for name, path in [("données_brutes", "données.py"), ("数据处理", "données.py"),
+                           ("数据处理.处理", "données.py"), ("größeBerechnen", "app.js"),
+                           ("wertAusrechnen", "Main.java"), ("Größe", "main.go"),
+                           ("größe_berechnen", "lib.rs")]:
+            assert [s.path for s in engine.symbol(name)] == [path], name
+            assert engine.search(name)[0].path == path, name
+        # their parts, as for ASCII names: größeBerechnen and größe_berechnen share "berechnen"
+        assert {h.path for h in engine.search("berechnen")} == {"app.js", "lib.rs"}
+        assert engine.search("brutes")[0].path == "données.py"
+        assert [r.path for r in engine.refs("données_brutes")] == ["données.py"]
+    terms = analyse_query("données_brutes ÜberKlasse").terms
+    assert {"données_brutes", "donnée", "brute", "überklasse", "über", "klasse"} <= set(terms)
+
+
 def test_exact_symbol_first_with_hit_fields(engine: Engine) -> None:
     hits = engine.search("total_area")
     top = hits[0]

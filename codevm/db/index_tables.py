@@ -131,12 +131,11 @@ class IndexTables:
             FROM stage_files WHERE status NOT IN ('deleted', 'vanished')""")
         if chunks:
             self._load_chunks(con, chunks)
-        if symbols:
-            con.execute(f"INSERT INTO symbols SELECT * FROM read_csv(?, {_TSV}, "
-                        f"columns={_columns_sql(_SYMBOL_COLUMNS)})", [symbols])
-        if refs:
-            con.execute(f"INSERT INTO refs SELECT * FROM read_csv(?, {_TSV}, "
-                        f"columns={_columns_sql(_REF_COLUMNS)})", [refs])
+        for table, files_, columns in (("symbols", symbols, _SYMBOL_COLUMNS), ("refs", refs, _REF_COLUMNS)):
+            if files_:  # the path column is a JSON string: a tab, newline or \\N in a name is data
+                rest = ", ".join(c for c in columns if c != "path")
+                con.execute(f"INSERT INTO {table} SELECT json_extract_string(path, '$'), {rest} "
+                            f"FROM read_csv(?, {_TSV}, columns={_columns_sql(columns)})", [files_])
 
     def _load_chunks(self, con: duckdb.DuckDBPyConnection, chunks: list[str]) -> None:
         con.execute(

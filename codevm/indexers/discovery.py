@@ -100,6 +100,19 @@ def _read_lines(path: str) -> list[str]:
         return []
 
 
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.fsdecode's surrogate escapes of undecodable bytes
+        return False
+    return True
+
+
+def printable(path: str) -> str:
+    """A path whose name is not UTF-8, with its odd bytes as \\xNN escapes."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def within(path: str, prefixes: tuple[str, ...] | None) -> bool:
     """Whether `path` is one of `prefixes` or lies under one (None: everything)."""
     return prefixes is None or any(path == p or path.startswith(p + "/") for p in prefixes)
@@ -134,6 +147,9 @@ def walk_project(root: str, extra_ignores: list[str] | None = None,
         subdirs: list[str] = []
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            if not _utf8(entry.name):  # the database stores names as UTF-8 text
+                yield Skipped(printable(rel), "its name is not valid UTF-8 (rename it to index it)")
+                continue
             if only is not None and not within(rel, only) and not any(
                     p.startswith(rel + "/") for p in only):
                 continue  # neither one of the paths asked for nor on the way to one
@@ -151,6 +167,9 @@ def walk_project(root: str, extra_ignores: list[str] | None = None,
                     continue
             if stat.S_ISDIR(st.st_mode):
                 if entry.name in DEFAULT_EXCLUDED_DIRS or rules.ignored(rel, True):
+                    continue
+                if is_link:  # the folder itself is walked under its real path, wherever it sorts
+                    yield Skipped(rel, "symlink to a folder of the project (indexed under its own path)")
                     continue
                 if os.path.exists(os.path.join(entry.path, "pyvenv.cfg")):
                     continue  # a virtual environment under any name

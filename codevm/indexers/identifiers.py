@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import re
 
-IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# a letter or underscore, then letters, digits, underscores: in any script (`données_brutes`,
+# `数据处理`, `Ñandú`), as Python, JS, Java, Go and Rust allow
+IDENTIFIER_PATTERN = r"[^\W\d]\w*"
+IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
 _PARTS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 
 # Words too common in code or prose to tell chunks apart; dropping them keeps postings small.
@@ -31,6 +34,25 @@ def _stem(word: str) -> str:
     return word
 
 
+def unicode_parts(ident: str) -> list[str]:
+    """The camelCase/snake_case/digit parts of an identifier in any script (what _PARTS
+    finds in an ASCII one): `donnéesBrutes2` -> données, Brutes, 2; a run of letters without
+    case (CJK) stays whole."""
+    parts: list[str] = []
+    for piece in ident.split("_"):
+        start = 0
+        for i in range(1, len(piece)):
+            prev, ch = piece[i - 1], piece[i]
+            after = piece[i + 1] if i + 1 < len(piece) else ""
+            if (ch.isdigit() != prev.isdigit() or (ch.isupper() and prev.islower())
+                    or (ch.isupper() and prev.isupper() and after.islower())):
+                parts.append(piece[start:i])
+                start = i
+        if piece[start:]:
+            parts.append(piece[start:])
+    return parts
+
+
 def expand_identifier(ident: str) -> tuple[str, ...]:
     """Terms for one identifier: the whole name (lowercased) and its parts."""
     cached = _cache.get(ident)
@@ -41,7 +63,7 @@ def expand_identifier(ident: str) -> tuple[str, ...]:
     if len(whole) > 1 and whole not in STOPWORDS:
         terms.append(whole)
     if "_" in ident or not (ident.islower() or ident.isupper()) or any(c.isdigit() for c in ident):
-        for part in _PARTS.findall(ident):
+        for part in _PARTS.findall(ident) if ident.isascii() else unicode_parts(ident):
             p = _stem(part.lower())
             if len(p) > 1 and p != whole and p not in STOPWORDS and p not in terms:
                 terms.append(p)

@@ -143,8 +143,9 @@ def run_task(root: str, files: list[TaskFile], limits: Limits, out_prefix: str) 
             if lines:
                 f_chunks.write("\n".join(lines) + "\n")
             result.n_chunks += len(ex.chunks)
-            # names and signatures hold no tab or newline (signatures are whitespace-collapsed)
-            prefix = f"{t.path}\t{language}\t"
+            # names and signatures hold no tab or newline (signatures are whitespace-collapsed);
+            # a path may hold anything: it goes as a JSON string (the loader decodes it)
+            prefix = f"{dumps(t.path, ensure_ascii=False)}\t{language}\t"
             if ex.symbols:
                 f_symbols.write("".join(
                     f"{prefix}{n}\t{q}\t{k}\t{s}\t{e}\t{sig}\n" for n, q, k, s, e, sig in ex.symbols))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import threading
 import uuid
 from pathlib import Path
@@ -22,13 +21,13 @@ from codevm import __version__
 from codevm.api import EngineAPI, EngineHandle, to_dict
 from codevm.config import Settings
 from codevm.errors import CodevmError
+from codevm.indexers.identifiers import IDENTIFIER
 from codevm.lsp.convert import document_symbols, hover_markdown, line_range, selected_text, symbol_kind, uri_to_path
 from codevm.lsp.settings import editor_settings
 from codevm.service import open_engine
 
 log = logging.getLogger("codevm.lsp")
 DEBOUNCE_SECONDS = 0.15  # typing pauses longer than this; keeps edit -> symbol under 300 ms
-WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class IndexCancelled(Exception):
@@ -75,7 +74,7 @@ class CodevmLanguageServer(LanguageServer):
         if pos.line >= len(doc.lines):
             return None
         line = doc.lines[pos.line]
-        for m in WORD.finditer(line):
+        for m in IDENTIFIER.finditer(line):
             if m.start() <= pos.character <= m.end():
                 return m.group(0)
         return None

@@ -15,7 +15,7 @@ import duckdb
 from codevm.api import SearchHit
 from codevm.db.terms import TermDictionary
 from codevm.errors import InvalidArgument
-from codevm.indexers.identifiers import IDENTIFIER, expand_identifier
+from codevm.indexers.identifiers import IDENTIFIER, IDENTIFIER_PATTERN, expand_identifier
 from codevm.retrieval.fusion import Scored
 from codevm.retrieval.sql import BY_IDS, chunk_filters, quoted
 
@@ -29,7 +29,7 @@ MAX_QUERY_TERMS = 256
 TEST_PATH = re.compile(r"(^|/)(tests?|testing)/|(^|/)test_[^/]*$|_tests?\.[a-z]+$|(^|/)conftest\.py$")
 TEST_PRIOR = 0.5
 _CODE_LIKE = re.compile(r"[a-z][A-Z]|_|[A-Za-z][0-9]|^[A-Z][a-z]+[A-Z]")
-_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+_DOTTED = re.compile(rf"{IDENTIFIER_PATTERN}(?:\.{IDENTIFIER_PATTERN})+")
 
 
 

@@ -11,6 +11,7 @@ from collections import defaultdict
 import duckdb
 
 from codevm.db.terms import TermDictionary
+from codevm.indexers.identifiers import IDENTIFIER
 from codevm.indexers.languages import EXTENSIONS
 from codevm.retrieval.fusion import Ranked, Scored
 from codevm.retrieval.lexical import lexical
@@ -20,12 +21,12 @@ _PY_FRAME = re.compile(r'File "([^"]+)", line (\d+)(?:, in ([\w<>.]+))?')
 _JS_FRAME = re.compile(r"at (?:([\w$.<>]+) \()?([^\s()]+?):(\d+)(?::\d+)?\)?")
 _PATH = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w-]+\.[A-Za-z]{1,5})(?::(\d+))?(?![\w/])")
 _CODE_IDENT = re.compile(
-    r"\b(?:[A-Za-z_]\w*\.)+[A-Za-z_]\w*\b"  # dotted: module.func, Class.method
+    r"\b(?:[^\W\d]\w*\.)+[^\W\d]\w*\b"  # dotted: module.func, Class.method
     r"|\b_*[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b"  # snake_case
     r"|\b[A-Z][a-z0-9]+(?:[A-Z][a-z0-9]*)+\b"  # CamelCase
     r"|\b[a-z]+[A-Z]\w*\b")  # camelCase
-_DOTTED = re.compile(r"\b[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+\b")
-_BACKTICK_NAME = re.compile(r"`((?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*)(?:\([^`]*\))?`")
+_DOTTED = re.compile(r"\b[^\W\d]\w*(?:\.[^\W\d]\w*)+\b")
+_BACKTICK_NAME = re.compile(r"`((?:[^\W\d]\w*\.)*[^\W\d]\w*)(?:\([^`]*\))?`")
 # "SomeError: message" on a line of its own (a traceback's last line, a quoted error)
 _ERROR_LINE = re.compile(r"^[ \t>]*(?:[\w.]+\.)?\w*(?:Error|Exception|Warning)\b:[ \t]*(.{8,300})$",
                          re.MULTILINE)
@@ -45,7 +46,7 @@ def looks_like_path(name: str) -> bool:
 
 
 def _words(question: str) -> str:
-    return " ".join(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", question)[:200])
+    return " ".join(IDENTIFIER.findall(question)[:200])
 
 
 def chunk_at(con: duckdb.DuckDBPyConnection, path: str, line: int) -> int | None:
