@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 if TYPE_CHECKING:
@@ -305,6 +305,54 @@ def idempotent(method: F) -> F:
     that converge): a client may retry it when the service died in the middle of it."""
     method.__codevm_idempotent__ = True  # type: ignore[attr-defined]
     return method
+
+
+# -- caps on every argument of every door (CLI, LSP, MCP, the service) ----------------------
+# characters of a text argument, by parameter name (per method where one name means two things)
+TEXT_CAPS: dict[str, int] = {
+    "query": 32_000, "question": 32_000,  # a pasted traceback or issue fits; 10 MB does not
+    "text": 20_000,  # a note or a core memory edit
+    "update_file.text": 16_000_000,  # an editor's unsaved buffer (larger files are skipped anyway)
+    "path": 4_096, "from_path": 4_096, "name": 1_000, "symbol": 1_000,
+    "language": 100, "tag": 100, "label": 100, "block": 100, "mode": 100,
+    "session": 200, "session_id": 200, "title": 200,
+}
+LIST_CAPS: dict[str, tuple[int, int]] = {"tags": (20, 100), "paths": (100_000, 4_096)}  # items, chars each
+COUNT_CAP = 10_000  # k and limit
+INT_ARGUMENTS = ("k", "limit", "start_line", "end_line", "chunk_id", "note_id", "budget")
+
+
+def check_arguments(method: str, arguments: dict[str, object]) -> None:
+    """Every argument of an API call within its type and cap, or InvalidArgument that says
+    which and what is allowed (a dict is no note's text; "abc" is no list of tags)."""
+    from codevm.errors import InvalidArgument
+
+    for key, value in arguments.items():
+        if value is None:
+            continue
+        if isinstance(value, PurePath):
+            value = str(value)
+        elif key == "paths" and isinstance(value, (list, tuple)):
+            value = [str(v) if isinstance(v, PurePath) else v for v in value]
+        cap = TEXT_CAPS.get(f"{method}.{key}", TEXT_CAPS.get(key))
+        if cap is not None:
+            if not isinstance(value, str):
+                raise InvalidArgument(f"{key} must be text, not {type(value).__name__}")
+            if len(value) > cap:
+                raise InvalidArgument(f"{key} is {len(value):,} characters long: at most {cap:,} are taken")
+        elif key in LIST_CAPS:
+            items, chars = LIST_CAPS[key]
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise InvalidArgument(f"{key} must be a list of text, not {type(value).__name__}")
+            if len(value) > items or any(len(v) > chars for v in value):
+                raise InvalidArgument(f"{key}: at most {items:,} of at most {chars:,} characters each")
+        elif key in INT_ARGUMENTS:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidArgument(f"{key} must be a whole number, not {type(value).__name__}")
+            if key in ("k", "limit") and not 1 <= value <= COUNT_CAP:
+                raise InvalidArgument(f"{key} must be between 1 and {COUNT_CAP:,}, got {value}")
+            if value < 0 or value > 1 << 40:
+                raise InvalidArgument(f"{key} must be between 0 and {1 << 40}, got {value}")
 
 
 class EngineAPI(Protocol):

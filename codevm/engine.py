@@ -6,6 +6,8 @@ Arguments and results are plain JSON-serialisable dataclasses (codevm/api.py).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import threading
 from collections.abc import Callable
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from codevm.api import (
+    API_METHODS,
     AskResult,
     CodeText,
     CoreBlock,
@@ -28,6 +31,7 @@ from codevm.api import (
     Status,
     SymbolDetail,
     SymbolInfo,
+    check_arguments,
 )
 from codevm.config import Settings
 from codevm.db.index_tables import IndexTables
@@ -64,6 +68,29 @@ class ChangeMonitor(Protocol):
     def pending_count(self) -> int: ...
 
 
+def _checked(cls: type) -> type:
+    """Every API method of `cls` checks its arguments' types and caps first (api.check_arguments):
+    the one place every door's calls pass, in process or through the service."""
+    for name in API_METHODS:
+        method = getattr(cls, name, None)
+        if not inspect.isfunction(method):
+            continue
+        signature = inspect.signature(method)
+
+        def checked(*args: object, _method: Callable = method, _name: str = name,
+                    _signature: inspect.Signature = signature, **kwargs: object) -> object:
+            try:
+                bound = _signature.bind(*args, **kwargs)
+            except TypeError as e:
+                raise InvalidArgument(f"{_name}: {e}") from None
+            check_arguments(_name, {k: v for k, v in bound.arguments.items() if k != "self"})
+            return _method(*args, **kwargs)
+
+        setattr(cls, name, functools.wraps(method)(checked))
+    return cls
+
+
+@_checked
 class Engine:
     """The project's index and memory in this process (codevm.api.EngineAPI).
 

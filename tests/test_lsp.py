@@ -135,6 +135,12 @@ async def test_commands_and_bad_params(client: LanguageClient, project: Path) ->
         await run(t.ExecuteCommandParams("codevm.remember", [{"text": "x", "path": "../../etc/passwd"}]))
     with pytest.raises(Exception, match="needs a question"):
         await run(t.ExecuteCommandParams("codevm.ask", []))
+    with pytest.raises(Exception, match="at most 32,000"):
+        await run(t.ExecuteCommandParams("codevm.search", ["x" * 10_000_000]))
+    with pytest.raises(Exception, match="tags must be a list"):
+        await run(t.ExecuteCommandParams("codevm.remember", [{"text": "x", "tags": "abc"}]))
+    with pytest.raises(Exception, match="text must be text"):
+        await run(t.ExecuteCommandParams("codevm.remember", [{"text": {"a": 1}}]))
     # still serving
     assert (await run(t.ExecuteCommandParams("codevm.status", [])))["chunks"] > 0
 

@@ -134,6 +134,14 @@ def test_paths_and_bad_arguments_are_tool_errors_and_the_server_goes_on(project:
         assert "unknown core memory block" in _error(await client.call_tool(
             "core_memory_update", {"block": "secrets", "text": "x"}))
         assert (await client.call_tool("no_such_tool", {})).is_error
+        # sizes and types past their caps: one line that says the cap, nothing stored or echoed
+        huge = "x" * 10_000_000
+        assert _error(await client.call_tool("search_code", {"query": huge})) == (
+            "search_code: query: String should have at most 32000 characters")
+        for args in ({"text": "x", "tags": [huge]}, {"text": huge}, {"text": "x", "path": huge}):
+            message = _error(await client.call_tool("remember", args))
+            assert "at most" in message and len(message) < 200, message
+        assert not engine.list_notes()
         # still serving
         assert _result(await client.call_tool("search_code", {"query": "Circle"}))["items"]
 

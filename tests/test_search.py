@@ -48,6 +48,24 @@ def test_identifiers_in_any_script_are_symbols_and_searchable(tmp_path: Path) ->
     assert {"données_brutes", "donnée", "brute", "überklasse", "über", "klasse"} <= set(terms)
 
 
+def test_every_argument_has_a_type_and_a_cap(engine: Engine) -> None:
+    for call, message in [
+        (lambda: engine.search("x" * 32_001), "query is 32,001 characters long: at most 32,000"),
+        (lambda: engine.search("total", k=0), "k must be between 1 and 10,000"),
+        (lambda: engine.search("total", k="5"), "k must be a whole number"),  # type: ignore[arg-type]
+        (lambda: engine.add_note("x", tags="abc"), "tags must be a list of text"),  # type: ignore[arg-type]
+        (lambda: engine.add_note({"a": 1}), "text must be text, not dict"),  # type: ignore[arg-type]
+        (lambda: engine.add_note("x" * 20_001), "at most 20,000"),
+        (lambda: engine.symbol("s", 5, 6), "symbol: too many positional arguments"),  # type: ignore[call-arg]
+        (lambda: engine.read("p" * 5_000), "path is 5,000 characters long"),
+    ]:
+        with pytest.raises(InvalidArgument, match=message):
+            call()
+    assert not engine.list_notes()
+    # a long query is taken, in time linear in its length (a 16k-character word took 6 s)
+    assert engine.search("total_area " + "a." * 10_000 + " " + "x" * 9_000)[0].path == "src/py/shapes.py"
+
+
 def test_exact_symbol_first_with_hit_fields(engine: Engine) -> None:
     hits = engine.search("total_area")
     top = hits[0]

@@ -72,6 +72,6 @@ def expand_identifier(ident: str) -> tuple[str, ...]:
         if stemmed != whole:
             terms.append(stemmed)
     result = tuple(terms)
-    if len(_cache) < 500_000:
+    if len(_cache) < 500_000 and len(ident) <= 200:  # a huge query word is not kept
         _cache[ident] = result
     return result

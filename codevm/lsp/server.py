@@ -341,13 +341,13 @@ def _run(fn: Any) -> Any:
 @server.command("codevm.search")
 def cmd_search(ls: CodevmLanguageServer, *args: Any) -> Any:
     query = _arg(list(args), 0, "query")
-    return _run(lambda: to_dict(ls.api.search(str(query or ""), k=20)))
+    return _run(lambda: to_dict(ls.api.search(query or "", k=20)))  # the engine checks its type
 
 
 @server.command("codevm.recall")
 def cmd_recall(ls: CodevmLanguageServer, *args: Any) -> Any:
     query = _arg(list(args), 0, "query")
-    return _run(lambda: to_dict(ls.api.search_notes(str(query or ""))))
+    return _run(lambda: to_dict(ls.api.search_notes(query or "")))
 
 
 @server.command("codevm.remember")
@@ -356,7 +356,7 @@ def cmd_remember(ls: CodevmLanguageServer, *args: Any) -> Any:
     text = data.get("text") or (args[1] if len(args) > 1 else None)
     if not text:
         raise ValueError("codevm.remember needs {'text': ..., 'path'?: ..., 'symbol'?: ...}")
-    return _run(lambda: to_dict(ls.api.add_note(str(text), data.get("tags"), data.get("path"),
+    return _run(lambda: to_dict(ls.api.add_note(text, data.get("tags"), data.get("path"),
                                                   data.get("symbol"), source="lsp")))
 
 
@@ -373,8 +373,8 @@ def cmd_status(ls: CodevmLanguageServer, *args: Any) -> Any:
 @server.command("codevm.ask")
 async def cmd_ask(ls: CodevmLanguageServer, *args: Any) -> Any:
     question = _arg(list(args), 0, "question")
-    if not question or not str(question).strip():
-        raise ValueError("codevm.ask needs a question")
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError("codevm.ask needs a question (text)")
     token = str(uuid.uuid4())
     try:
         await ls.work_done_progress.create_async(token)
@@ -390,7 +390,7 @@ async def cmd_ask(ls: CodevmLanguageServer, *args: Any) -> Any:
 
     try:
         result = await asyncio.get_running_loop().run_in_executor(
-            ls.thread_pool, lambda: _run(lambda: engine.ask(str(question), budget=budget,
+            ls.thread_pool, lambda: _run(lambda: engine.ask(question, budget=budget,
                                                             on_status=status)))
     finally:
         if token:

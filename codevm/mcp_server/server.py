@@ -15,9 +15,9 @@ import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
-from pydantic import Field
+from pydantic import Field, ValidationError
 
-from codevm.api import CORE_BLOCKS, EngineAPI, Progress, to_dict
+from codevm.api import CORE_BLOCKS, TEXT_CAPS, EngineAPI, Progress, to_dict
 from codevm.errors import CodevmError
 from codevm.mcp_server import tools
 
@@ -46,7 +46,7 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-Query = Annotated[str, Field(description="words, identifiers or symbol names", max_length=20_000)]
+Query = Annotated[str, Field(description="words, identifiers or symbol names", max_length=TEXT_CAPS["query"])]
 K = Annotated[int, Field(description="number of results", ge=1, le=tools.MAX_K)]
 Offset = Annotated[int, Field(description="skip this many results (from next_offset)", ge=0)]
 MaxChars = Annotated[int, Field(description="cap on the size of the result",
@@ -54,8 +54,25 @@ MaxChars = Annotated[int, Field(description="cap on the size of the result",
 PathArg = Annotated[str, Field(description="file path, relative to the project root")]
 
 
+class CodevmMCPServer(MCPServer):
+    """Arguments that fail their schema get one line that says which and why (the SDK's
+    own message is pydantic's, several lines with a link and the rejected value echoed)."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any],
+                        context: Context | None = None) -> Any:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as e:
+            cause = e.__cause__
+            if isinstance(cause, ValidationError) and cause.errors():
+                first = cause.errors()[0]
+                where = ".".join(str(part) for part in first["loc"]) or "arguments"
+                raise ToolError(f"{name}: {where}: {first['msg']}") from None
+            raise
+
+
 def build_server(engine: EngineAPI) -> MCPServer:
-    server = MCPServer(name="codevm", instructions=INSTRUCTIONS, log_level="WARNING")
+    server = CodevmMCPServer(name="codevm", instructions=INSTRUCTIONS, log_level="WARNING")
 
     @server.tool(annotations=READ_ONLY)
     @_errors
@@ -98,7 +115,7 @@ def build_server(engine: EngineAPI) -> MCPServer:
 
     @server.tool(annotations=WRITES)
     @_errors
-    def remember(text: Annotated[str, Field(description="the note", max_length=8000)],
+    def remember(text: Annotated[str, Field(description="the note", max_length=TEXT_CAPS["text"])],
                  tags: Annotated[list[str] | None, Field(description="tags")] = None,
                  path: Annotated[str | None, Field(description="file the note is about")] = None,
                  symbol: Annotated[str | None, Field(description="symbol in that file")] = None) -> dict:
@@ -139,7 +156,7 @@ def build_server(engine: EngineAPI) -> MCPServer:
 
     @server.tool(annotations=READ_ONLY)
     async def ask(ctx: Context,
-                  question: Annotated[str, Field(description="the question", max_length=20_000)],
+                  question: Annotated[str, Field(description="the question", max_length=TEXT_CAPS["question"])],
                   session: Annotated[str | None, Field(description="session to continue")] = None,
                   max_chars: MaxChars = tools.DEFAULT_MAX_CHARS) -> dict:
         """The local model's answer; without one, the code pages codevm selected. Progress

@@ -37,6 +37,7 @@ _TEXT_EXTENSIONS = {".md", ".rst", ".txt", ".toml", ".yaml", ".yml", ".json", ".
 MAX_NAMED = 24  # identifiers and paths taken from one question
 MAX_DEFINITIONS = 6  # a name defined more often than this is too generic to resolve
 MAX_MESSAGES = 3  # error message fragments looked up in the code
+MAX_MODULE_DEPTH = 12  # parts of a dotted module path tried as a file path
 
 
 def looks_like_path(name: str) -> bool:
@@ -133,7 +134,7 @@ def _module_files(con: duckdb.DuckDBPyConnection, question: str) -> list[str]:
     wanted: dict[str, tuple[int, int]] = {}  # candidate path -> (order, parts)
     dotted = [m.group(0) for m in _DOTTED.finditer(question) if not looks_like_path(m.group(0))]
     for order, name in enumerate(dict.fromkeys(dotted)):
-        parts = name.split(".")
+        parts = name.split(".")[:MAX_MODULE_DEPTH]  # a.a.a... of 8,000 parts took 2 s
         for n in range(len(parts), 1, -1):
             stem = "/".join(parts[:n])
             wanted.setdefault(stem + ".py", (order, n))
