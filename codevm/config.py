@@ -36,6 +36,9 @@ class Settings:
     # function calls: for models that drive them), "auto" (what `codevm model check`
     # recorded for this model, else pager)
     ask_mode: str = "auto"
+    # read_code / show / the model's open_code also show files the project ignores, secrets
+    # (.env, *.pem, ...) and .git internals
+    read_ignored: bool = False
     # how a model calls functions in tool mode: "native" (the server's tool calling; calls
     # printed as text are read too), "json" (each reply is one call, constrained to a JSON
     # schema by the server: for models without native tool calling), "auto" (what

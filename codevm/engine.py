@@ -37,6 +37,7 @@ from codevm.config import Settings
 from codevm.db.index_tables import IndexTables
 from codevm.db.store import Store
 from codevm.errors import InvalidArgument, NotIndexed
+from codevm.indexers.discovery import hidden_reason
 from codevm.indexers.pipeline import Indexer
 from codevm.memory import ask
 from codevm.memory.budget import TokenEstimator
@@ -245,8 +246,12 @@ class Engine:
         return SymbolDetail(d, signature, docstring, notes)
 
     def read(self, path: str, start_line: int | None = None, end_line: int | None = None) -> CodeText:
-        """Lines of a project file as they are on disk."""
-        return read_lines(self.root, path, start_line, end_line)
+        """Lines of a project file as they are on disk (not files the project ignores, nor
+        secrets, nor version-control internals, unless `read_ignored` is set)."""
+        rel = project_path(self.root, path)
+        if not self.settings.read_ignored and (why := hidden_reason(str(self.root), rel, self.settings.ignore)):
+            raise InvalidArgument(f"{rel} {why}: not shown (set read_ignored = true to allow it)")
+        return read_lines(self.root, rel, start_line, end_line)
 
     def read_chunk(self, chunk_id: int) -> CodeText:
         """The lines of the file that a chunk (a search hit's id) covers."""
@@ -330,7 +335,7 @@ class Engine:
         if not question or not question.strip():
             raise InvalidArgument("the question is empty")
         self._require_index()
-        memory = ask.Memory(self.root, self.store, self.retriever, self.pager, self.notes,
+        memory = ask.Memory(self.root, self.read, self.store, self.retriever, self.pager, self.notes,
                             self.recall, self.core)
         return ask.ask(memory, settings or self.settings, question, session, budget, on_text,
                        new_session, on_status)

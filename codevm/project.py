@@ -35,13 +35,25 @@ def database_path(root: Path) -> Path:
 
 
 def data_folder(root: Path) -> Path:
-    """The folder of the project's database (created, with a `.gitignore` inside a project)."""
+    """The folder of the project's database (created, with a `.gitignore` inside a project),
+    owner-only: the index holds the text of every file, the notes and the conversations."""
     folder = database_path(root).parent
     if not folder.exists():
         folder.mkdir(parents=True, exist_ok=True)
         if folder == root / DATA_DIR:
             (folder / ".gitignore").write_text("*\n", encoding="utf-8")
+    owner_only(folder)
     return folder
+
+
+def owner_only(path: Path) -> None:
+    """chmod go-rwx a folder or file of ours (the data of an older version was 0755/0644)."""
+    try:
+        st = path.stat()
+        if st.st_uid == os.getuid() and st.st_mode & 0o077:
+            path.chmod(st.st_mode & 0o700)
+    except OSError:
+        pass  # not ours, or gone: opening it will say so
 
 
 def project_path(root: Path, path: str) -> str:
@@ -66,10 +78,12 @@ def read_lines(root: Path, path: str, start_line: int | None = None,
     if b"\0" in data[:8192]:
         raise InvalidArgument(f"{rel} is a binary file")
     lines = data.decode("utf-8", "replace").split("\n")
+    if len(lines) > 1 and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line starts no line of its own
     total = len(lines)
-    start = start_line or 1
-    end = end_line or total
-    if start < 1 or end < start:
+    start = 1 if start_line is None else start_line
+    end = total if end_line is None else end_line
+    if start < 1 or (end < start and end_line is not None):
         raise InvalidArgument(f"invalid line range {start}-{end}")
     if start > total:
         raise InvalidArgument(f"{rel} has only {total} lines")

@@ -28,6 +28,21 @@ def test_first_index_covers_every_language(engine: Engine) -> None:
     assert st.chunks > 20 and st.symbols > 40 and st.refs > 40
     assert st.database_bytes > 0 and st.last_indexed_at
     assert (engine.root / ".codevm/.gitignore").read_text() == "*\n"
+    # owner-only: the index holds the text of every file (another user could copy it)
+    assert (engine.root / ".codevm").stat().st_mode & 0o777 == 0o700
+    assert (engine.root / ".codevm/index.duckdb").stat().st_mode & 0o077 == 0
+
+
+def test_an_older_world_readable_data_folder_is_made_owner_only(project: Path) -> None:
+    (project / ".codevm").mkdir(mode=0o755)
+    (project / ".codevm").chmod(0o755)
+    with Engine(project) as engine:
+        engine.index()
+    (project / ".codevm/index.duckdb").chmod(0o644)
+    with Engine(project) as engine:
+        assert engine.status().files > 0
+    assert (project / ".codevm").stat().st_mode & 0o777 == 0o700
+    assert (project / ".codevm/index.duckdb").stat().st_mode & 0o777 == 0o600
 
 
 def test_bad_files_are_recorded_and_the_rest_indexed(project: Path) -> None:

@@ -129,6 +129,32 @@ def test_read_lines(engine: Engine) -> None:
     code = engine.read("src/py/shapes.py", 13, 15)
     assert code.text.splitlines()[0].strip() == "def area(self) -> float:"
     assert code.total_lines >= 23
+    (engine.root / "seven.py").write_text("".join(f"x{i} = {i}\n" for i in range(7)))
+    assert engine.read("seven.py").total_lines == 7  # the last newline starts no eighth line
+    assert engine.read("seven.py", 7, 7).text == "x6 = 6"
+    with pytest.raises(InvalidArgument, match="seven.py has only 7 lines"):
+        engine.read("seven.py", 8)
+    with pytest.raises(InvalidArgument, match="invalid line range 0-0"):
+        engine.read("seven.py", 0, 0)  # `show seven.py:0` printed the whole file
+
+
+def test_ignored_files_secrets_and_git_internals_are_not_shown(project: Path) -> None:
+    (project / ".git").mkdir(exist_ok=True)
+    (project / ".git/config").write_text("[remote]\nurl = https://token@example.com\n")
+    (project / ".env").write_text("API_KEY=hunter2\n")
+    (project / "deploy.pem").write_text("-----BEGIN PRIVATE KEY-----\n")
+    (project / ".gitignore").write_text("private/\n")
+    (project / "private").mkdir()
+    (project / "private/notes.py").write_text("password = 'x'\n")
+    with Engine(project, Settings(service=False, embedder="off")) as engine:
+        engine.index()
+        for path, why in [(".git/config", "version-control"), (".env", "may hold secrets"),
+                          ("deploy.pem", "may hold secrets"), ("private/notes.py", "ignored by the project")]:
+            with pytest.raises(InvalidArgument, match=why):
+                engine.read(path)
+        assert engine.read("src/py/shapes.py").total_lines > 20
+    with Engine(project, Settings(service=False, embedder="off", read_ignored=True)) as engine:
+        assert engine.read(".env").text == "API_KEY=hunter2"
 
 
 def test_search_before_indexing_says_what_to_do(project) -> None:

@@ -17,6 +17,7 @@ import duckdb
 from codevm.db import migrations
 from codevm.db.terms import TermDictionary
 from codevm.errors import IndexBusy
+from codevm.project import owner_only
 
 
 class Store:
@@ -24,9 +25,11 @@ class Store:
 
     def __init__(self, path: Path):
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             self.con = duckdb.connect(str(path))
+            owner_only(path.parent)
+            owner_only(path)
             # committed batches are safe in the write-ahead log; folding it into the file
             # once per run (see checkpoint) beats doing it every few batches
             self.con.execute("SET checkpoint_threshold = '256MB'")

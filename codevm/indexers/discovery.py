@@ -92,6 +92,29 @@ class IgnoreRules:
         return False
 
 
+# names that hold secrets more often than code: never shown unless `read_ignored` is set
+SECRET_NAMES = pathspec.GitIgnoreSpec.from_lines([
+    ".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_ed25519*", "id_ecdsa*",
+    ".netrc", ".pypirc", ".npmrc", ".git-credentials", "credentials.json", "*.keystore"])
+VCS_DIRS = frozenset({".git", ".hg", ".svn", ".bzr", ".codevm"})
+
+
+def hidden_reason(root: str, rel_path: str, extra_ignores: list[str] | None = None) -> str | None:
+    """Why a file of the project is not shown to a client (`read_code`), or None: it is in
+    a version-control or codevm folder, its name is a secret's, or the project ignores it
+    (.gitignore, .codevmignore, `ignore`), it or a folder above it."""
+    parts = rel_path.split("/")
+    if VCS_DIRS.intersection(parts[:-1]):
+        return "is inside a version-control or codevm folder"
+    if SECRET_NAMES.match_file(parts[-1]):
+        return "may hold secrets"
+    rules = IgnoreRules(root, extra_ignores or [])
+    for depth in range(1, len(parts) + 1):
+        if rules.ignored("/".join(parts[:depth]), depth < len(parts)):
+            return "is ignored by the project (.gitignore, .codevmignore or the ignore setting)"
+    return None
+
+
 def _read_lines(path: str) -> list[str]:
     try:
         with open(path, encoding="utf-8", errors="replace") as f:

@@ -30,7 +30,7 @@ from codevm.memory.budget import Budget, TokenEstimator
 from codevm.memory.context import ContextMessage, MainContext, Page
 from codevm.memory.conversation import SUMMARY_PROMPT, Conversation
 from codevm.memory.core import CoreMemory
-from codevm.memory.functions import TOOL_NAMES, TOOLS, MemoryFunctions, call_schema, describe_tools
+from codevm.memory.functions import TOOL_NAMES, TOOLS, MemoryFunctions, Reader, call_schema, describe_tools
 from codevm.memory.notes import Notes
 from codevm.memory.pager import HeuristicPager
 from codevm.memory.recall import Recall
@@ -76,6 +76,7 @@ class Memory:
     """The parts a question uses: the project's memory and its code."""
 
     root: Path
+    read: Reader  # lines of a project file, as the engine shows them
     store: Store  # for the calibration of token estimates, per model
     retriever: Retriever
     pager: HeuristicPager
@@ -220,7 +221,7 @@ class _Question:
                 if result.answer:
                     self.record("assistant", result.answer)
             else:
-                functions = MemoryFunctions(memory.root, context, memory.retriever, memory.pager,
+                functions = MemoryFunctions(memory.root, memory.read, context, memory.retriever, memory.pager,
                                             memory.notes, memory.recall, memory.core)
                 agent = Agent(functions, context, chat, self.settings.max_steps, self.conversation.record)
                 outcome = agent.run(self.conversation.fit, on_text)

@@ -7,18 +7,22 @@ becomes that text (the model can correct itself), never an exception.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from codevm.api import CodeText
 from codevm.errors import CodevmError
 from codevm.memory.context import MainContext, Page
 from codevm.memory.core import CoreMemory
 from codevm.memory.notes import Notes
 from codevm.memory.pager import Candidate, HeuristicPager
 from codevm.memory.recall import Recall
-from codevm.project import project_path, read_lines
+from codevm.project import project_path
 from codevm.retrieval.retriever import Retriever
 
+# reads lines of a project file: (path, start_line, end_line) -> CodeText
+Reader = Callable[[str, int | None, int | None], CodeText]
 MAX_RESULT_CHARS = 2400  # one tool result never floods the context
 
 
@@ -84,9 +88,10 @@ def describe_tools(tools: list[dict]) -> str:
 class MemoryFunctions:
     """The functions of TOOLS over one question's main context and the project's memory."""
 
-    def __init__(self, root: Path, context: MainContext, retriever: Retriever,
+    def __init__(self, root: Path, read: Reader, context: MainContext, retriever: Retriever,
                  pager: HeuristicPager, notes: Notes, recall: Recall, core: CoreMemory):
         self.root = root
+        self.read = read  # the engine's: it refuses what the project ignores and secrets
         self.context = context
         self.retriever = retriever
         self.pager = pager
@@ -119,7 +124,7 @@ class MemoryFunctions:
                 raise CodevmError(f"no code with id {id}; use an id from search_code")
             page = pages[0]
         elif path:
-            code = read_lines(self.root, path, start_line,
+            code = self.read(path, start_line,
                               end_line if end_line else (start_line or 1) + 80)
             text = code.text
             page = Page(f"{code.path}:{code.start_line}-{code.end_line}", code.path, code.start_line,
