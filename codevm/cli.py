@@ -589,9 +589,15 @@ def mcp_command(project: str, transport: str, host: str, port: int) -> None:
         if transport == "stdio":
             server.run("stdio")
         else:
+            from codevm.mcp_server.http import project_token, serve_http
+
+            token, where, made = project_token(root)
+            err.print(f"codevm mcp: http://{host}:{port}/mcp; clients send 'Authorization: Bearer <token>'"
+                      + (f": the token is {token} (kept in {where})" if made else f"; the token is in {where}"),
+                      markup=False)
             # the HTTP server's access log writes to stdout; logs belong on stderr
             with contextlib.redirect_stdout(sys.stderr):
-                server.run("streamable-http", host=host, port=port)
+                serve_http(server, host, port, token)
 
 
 @main.command("lsp")

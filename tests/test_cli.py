@@ -54,6 +54,7 @@ def test_reindex_reports_nothing_to_do(indexed: Path) -> None:
     (("symbol", "no_such_symbol_anywhere"), "no definition of 'no_such_symbol_anywhere'"),
     (("show", "../../etc/passwd"), "outside the project"),
     (("show", "src/py/shapes.py:9-3"), "invalid line range"),
+    (("show", "src/py/shapes.py:0"), "invalid line range"),  # it printed the whole file
 ])
 def test_errors_are_one_line_and_a_nonzero_exit(indexed: Path, args: tuple[str, ...],
                                                 message: str) -> None:
@@ -61,6 +62,12 @@ def test_errors_are_one_line_and_a_nonzero_exit(indexed: Path, args: tuple[str, 
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("codevm: error: ") and message in lines[0]
+
+
+def test_lsp_over_tcp_only_on_loopback(tmp_path: Path) -> None:
+    result = codevm(tmp_path, "lsp", "--tcp", "--host", "0.0.0.0", "--port", "1")
+    assert result.returncode != 0 and "loopback only" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_outside_any_project(tmp_path: Path) -> None:

@@ -144,6 +144,16 @@ async def test_commands_and_bad_params(client: LanguageClient, project: Path) ->
     # still serving
     assert (await run(t.ExecuteCommandParams("codevm.status", [])))["chunks"] > 0
 
+    # a file outside the workspace is nobody's business here, though the server could read it
+    secret = project.parent / "secret_token_file.py"
+    secret.write_text("def leaked_secret_function():\n    return 'hunter2'\n")
+    outside = t.TextDocumentIdentifier(secret.as_uri())
+    actions = await client.text_document_code_action_async(t.CodeActionParams(
+        outside, t.Range(t.Position(0, 0), t.Position(1, 20)), t.CodeActionContext(diagnostics=[])))
+    hover = await client.text_document_hover_async(t.HoverParams(outside, t.Position(0, 6)))
+    defs = await client.text_document_definition_async(t.DefinitionParams(outside, t.Position(0, 6)))
+    assert not actions and hover is None and not defs
+
 
 @pytest.mark.asyncio
 async def test_watched_files_and_close_keep_the_index_equal_to_the_disk(

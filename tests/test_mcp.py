@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 
 from codevm.config import Settings
 from codevm.engine import Engine
@@ -194,12 +197,26 @@ def test_streamable_http_on_loopback(project: Path) -> None:
 
         wait_until(listening, "the server to listen")
 
-        async def body() -> dict:
-            async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+        token_file = project / ".codevm/mcp-token"
+        token = token_file.read_text().strip()
+        assert token_file.stat().st_mode & 0o777 == 0o600 and len(token) >= 40
+        url = f"http://127.0.0.1:{port}/mcp"
+
+        async def body(headers: dict[str, str]) -> dict:
+            transport = streamable_http_client(url, http_client=create_mcp_http_client(headers=headers))
+            async with Client(transport) as client:
                 return _result(await client.call_tool("index_status", {}))
 
-        assert "files" in anyio.run(body)
+        assert "files" in anyio.run(body, {"Authorization": f"Bearer {token}"})
+        # another local user, without the token (or with a wrong one, or a foreign Host)
+        for headers in ({}, {"Authorization": "Bearer " + "x" * len(token)}):
+            refused = httpx.post(url, headers=headers, json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+            assert refused.status_code == 401 and "Bearer" in refused.headers["www-authenticate"]
+        foreign = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                             headers={"Authorization": f"Bearer {token}", "Host": "evil.example:80"})
+        assert foreign.status_code in (400, 403, 421)
     finally:
         proc.terminate()
-        out, _ = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=30)
     assert out == b""  # stdout stays clean: logs go to stderr
+    assert token.encode() in err  # shown once, when it was made

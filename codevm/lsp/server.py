@@ -70,6 +70,8 @@ class CodevmLanguageServer(LanguageServer):
         return (self.api.root / rel).as_uri()
 
     def word_at(self, uri: str, pos: t.Position) -> str | None:
+        if self.rel(uri) is None:  # pygls would read any file of the disk that is not open
+            return None
         doc = self.workspace.get_text_document(uri)
         if pos.line >= len(doc.lines):
             return None
@@ -306,10 +308,12 @@ def code_lens(ls: CodevmLanguageServer, params: t.CodeLensParams) -> list[t.Code
 
 @server.feature(t.TEXT_DOCUMENT_CODE_ACTION)
 def code_action(ls: CodevmLanguageServer, params: t.CodeActionParams) -> list[t.Command]:
+    rel = ls.rel(params.text_document.uri)
+    if rel is None:  # only files of the workspace (pygls reads any file of the disk)
+        return []
     doc = ls.workspace.get_text_document(params.text_document.uri)
     r = params.range
     selection = selected_text(list(doc.lines), r)
-    rel = ls.rel(params.text_document.uri) or ""
     actions: list[t.Command] = []  # plain commands: they run without editing anything
     if selection:
         actions.append(t.Command(title="Ask codevm about this selection", command="codevm.ask", arguments=[
@@ -405,7 +409,14 @@ async def cmd_ask(ls: CodevmLanguageServer, *args: Any) -> Any:
     return to_dict(result)
 
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
 def main(argv_tcp: bool = False, host: str = "127.0.0.1", port: int = 2087) -> None:
+    if argv_tcp and host not in LOOPBACK:
+        # the protocol has no authentication: anyone who reaches the port reads the project
+        raise SystemExit(f"codevm lsp --tcp listens on loopback only ({', '.join(LOOPBACK)}), not {host}: "
+                         "use stdio, or an SSH tunnel to reach it from another machine")
     if argv_tcp:
         server.start_tcp(host, port)
     else:
