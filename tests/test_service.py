@@ -332,3 +332,29 @@ def test_a_call_that_may_have_run_is_not_run_twice(project: Path) -> None:
             # a read is retried on a new service
             assert engine.search("HandleHealth")[0].path == "src/native/server.go"
             assert service_info(project)["pid"] != pid
+
+
+def test_a_stopped_service_hangs_no_client(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from codevm.service import client as service_client
+
+    monkeypatch.setattr(service_client, "HANDSHAKE_TIMEOUT", 1.0)  # 10 s in use
+    files = ServiceFiles.of(project)
+    with RemoteEngine(project) as engine:
+        engine.index()
+        note = engine.add_note("kept through a SIGSTOP and a kill")
+        pid = service_info(project)["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            # a call on an open connection, and a new client (`service status`)
+            with pytest.raises(ServiceUnavailable, match=rf"pid {pid}\) stopped while running status.*kill -CONT"):
+                engine.status()
+            with pytest.raises(ServiceUnavailable, match=rf"pid {pid}\) did not answer within 1s.*stopped"):
+                service_info(project)
+            assert time.monotonic() - started < 20
+        finally:
+            stop_service(project)  # SIGTERM, SIGCONT: it must not wait for a resume
+        assert not lock_held(files)
+    with RemoteEngine(project) as engine:
+        assert [n.id for n in engine.list_notes()] == [note.id]
+        assert service_info(project)["pid"] != pid

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from multiprocessing.connection import Client, Connection
+from multiprocessing.connection import Client, Connection, answer_challenge, deliver_challenge
 from multiprocessing.context import AuthenticationError
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,12 @@ from codevm.service.files import ServiceFiles, lock_held
 from codevm.service.protocol import CallbackRef, build_id, receive, send
 
 START_TIMEOUT = 30.0  # seconds to wait for a service to answer (it may replay a big log)
+HANDSHAKE_TIMEOUT = 10.0  # a service that takes the connection but never answers it is stuck
+# seconds a quick call may take (a stopped or wedged service must not hang `status`);
+# the calls that work for long (LONG_CALLS) wait as long as the service runs
+CALL_TIMEOUT = 120.0
+LONG_CALLS = frozenset({"index", "update_file", "embed", "ask", "check_model", "warm_up"})
+POLL_SECONDS = 1.0
 MAX_LOG_BYTES = 1 << 20
 SERVICE_MAIN = "import sys; from codevm.service.server import main; sys.exit(main())"
 
@@ -74,9 +82,60 @@ def _connect_once(files: ServiceFiles) -> Connection | None:
         return None
     try:
         key = files.key.read_bytes()
-        return Client(_address(info), info["family"], authkey=key)
+        if info["family"] not in ("AF_UNIX", "AF_INET"):
+            return Client(_address(info), info["family"], authkey=key)
+        return _handshake(_address(info), info["family"], key)
+    except TimeoutError:
+        raise ServiceUnavailable(_stuck(info, files, f"did not answer within {HANDSHAKE_TIMEOUT:.0f}s")) from None
     except (OSError, EOFError, KeyError, AuthenticationError):
         return None  # gone, stale, or replaced between reading its files: look again
+
+
+def _handshake(address: Any, family: str, key: bytes) -> Connection:
+    """multiprocessing's Client, but a service that never answers fails in HANDSHAKE_TIMEOUT
+    (a stopped process's socket still takes connections: Client would wait forever)."""
+    sock = socket.socket(getattr(socket, family))
+    try:
+        sock.settimeout(HANDSHAKE_TIMEOUT)
+        sock.connect(address)
+        sock.settimeout(None)
+        _receive_timeout(sock, HANDSHAKE_TIMEOUT)
+        conn = Connection(sock.detach())
+    finally:
+        sock.close()
+    try:
+        answer_challenge(conn, key)
+        deliver_challenge(conn, key)
+    except BlockingIOError:  # the receive timeout
+        conn.close()
+        raise TimeoutError from None
+    except BaseException:
+        conn.close()
+        raise
+    with socket.socket(fileno=os.dup(conn.fileno())) as same:
+        _receive_timeout(same, 0)  # replies are awaited with poll() from here on
+    return conn
+
+
+def _receive_timeout(sock: socket.socket, seconds: float) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", int(seconds), 0))
+
+
+def _process_state(pid: int) -> str | None:
+    """'R', 'S', 'T' (stopped) ... from /proc; None when no such process (or no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _stuck(info: dict[str, Any] | None, files: ServiceFiles, what: str) -> str:
+    pid = int((info or {}).get("pid") or 0)
+    state = _process_state(pid) if pid else None
+    why = f" (it is stopped: kill -CONT {pid} resumes it)" if state in ("T", "t") else ""
+    return (f"the codevm service (pid {pid or '?'}) {what}{why}; `codevm service stop` ends it "
+            f"(log: {files.log})")
 
 
 def _spawn(root: Path, files: ServiceFiles) -> tuple[subprocess.Popen, int]:
@@ -141,8 +200,10 @@ def connect(root: Path, files: ServiceFiles | None = None) -> Connection:
         delay = min(delay * 1.5, 0.05)
 
 
-def _exchange(conn: Connection, message: tuple, callbacks: list[Callable[..., Any]]) -> tuple[str, Any]:
-    """Send one request and serve its callbacks: ("result", value) or ("raise", error)."""
+def _exchange(conn: Connection, message: tuple, callbacks: list[Callable[..., Any]],
+              wait: Callable[[Connection], None] | None = None) -> tuple[str, Any]:
+    """Send one request and serve its callbacks: ("result", value) or ("raise", error).
+    `wait` returns when a reply is there to read, or raises (default: HANDSHAKE_TIMEOUT)."""
     try:
         send(conn, message)
     except (EOFError, OSError) as e:
@@ -150,6 +211,10 @@ def _exchange(conn: Connection, message: tuple, callbacks: list[Callable[..., An
     failure: BaseException | None = None
     while True:
         try:
+            if wait is not None:
+                wait(conn)
+            elif not conn.poll(HANDSHAKE_TIMEOUT):
+                raise BrokenCall(f"no reply within {HANDSHAKE_TIMEOUT:.0f}s")
             reply = receive(conn)
         except (EOFError, OSError) as e:
             raise BrokenCall(e) from None
@@ -341,12 +406,33 @@ class RemoteEngine:
         return self._request(("call", method, tuple(map(mark, args)), {}), callbacks,
                              retry=method in IDEMPOTENT_METHODS, method=method)
 
+    def _waiter(self, method: str) -> Callable[[Connection], None]:
+        """How long to wait for a reply: a quick call CALL_TIMEOUT; a long one while the
+        service runs. A stopped, vanished or wedged service ends the wait with one line."""
+        started = time.monotonic()
+        limit = None if method in LONG_CALLS else CALL_TIMEOUT
+
+        def wait(conn: Connection) -> None:
+            stopped_since = None
+            while not conn.poll(POLL_SECONDS):
+                info = self.files.read_info()
+                state = _process_state(int(info["pid"])) if info and info.get("pid") else "?"
+                if state is None:
+                    raise BrokenCall("the service's process is gone")
+                stopped_since = (stopped_since or time.monotonic()) if state in ("T", "t") else None
+                if stopped_since and time.monotonic() - stopped_since > HANDSHAKE_TIMEOUT:
+                    raise ServiceUnavailable(_stuck(info, self.files, f"stopped while running {method or 'a call'}"))
+                if limit is not None and time.monotonic() - started > limit:
+                    raise ServiceUnavailable(_stuck(info, self.files, f"did not answer {method or 'a call'} "
+                                                    f"within {limit:.0f}s"))
+        return wait
+
     def _request(self, message: tuple, callbacks: list[Callable[..., Any]], retry: bool,
                  method: str = "") -> Any:
         for attempt in (1, 2):
             conn = self._take()
             try:
-                outcome, value = _exchange(conn, message, callbacks)
+                outcome, value = _exchange(conn, message, callbacks, self._waiter(method))
             except (NotDelivered, BrokenCall) as e:
                 # the service went away (killed, stopped, idle): so did every idle connection
                 conn.close()
@@ -403,18 +489,30 @@ def service_info(root: Path, files: ServiceFiles | None = None) -> dict[str, Any
 def stop_service(root: Path) -> dict[str, Any] | None:
     """Stop the project's service and wait until it has let go; what it was, or None."""
     files = ServiceFiles.of(root)
-    info = _once(files, "stop")
-    if info is None and lock_held(files):  # it holds the lock but does not answer
-        stale = files.read_info()
-        if stale and stale.get("pid"):
-            try:
-                os.kill(int(stale["pid"]), signal.SIGTERM)
-                info = stale
-            except OSError:
-                pass
+    try:
+        info = _once(files, "stop")
+    except ServiceUnavailable:  # it takes connections but does not answer them
+        info = None
+    stale = files.read_info() if info is None and lock_held(files) else None
+    pid = int(stale["pid"]) if stale and stale.get("pid") else 0
+    if pid:  # it holds the lock but does not answer: stopped (SIGSTOP) or wedged
+        _signal(pid, signal.SIGTERM)
+        _signal(pid, signal.SIGCONT)  # a stopped process acts on SIGTERM only once resumed
+        info = stale
     deadline = time.monotonic() + START_TIMEOUT
+    killed = False
     while lock_held(files):
+        if pid and not killed and time.monotonic() > deadline - START_TIMEOUT / 2:
+            _signal(pid, signal.SIGKILL)  # committed work is safe in the database's log
+            killed = True
         if time.monotonic() > deadline:
             raise ServiceUnavailable(f"the codevm service for {root} does not stop (see {files.log})")
         time.sleep(0.05)
     return info
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except OSError:
+        pass
