@@ -358,3 +358,26 @@ def test_a_stopped_service_hangs_no_client(project: Path, monkeypatch: pytest.Mo
     with RemoteEngine(project) as engine:
         assert [n.id for n in engine.list_notes()] == [note.id]
         assert service_info(project)["pid"] != pid
+
+
+def test_a_service_whose_data_folder_is_deleted_exits(project: Path) -> None:
+    import shutil
+
+    with RemoteEngine(project) as engine:
+        engine.index()
+        pid = service_info(project)["pid"]
+    shutil.rmtree(project / ".codevm")
+    wait_until(lambda: not Path(f"/proc/{pid}").exists() or _state(pid) == "Z",
+               "the service to notice and exit", timeout=15)
+    assert "no service was running" in cli(project, "service", "stop").stdout
+    with RemoteEngine(project) as engine:  # a new service, a new database
+        assert engine.status().files == 0
+        assert engine.index().parsed > 15
+        assert service_info(project)["pid"] != pid
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""

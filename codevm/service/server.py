@@ -43,6 +43,17 @@ START_TIMEOUT = 30.0  # seconds to wait for a service to answer (it may replay a
 STOP_TIMEOUT = 10.0
 
 
+FOLDER_CHECK_SECONDS = 1.0
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class CallbackFailed(Exception):
     """The client's callback raised: the call ends, and the client re-raises its error."""
 
@@ -101,6 +112,8 @@ class Service:
             # first searches look their terms up in SQL until the dictionary is loaded
             threading.Thread(target=self.engine.warm_up, name="codevm-warm-up", daemon=True).start()
             threading.Thread(target=self._idle_monitor, name="codevm-idle", daemon=True).start()
+            threading.Thread(target=self._folder_monitor, args=(_identity(engine.store.path),),
+                             name="codevm-folder", daemon=True).start()
             if threading.current_thread() is threading.main_thread():
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, lambda *_: self.stop())
@@ -182,6 +195,20 @@ class Service:
             if quiet and not busy:  # changes to index and code to embed are finished first
                 log.info("no client for %ds: exiting", idle)
                 self.stop()
+
+    def _folder_monitor(self, opened: tuple[int, int] | None) -> None:
+        """Exit at once when the database is deleted or replaced under the service (rm -rf
+        .codevm): closing would write its log into whatever folder now has that name, and
+        clients would keep talking to a database nobody can see."""
+        while not self.stopping.wait(FOLDER_CHECK_SECONDS):
+            if self.engine is not None and _identity(self.engine.store.path) != opened:
+                log.error("the database %s was deleted or replaced: exiting", self.engine.store.path)
+                for path in (self.files.info, self.files.key):
+                    try:
+                        path.unlink()
+                    except OSError:
+                        pass
+                os._exit(3)
 
     def info(self) -> dict[str, Any]:
         watcher = self.watcher
