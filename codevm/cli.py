@@ -66,11 +66,28 @@ def main() -> None:
     """codevm: a persistent, local memory of your codebase for code assistants."""
 
 
+def _rebuild(root: Path) -> None:
+    from codevm.db.rescue import rebuild
+    from codevm.project import database_path
+
+    with contextlib.suppress(CodevmError):
+        stop_service(root)  # it holds the file
+    report = rebuild(database_path(root))
+    kept = ", ".join(f"{n} {table}" for table, n in report.kept.items() if table != "meta") or "nothing"
+    lost = "; ".join(f"{table}: {why}" for table, why in report.lost.items())
+    err.print(f"rebuilt the database: kept {kept}" + (f" (unreadable: {lost})" if lost else "")
+              + (f"; the old file is {report.moved_to}, what could be read of it {report.exported_to}"
+                 if report.moved_to else ""), markup=False)
+
+
 @main.command()
 @click.argument("path", default=".", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--rebuild", is_flag=True,
+              help="A new database (for a corrupt one): the old file is kept aside; notes, core "
+                   "memory and conversations that can be read from it are kept.")
 @handle_errors
-def index(path: str, as_json: bool) -> None:
+def index(path: str, as_json: bool, rebuild: bool) -> None:
     """Index the project at PATH (or bring its index up to date)."""
     target = Path(path).resolve()
     if not target.is_dir():
@@ -79,6 +96,8 @@ def index(path: str, as_json: bool) -> None:
         root = find_root(target)
     except ProjectNotFound:
         root = target
+    if rebuild:
+        _rebuild(root)
     with engine_at(root=root) as engine:
         only = None if target == root else [str(target)]
         columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

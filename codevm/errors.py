@@ -27,6 +27,10 @@ class IndexBusy(CodevmError):
     pass
 
 
+class IndexUnreadable(CodevmError):
+    """The database file is truncated or corrupt (`codevm index --rebuild` makes a new one)."""
+
+
 class ModelUnavailable(CodevmError):
     """No Ollama server answered."""
 

@@ -12,6 +12,7 @@ import pytest
 
 from codevm.config import Settings
 from codevm.engine import Engine
+from codevm.errors import IndexUnreadable
 from codevm.indexers import languages, pipeline, worker
 from codevm.indexers.worker import Limits, TaskFile, process_file
 from tests.conftest import ODD_NAMES, add_bad_files
@@ -347,3 +348,37 @@ def test_a_migration_inserted_mid_list_is_applied_once(tmp_path: Path,
             assert db.con.execute("SELECT count(*) FROM inserted_later").fetchone() == (0,)
         finally:
             db.close()
+
+
+def test_a_corrupt_database_says_what_to_do_and_rebuild_keeps_the_memory(project: Path) -> None:
+    from tests.test_cli import codevm
+
+    with Engine(project) as engine:
+        engine.index()
+        note = engine.add_note("the cache is warmed at start-up", tags=["perf"])
+        engine.core_memory_update("project", "Shapes demo")
+        engine.ask("what does total_area return?")  # no model: the question is still recorded
+    # --rebuild on a readable database keeps every note, block and message (and their ids go on)
+    result = codevm(project, "index", "--rebuild", env={"CODEVM_SERVICE": "false"})
+    assert result.returncode == 0 and "kept 1 core_blocks, 1 notes, 1 sessions, 1 messages" in result.stderr
+    broken = sorted((project / ".codevm").glob("index.duckdb.broken-*"))
+    assert broken and any(p.name.endswith(".memory.jsonl") for p in broken)
+    with Engine(project) as engine:
+        assert [n.text for n in engine.list_notes()] == [note.text]
+        assert engine.add_note("a second note").id > note.id
+        assert engine.core_memory_block("project").value == "Shapes demo"
+        assert engine.conversation_search("total_area")
+        assert engine.search("total_area")  # the index is rebuilt from the files
+    # a truncated file: one line that says what to do, then a new database
+    database = project / ".codevm/index.duckdb"
+    os.truncate(database, 5000)
+    with pytest.raises(IndexUnreadable, match="cannot be read .*codevm index --rebuild"):
+        Engine(project)
+    result = codevm(project, "search", "total_area", env={"CODEVM_SERVICE": "false"})
+    assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1
+    assert "--rebuild" in result.stderr
+    result = codevm(project, "index", "--rebuild", env={"CODEVM_SERVICE": "false"})
+    assert result.returncode == 0 and "kept nothing" in result.stderr and "the whole file" in result.stderr
+    assert len(list((project / ".codevm").glob("index.duckdb.broken-*"))) >= 3  # never deleted
+    with Engine(project) as engine:
+        assert engine.search("total_area")

@@ -16,8 +16,15 @@ import duckdb
 
 from codevm.db import migrations
 from codevm.db.terms import TermDictionary
-from codevm.errors import IndexBusy
+from codevm.errors import IndexBusy, IndexUnreadable
 from codevm.project import owner_only
+
+
+def unreadable(path: Path, error: Exception) -> IndexUnreadable:
+    first = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+    return IndexUnreadable(
+        f"the index {path} cannot be read ({first}): `codevm index --rebuild` makes a new one and "
+        "keeps the notes, core memory and conversations it can still read (the old file is kept aside)")
 
 
 class Store:
@@ -39,11 +46,17 @@ class Store:
                     f"the index {path} is in use by another codevm process; "
                     "stop it or run this command through it"
                 ) from None
-            raise
+            raise unreadable(path, e) from None
+        except duckdb.Error as e:
+            raise unreadable(path, e) from None
         self.lock = threading.RLock()
         self.terms = TermDictionary()
         self.generation = 0  # counts the index batches committed by this process
-        migrations.apply(self.con)
+        try:
+            migrations.apply(self.con)
+        except duckdb.Error as e:
+            self.con.close()
+            raise unreadable(path, e) from None
 
     def close(self) -> None:
         self.con.close()
