@@ -36,7 +36,7 @@ from codevm.api import (
 from codevm.config import Settings
 from codevm.db.index_tables import IndexTables
 from codevm.db.store import Store
-from codevm.errors import InvalidArgument, NotIndexed
+from codevm.errors import InvalidArgument, NotIndexed, PathOutsideProject
 from codevm.indexers.discovery import hidden_reason
 from codevm.indexers.pipeline import Indexer
 from codevm.memory import ask
@@ -146,13 +146,36 @@ class Engine:
     # -- indexing ----------------------------------------------------------------------
     def index(self, paths: list[str] | None = None,
               progress: Callable[[Progress], None] | None = None) -> IndexReport:
-        only = [self.relative_path(p) for p in paths] if paths else None
+        only, refused = self._batch(paths) if paths else (None, [])
         if only == [""]:
             only = None
+        if only == []:
+            return IndexReport(messages=refused)
         # one run at a time (a client's, the watcher's): the second then finds little to do.
         # Edits (update_file) do not wait for a long run.
         with self._index_lock:
-            return self._indexed_now(self.indexer.run(only, progress))
+            report = self._indexed_now(self.indexer.run(only, progress))
+        report.messages.extend(refused)
+        return report
+
+    def _batch(self, paths: list[str]) -> tuple[list[str], list[str]]:
+        """The project paths of a batch (a watcher's, a client's), and one message for each
+        path that is not the project's: one bad path never costs the others their update."""
+        only, refused = [], []
+        for path in paths:
+            try:
+                only.append(self.relative_path(path))
+                continue
+            except PathOutsideProject:
+                # a link of the project to elsewhere: the walk records it as skipped
+                lexical = Path(os.path.normpath(path if os.path.isabs(path) else self.root / path))
+                if lexical != self.root and self.root in lexical.parents:
+                    only.append(lexical.relative_to(self.root).as_posix())
+                    continue
+            except InvalidArgument:
+                pass
+            refused.append(f"{str(path)[:200]}: not a path of the project, not indexed")
+        return only, refused
 
     def _indexed_now(self, report: IndexReport) -> IndexReport:
         self.notes.mark_stale()

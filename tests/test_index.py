@@ -99,6 +99,20 @@ def test_vanished_file_during_a_run_is_reported_and_the_run_goes_on(
             "SELECT * FROM files WHERE path = 'src/py/app.py'").fetchall()
 
 
+def test_one_bad_path_in_a_batch_skips_that_path_only(project: Path, tmp_path: Path) -> None:
+    (tmp_path / "elsewhere.py").write_text("def elsewhere():\n    pass\n")
+    with Engine(project) as engine:
+        engine.index()
+        (project / "src/py/new_one.py").write_text("def batch_survivor():\n    pass\n")
+        (project / "src/py/link_out.py").symlink_to(tmp_path / "elsewhere.py")
+        report = engine.index(["src/py/new_one.py", "src/py/link_out.py", str(tmp_path / "elsewhere.py"), ""])
+        assert engine.symbol("batch_survivor") and not engine.symbol("elsewhere")
+        assert report.parsed == 1 and len(report.messages) == 2, report.messages
+        skipped = engine.store.cursor().execute(
+            "SELECT reason FROM files WHERE path = 'src/py/link_out.py'").fetchone()
+        assert skipped == ("symlink to outside the project",)
+
+
 def test_incremental_changes_deletions_and_renames(project: Path) -> None:
     with Engine(project) as engine:
         engine.index()

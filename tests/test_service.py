@@ -240,6 +240,14 @@ def test_the_service_keeps_the_index_fresh_without_an_editor(project: Path) -> N
         assert status.last_updated_at and status.pending_changes == 0
         extra.unlink()
         wait_until(lambda: not engine.symbol("freshly_written_helper"), "a deleted file")
+        # an edit saved with a new link to outside the project: the edit is not lost
+        outside = project.parent / "outside_target.py"
+        outside.write_text("def outside_function():\n    pass\n")
+        (project / "src/py/shapes.py").write_text(
+            (project / "src/py/shapes.py").read_text() + "\n\ndef edited_next_to_a_link():\n    pass\n")
+        (project / "src/py/link_out.py").symlink_to(outside)
+        wait_until(lambda: bool(engine.symbol("edited_next_to_a_link")), "the edit")
+        assert not engine.symbol("outside_function") and engine.status().pending_changes == 0
     # what changes while no service runs is caught up when the next one starts
     stop_service(project)
     (project / "src/py/late.py").write_text("def written_while_nobody_watched():\n    pass\n")

@@ -11,19 +11,22 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import watchfiles
 
 from codevm.api import IndexReport
-from codevm.errors import CodevmError
 from codevm.indexers.discovery import DEFAULT_EXCLUDED_DIRS
 
 log = logging.getLogger("codevm.watcher")
 
 IGNORE_FILES = frozenset({".gitignore", ".codevmignore", "exclude"})
 TICK_MS = 1000  # the watch loop wakes this often even without changes
+
+
+RETRY_SECONDS = 5
 
 
 class Watcher:
@@ -40,6 +43,7 @@ class Watcher:
         self.running = False
         self.error = ""
         self._pending: set[str] = set()
+        self._retry_at = 0.0  # after a failed batch: its paths stay pending until then
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -76,10 +80,10 @@ class Watcher:
                 with self._lock:
                     self._pending.update(os.path.relpath(p, self.root).replace(os.sep, "/")
                                          for _, p in changes)
-                if not caught_up:
+                if not caught_up and time.monotonic() >= self._retry_at:
                     # the watch is in place: nothing that changes from now on is missed
                     caught_up = self._apply(everything=True)
-                elif self._pending:
+                elif self._pending and time.monotonic() >= self._retry_at:
                     self._apply()
         except Exception as e:  # noqa: BLE001 - the service goes on without watching
             self.error = f"watching stopped: {type(e).__name__}: {e}"
@@ -101,11 +105,15 @@ class Watcher:
             report = self.index(None if everything else paths)
             if report.parsed or report.deleted:
                 log.info("re-indexed %d changed and %d removed files", report.parsed, report.deleted)
-        except (CodevmError, OSError) as e:
-            log.warning("re-indexing %d changed files failed: %s", len(paths), e)
-        except Exception:  # noqa: BLE001 - a database error must not stop the watching
-            log.exception("re-indexing %d changed files failed", len(paths))
-        finally:
-            with self._lock:
-                self._pending.difference_update(paths)
+            for message in report.messages[:5]:
+                log.warning("%s", message[:300])
+        except Exception as e:  # noqa: BLE001 - a database error must not stop the watching
+            # the paths stay pending (status shows them) and are tried again
+            log.warning("re-indexing %d changed files failed (again in %ds): %s",
+                        len(paths), RETRY_SECONDS, str(e)[:300])
+            self._retry_at = time.monotonic() + RETRY_SECONDS
+            return not everything  # a catch-up that failed is tried again as a whole
+        with self._lock:
+            self._pending.difference_update(paths)
+        self._retry_at = 0.0
         return True
