@@ -190,3 +190,68 @@ async def _none(pending) -> bool:
     return not await pending
 
 
+
+
+def test_every_request_gets_a_reply_whatever_its_params(project: Path) -> None:
+    """A raw client: pygls answered nothing to params it could not read, and the editor
+    waited forever."""
+    import json
+    import os
+    import select
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "codevm", "lsp"], cwd=project, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "CODEVM_SERVICE": "false"})
+    assert proc.stdin is not None and proc.stdout is not None
+    buffer = b""
+
+    def send(message: dict) -> None:
+        body = json.dumps(message).encode()
+        proc.stdin.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # type: ignore[union-attr]
+        proc.stdin.flush()  # type: ignore[union-attr]
+
+    def reply_to(msg_id: int, timeout: float = 30) -> dict:
+        nonlocal buffer
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            while b"\r\n\r\n" in buffer:
+                head, rest = buffer.split(b"\r\n\r\n", 1)
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                if len(rest) < length:
+                    break
+                message, buffer = json.loads(rest[:length]), rest[length:]
+                if message.get("id") == msg_id:
+                    return message
+            if select.select([proc.stdout], [], [], 0.2)[0]:
+                buffer += os.read(proc.stdout.fileno(), 65536)  # type: ignore[union-attr]
+        raise AssertionError(f"no reply to request {msg_id}")
+
+    uri = (project / "src/py/shapes.py").as_uri()
+    try:
+        send({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"rootUri": project.as_uri(),
+                                                                            "capabilities": {}}})
+        assert "result" in reply_to(1, timeout=60)
+        send({"jsonrpc": "2.0", "method": "initialized", "params": {}})
+        position = {"textDocument": {"uri": uri}, "position": {"line": 1, "character": 5}}
+        for msg_id, message, code in [
+            (2, {"method": "textDocument/hover", "params": []}, -32602),
+            (3, {"method": "textDocument/hover", "params": "abc"}, -32602),
+            (4, {"method": "textDocument/definition",
+                 "params": {"textDocument": {"uri": uri}, "position": {"line": -1, "character": -5}}}, -32602),
+            (5, {"method": "textDocument/hover", "params": position, "jsonrpc": "1.0"}, -32600),
+            (6, {"method": "no/such/method", "params": {}}, -32601),
+        ]:
+            send({"jsonrpc": "2.0", "id": msg_id, **message})
+            assert reply_to(msg_id)["error"]["code"] == code, message
+        send({"jsonrpc": "2.0", "id": 7, "method": "textDocument/hover",
+              "params": {"textDocument": {"uri": uri}, "position": {"line": 99999, "character": 5}}})
+        assert reply_to(7)["result"] is None
+        send({"jsonrpc": "2.0", "id": 8, "method": "workspace/symbol", "params": {"query": "total_area"}})
+        assert "result" in reply_to(8)  # still serving
+    finally:
+        proc.kill()
+        proc.wait()

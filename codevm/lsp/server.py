@@ -16,6 +16,7 @@ from typing import Any
 
 from lsprotocol import types as t
 from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol
 
 from codevm import __version__
 from codevm.api import EngineAPI, EngineHandle, to_dict
@@ -34,9 +35,37 @@ class IndexCancelled(Exception):
     """The client cancelled the indexing progress."""
 
 
+class AnsweringProtocol(LanguageServerProtocol):
+    """Every request gets a reply: pygls answered none to params it could not read (a
+    list, a string, a negative position) or to a `jsonrpc` other than 2.0, and the client
+    waited forever."""
+
+    def structure_message(self, data: dict[str, Any]) -> Any:
+        try:
+            return super().structure_message(data)
+        except Exception:  # noqa: BLE001 - JsonRpcInvalidParams, JsonRpcInternalError
+            if not isinstance(data, dict) or "id" not in data or "method" not in data:
+                raise
+            method = str(data.get("method"))[:100]
+            self._send_response(data["id"], error=t.ResponseError(
+                -32602, f"invalid params for {method}: they do not match the LSP specification"))
+            return _IGNORED
+
+    def handle_message(self, message: Any) -> None:
+        if message is _IGNORED:
+            return
+        if getattr(message, "jsonrpc", "2.0") != "2.0" and getattr(message, "id", None) is not None:
+            self._send_response(message.id, error=t.ResponseError(-32600, "invalid request: jsonrpc must be \"2.0\""))
+            return
+        super().handle_message(message)
+
+
+_IGNORED = object()  # a message that was answered while it was read
+
+
 class CodevmLanguageServer(LanguageServer):
     def __init__(self) -> None:
-        super().__init__("codevm", __version__)
+        super().__init__("codevm", __version__, protocol_cls=AnsweringProtocol)
         self.engine: EngineHandle | None = None
         self.budget: int | None = None  # the editor's answer budget (None: the default)
         self._timers: dict[str, threading.Timer] = {}
@@ -313,6 +342,8 @@ def code_action(ls: CodevmLanguageServer, params: t.CodeActionParams) -> list[t.
         return []
     doc = ls.workspace.get_text_document(params.text_document.uri)
     r = params.range
+    last = max(len(doc.lines) - 1, 0)  # a range past the end ends at the last line
+    r = t.Range(t.Position(min(r.start.line, last), r.start.character), t.Position(min(r.end.line, last), r.end.character))
     selection = selected_text(list(doc.lines), r)
     actions: list[t.Command] = []  # plain commands: they run without editing anything
     if selection:
