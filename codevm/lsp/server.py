@@ -343,7 +343,8 @@ def code_action(ls: CodevmLanguageServer, params: t.CodeActionParams) -> list[t.
     doc = ls.workspace.get_text_document(params.text_document.uri)
     r = params.range
     last = max(len(doc.lines) - 1, 0)  # a range past the end ends at the last line
-    r = t.Range(t.Position(min(r.start.line, last), r.start.character), t.Position(min(r.end.line, last), r.end.character))
+    r = t.Range(t.Position(min(r.start.line, last), r.start.character),
+                t.Position(min(r.end.line, last), r.end.character))
     selection = selected_text(list(doc.lines), r)
     actions: list[t.Command] = []  # plain commands: they run without editing anything
     if selection:
