@@ -63,6 +63,7 @@ class FakeOllama:
         self.embed_gate.set()
         self.embed_pause_after: int | None = None  # ...after this many requests, if set
         self.n_ctx = 4096  # what /props reports (the OpenAI-compatible side)
+        self.metadata_wait = 0.0  # seconds /props and /api/show hang before answering
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -109,6 +110,7 @@ class FakeOllama:
 
             def do_GET(self) -> None:
                 if self.path == "/props":
+                    time.sleep(fake.metadata_wait)
                     self._send(200, {"default_generation_settings": {"n_ctx": fake.n_ctx}})
                 elif self.path == "/api/tags":
                     self._send(200, {"models": [{"name": m, "model": m} for m in fake.models]})
@@ -123,6 +125,7 @@ class FakeOllama:
                 if self.path in ("/api/show", "/api/chat", "/api/embed") and model not in fake.models:
                     self._send(404, {"error": f"model '{model}' not found"})
                 elif self.path == "/api/show":
+                    time.sleep(fake.metadata_wait)
                     self._send(200, {"parameters": f"num_ctx {fake.models[model]}",
                                      "model_info": {"qwen2.context_length": 32768},
                                      "details": {"family": "qwen2"}})

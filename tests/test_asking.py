@@ -12,10 +12,10 @@ import pytest
 
 from codevm.config import Settings
 from codevm.engine import Engine
-from codevm.errors import ModelTimeout
+from codevm.errors import ModelTimeout, ModelUnavailable
 from codevm.memory.ask import CALL_SCHEMA, PAGER_CLOSING, fact_to_remember
 from codevm.memory.replies import StreamGate, as_answer, parse_call
-from codevm.models import Limits, OpenAIModel
+from codevm.models import Limits, OllamaModel, OpenAIModel
 from tests.fake_ollama import FakeOllama
 
 NAMES = {"search_code", "open_code", "send_message"}
@@ -163,6 +163,19 @@ def test_each_time_limit_says_which_it_was(fake: FakeOllama) -> None:
     fake.script = [{"content": "in time", "wait_first": 0.5}]
     reply = model.chat(messages, 4096, Limits(first_token=5, idle=5))
     assert reply.content == "in time" and reply.first_token_seconds and reply.first_token_seconds >= 0.5
+
+
+def test_a_server_that_hangs_before_the_question_is_said_to_hang(
+        fake: FakeOllama, monkeypatch: pytest.MonkeyPatch) -> None:
+    from codevm.models import base, ollama_api, openai_api
+
+    for module in (base, ollama_api, openai_api):
+        monkeypatch.setattr(module, "METADATA_TIMEOUT", 1.0)  # 30 s in use (it was 600)
+    fake.metadata_wait = 3
+    for model, asked in [(OpenAIModel("qwen2.5-coder:7b", fake.host + "/v1"), "/props"),
+                         (OllamaModel("qwen2.5-coder:7b", fake.host), "/api/show")]:
+        with pytest.raises(ModelUnavailable, match=f"did not answer {asked} within 1s: the server hangs"):
+            model.context_length(4096)
 
 
 def test_the_server_counts_and_its_prompt_cache_are_reported(project: Path, fake: FakeOllama) -> None:

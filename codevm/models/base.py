@@ -117,7 +117,10 @@ class Watchdog:
             "the prompt (model_first_token_timeout): on a CPU, lower --budget or raise the timeout")
 
 
-def http_failure(error: Exception, where: str, api: str) -> ModelUnavailable:
+METADATA_TIMEOUT = 30.0  # seconds for what is no answer (the model's context size): it was 600
+
+
+def http_failure(error: Exception, where: str, api: str, asked: str = "") -> ModelUnavailable:
     """A failed HTTP request to a model server, in one line that says what to do."""
     if isinstance(error, httpx.ConnectTimeout):
         return ModelUnavailable(f"{where} did not accept a connection in time (model_connect_timeout)")
@@ -127,6 +130,9 @@ def http_failure(error: Exception, where: str, api: str) -> ModelUnavailable:
                                     "`ollama serve` (or set OLLAMA_HOST)")
         return ModelUnavailable(f"no model server answered at {where}: start it, or set model_url "
                                 "to where it listens")
+    if isinstance(error, httpx.TimeoutException) and asked:
+        return ModelUnavailable(f"{where} accepted the connection but did not answer {asked} within "
+                                f"{METADATA_TIMEOUT:.0f}s: the server hangs; restart it")
     if isinstance(error, httpx.TimeoutException):
         return ModelUnavailable(f"{where} did not answer in time ({type(error).__name__})")
     return ModelUnavailable(f"the model server at {where} failed: {type(error).__name__}: {error}")

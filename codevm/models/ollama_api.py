@@ -14,7 +14,7 @@ import httpx
 import ollama
 
 from codevm.errors import ModelMissing, ModelUnavailable
-from codevm.models.base import Limits, ModelReply, Watchdog, http_failure, stream_chat
+from codevm.models.base import METADATA_TIMEOUT, Limits, ModelReply, Watchdog, http_failure, stream_chat
 
 
 def ollama_failure(error: Exception, host: str, model: str) -> ModelUnavailable | ModelMissing:
@@ -43,12 +43,13 @@ class OllamaModel:
         limits = limits or Limits()
         self.http = httpx.Client(base_url=self.where, timeout=httpx.Timeout(
             max(limits.first_token, limits.idle), connect=limits.connect))
+        self.metadata_timeout = httpx.Timeout(METADATA_TIMEOUT, connect=limits.connect)
 
     def _post(self, path: str, body: dict) -> httpx.Response:
         try:
-            response = self.http.post(path, json=body)
+            response = self.http.post(path, json=body, timeout=self.metadata_timeout)
         except httpx.HTTPError as e:
-            raise http_failure(e, self.where, "ollama") from None
+            raise http_failure(e, self.where, "ollama", path) from None
         if response.status_code == 404:
             raise ModelMissing(f"Ollama at {self.where} does not have the model {self.name}: "
                                f"run `ollama pull {self.name}`")

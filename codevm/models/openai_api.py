@@ -14,7 +14,7 @@ from collections.abc import Callable
 import httpx
 
 from codevm.errors import ModelMissing, ModelUnavailable
-from codevm.models.base import Limits, ModelReply, Watchdog, http_failure, stream_chat
+from codevm.models.base import METADATA_TIMEOUT, Limits, ModelReply, Watchdog, http_failure, stream_chat
 
 
 class OpenAIModel:
@@ -27,6 +27,7 @@ class OpenAIModel:
         self.http = httpx.Client(base_url=self.where, headers=headers, timeout=httpx.Timeout(
             max(limits.first_token, limits.idle), connect=limits.connect))
         self.llama_cpp: bool | None = None  # known after context_length
+        self.connect_timeout = limits.connect
 
     def _root(self) -> str:
         return self.where.removesuffix("/v1")
@@ -37,9 +38,10 @@ class OpenAIModel:
     def context_length(self, default: int) -> int:
         """llama.cpp's n_ctx (from /props); other servers do not say: `default`."""
         try:
-            response = self.http.get(self._root() + "/props")
+            response = self.http.get(self._root() + "/props", timeout=httpx.Timeout(
+                METADATA_TIMEOUT, connect=self.connect_timeout))
         except httpx.HTTPError as e:
-            raise http_failure(e, self.where, "openai") from None
+            raise http_failure(e, self.where, "openai", "/props") from None
         if response.status_code == 200:
             try:
                 settings = response.json().get("default_generation_settings") or {}
