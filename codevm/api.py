@@ -222,6 +222,12 @@ class Status:
 
 
 @dataclass
+class SkippedFile:
+    path: str
+    reason: str
+
+
+@dataclass
 class SymbolDetail:
     """What an editor shows for a symbol: where, its signature, docstring and notes."""
 
@@ -417,6 +423,11 @@ class EngineAPI(Protocol):
 
     @idempotent
     def status(self) -> Status: ...
+
+    @idempotent
+    def skipped_files(self, limit: int = 1000) -> list[SkippedFile]:
+        """Every path the index leaves out, with its reason (excluded folders included)."""
+        ...
 
     # memory: notes (archival), core blocks, conversations (recall)
     def add_note(self, text: str, tags: list[str] | None = None, path: str | None = None,

@@ -229,12 +229,21 @@ def show(location: str) -> None:
 
 
 @main.command()
+@click.argument("path", default=".", type=click.Path(file_okay=False))
+@click.option("--skipped", is_flag=True, help="List every path left out of the index, with its reason.")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def status(as_json: bool) -> None:
-    """What the index holds: files, chunks, languages, skipped files, size."""
-    with engine_at() as engine:
+def status(path: str, skipped: bool, as_json: bool) -> None:
+    """What the index of the project at PATH holds: files, chunks, languages, skipped files, size."""
+    with engine_at(path) as engine:
         st = engine.status()
+        left_out = engine.skipped_files(10_000) if skipped else []
+    if skipped:
+        if as_json:
+            _print_json(to_dict(left_out))
+        for item in [] if as_json else left_out:
+            click.echo(f"{item.path}\t{item.reason}")  # tab-separated, for grep and cut
+        return
     if as_json:
         _print_json(to_dict(st))
         return

@@ -28,6 +28,7 @@ from codevm.api import (
     RefInfo,
     SearchHit,
     SessionInfo,
+    SkippedFile,
     Status,
     SymbolDetail,
     SymbolInfo,
@@ -286,6 +287,9 @@ class Engine:
             raise InvalidArgument("empty symbol name")
         self._require_index()
         return self.symbols.references(name.strip(), limit)
+
+    def skipped_files(self, limit: int = 1000) -> list[SkippedFile]:
+        return [SkippedFile(p, r) for p, r in self.index_tables.skipped(limit)]
 
     def status(self) -> Status:
         counts = self.index_tables.counts()

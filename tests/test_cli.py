@@ -64,6 +64,21 @@ def test_errors_are_one_line_and_a_nonzero_exit(indexed: Path, args: tuple[str, 
     assert len(lines) == 1 and lines[0].startswith("codevm: error: ") and message in lines[0]
 
 
+def test_status_of_a_path_lists_what_is_left_out(indexed: Path, tmp_path: Path) -> None:
+    (indexed / "tests/target").mkdir(parents=True)
+    (indexed / "tests/target/generated.py").write_text("x = 1\n")
+    (indexed / "one_line.js").write_text("var a=1;" * 1000 + "\n")
+    assert codevm(indexed, "index").returncode == 0
+    result = codevm(tmp_path, "status", str(indexed), "--skipped")  # from anywhere
+    assert result.returncode == 0, result.stderr
+    rows = dict(line.split("\t", 1) for line in result.stdout.splitlines())
+    assert rows["tests/target"].startswith("excluded by default")
+    assert rows["one_line.js"].startswith("minified or generated")
+    listed = json.loads(codevm(tmp_path, "status", str(indexed), "--skipped", "--json").stdout)
+    assert {"path": "one_line.js", "reason": rows["one_line.js"]} in listed
+    assert str(indexed) in codevm(tmp_path, "status", str(indexed)).stdout
+
+
 def test_lsp_over_tcp_only_on_loopback(tmp_path: Path) -> None:
     result = codevm(tmp_path, "lsp", "--tcp", "--host", "0.0.0.0", "--port", "1")
     assert result.returncode != 0 and "loopback only" in result.stderr

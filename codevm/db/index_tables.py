@@ -217,6 +217,10 @@ class IndexTables:
         return self.store.get_meta("last_indexed_at") is not None or bool(
             first_row(self.store.cursor(), "SELECT count(*) FROM files")[0])
 
+    def skipped(self, limit: int) -> list[tuple[str, str]]:
+        return self.store.cursor().execute(
+            "SELECT path, reason FROM files WHERE status = 'skipped' ORDER BY path LIMIT ?", [limit]).fetchall()
+
     def counts(self) -> IndexCounts:
         con = self.store.cursor()
 

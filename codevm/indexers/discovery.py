@@ -189,13 +189,18 @@ def walk_project(root: str, extra_ignores: list[str] | None = None,
                     yield Skipped(rel, "symlink to outside the project")
                     continue
             if stat.S_ISDIR(st.st_mode):
-                if entry.name in DEFAULT_EXCLUDED_DIRS or rules.ignored(rel, True):
+                if entry.name in DEFAULT_EXCLUDED_DIRS:
+                    if entry.name not in VCS_DIRS and not entry.name.startswith((".", "__")):
+                        yield Skipped(rel, "excluded by default (dependencies or build output)")
+                    continue
+                if rules.ignored(rel, True):
                     continue
                 if is_link:  # the folder itself is walked under its real path, wherever it sorts
                     yield Skipped(rel, "symlink to a folder of the project (indexed under its own path)")
                     continue
                 if os.path.exists(os.path.join(entry.path, "pyvenv.cfg")):
-                    continue  # a virtual environment under any name
+                    yield Skipped(rel, "a virtual environment")
+                    continue
                 key = (st.st_dev, st.st_ino)
                 if key in seen_dirs:
                     yield Skipped(rel, "symlink loop or duplicate folder")

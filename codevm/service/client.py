@@ -42,6 +42,7 @@ from codevm.api import (
     RefInfo,
     SearchHit,
     SessionInfo,
+    SkippedFile,
     Status,
     SymbolDetail,
     SymbolInfo,
@@ -309,6 +310,9 @@ class RemoteEngine:
 
     def status(self) -> Status:
         return self._call("status")
+
+    def skipped_files(self, limit: int = 1000) -> list[SkippedFile]:
+        return self._call("skipped_files", limit)
 
     def add_note(self, text: str, tags: list[str] | None = None, path: str | None = None,
                  symbol: str | None = None, source: str = "user") -> Note:
