@@ -86,6 +86,8 @@ def test_bad_and_unknown_calls_go_back_to_the_model_within_the_step_limit(
     with _engine(project, fake.host, max_steps=5) as engine:
         result = engine.ask("Try things")
     assert not result.finished and len(fake.chat_requests()) == 5
+    # said plainly, with the pages it had (the CLI prints them and exits 1)
+    assert result.answer == "" and "5 function calls (max_steps) without answering" in result.notice
     assert [s.ok for s in result.steps] == [False] * 5
     sent = fake.chat_requests()[-1]["body"]["messages"]
     errors = [m["content"] for m in sent if m["role"] == "tool"]

@@ -233,7 +233,9 @@ class _Question:
         except (ModelUnavailable, ModelMissing) as e:
             result.model_used, result.notice = False, str(e)
         if result.model_used and not result.answer and not result.notice:
-            result.notice = ("the model's reply was not an answer (it repeated its instructions or "
+            result.notice = (f"the model made {len(result.steps)} function calls (max_steps) without "
+                             "answering: these are the pages it had" if not result.finished else
+                             "the model's reply was not an answer (it repeated its instructions or "
                              "printed a call): these are the pages the pager chose")
         return self.finish(result)
 
