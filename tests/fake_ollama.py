@@ -99,14 +99,17 @@ class FakeOllama:
                 pass
 
             def _send(self, status: int, body: dict | list[dict], stream: bool = False) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/x-ndjson" if stream else "application/json")
-                self.end_headers()
-                if stream:
-                    for part in body:  # type: ignore[union-attr]
-                        self.wfile.write(json.dumps(part).encode() + b"\n")
-                else:
-                    self.wfile.write(json.dumps(body).encode())
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/x-ndjson" if stream else "application/json")
+                    self.end_headers()
+                    if stream:
+                        for part in body:  # type: ignore[union-attr]
+                            self.wfile.write(json.dumps(part).encode() + b"\n")
+                    else:
+                        self.wfile.write(json.dumps(body).encode())
+                except OSError:
+                    pass  # the client gave up (a timeout under test)
 
             def do_GET(self) -> None:
                 if self.path == "/props":
