@@ -41,7 +41,7 @@ def fake() -> Iterator[FakeOllama]:
 
 
 def test_every_kind_of_reply_was_recorded() -> None:
-    assert {c["kind"] for c in CASES} >= {"answer", "truncated", "text_call"}
+    assert {c["kind"] for c in CASES} >= {"answer", "truncated", "text_call", "json_call"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["case"] for c in CASES])
@@ -49,7 +49,7 @@ def test_a_recorded_reply(case: dict, project: Path, fake: FakeOllama) -> None:
     fake.script = [{"recorded": case["response"]}] * 4
     written = _streamed_text(case["response"])
     settings = Settings(model_url=fake.host + "/v1", ask_mode=case["mode"], max_steps=2,
-                        ollama_host="http://127.0.0.1:9")
+                        tool_calls=case.get("tool_calls", "native"), ollama_host="http://127.0.0.1:9")
     with Engine(project, settings) as engine:
         engine.index()
         streamed: list[str] = []
@@ -63,6 +63,11 @@ def test_a_recorded_reply(case: dict, project: Path, fake: FakeOllama) -> None:
         assert result.malformed == 0 and result.truncated == (case["kind"] == "truncated")
     elif case["kind"] == "echo":  # a copy of the schemas: never shown, never the answer
         assert result.malformed >= 1 and streamed == [] and "<tools>" not in result.answer
+    elif case["kind"] == "json_call":  # a call the server held to CALL_SCHEMA: run, never shown
+        request = fake.chat_requests()[0]["body"]
+        assert "response_format" in request and "tools" not in request
+        assert result.steps and result.steps[0].function == case["function"] and result.steps[0].ok
+        assert streamed == [] and "{" not in result.answer
     elif case["kind"] == "text_call":  # a call printed as text is run, not shown
         assert result.steps and result.steps[0].function == case["function"]
         assert written.strip() not in result.answer and written.strip() not in "".join(streamed)
