@@ -332,8 +332,9 @@ def test_a_call_that_may_have_run_is_not_run_twice(project: Path) -> None:
             killer.start()
             try:
                 # asking records the question: a retry on the next service would ask twice
-                with pytest.raises(ServiceUnavailable, match="may or may not have been done"):
+                with pytest.raises(ServiceUnavailable, match="may or may not have been done") as failed:
                     engine.ask("what does total_area return?")
+                assert "()" not in str(failed.value)  # an empty exception printed as "()"
             finally:
                 release.set()
             assert len(fake.chat_requests()) == 1

@@ -446,10 +446,10 @@ class RemoteEngine:
                 if isinstance(e, BrokenCall) and not retry:
                     raise ServiceUnavailable(
                         f"the codevm service stopped while running {method} "
-                        f"({e or type(e).__name__}): it may or may not have been done; check, "
+                        f"({str(e) or 'the connection closed'}): it may or may not have been done; check, "
                         f"then run the command again (log: {self.files.log})") from None
                 raise ServiceUnavailable(
-                    f"the codevm service stopped while answering ({e or type(e).__name__}); "
+                    f"the codevm service stopped while answering ({str(e) or 'the connection closed'}); "
                     f"run the command again (log: {self.files.log})") from None
             except BaseException:
                 conn.close()  # interrupted mid-exchange: the connection's state is unknown

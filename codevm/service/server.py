@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from multiprocessing.connection import Client, Connection, Listener, answer_challenge, deliver_challenge
 from multiprocessing.context import AuthenticationError
 from pathlib import Path
@@ -240,7 +241,7 @@ class Service:
             deliver_challenge(conn, key)
             answer_challenge(conn, key)
         except (AuthenticationError, EOFError, OSError) as e:
-            log.warning("refused a client: %s", e or type(e).__name__)
+            log.warning("refused a client: %s", str(e) or type(e).__name__)
             conn.close()
             return
         with self.state:
@@ -302,9 +303,12 @@ class Service:
         except (ClientGone, EOFError):
             raise ClientGone from None
         except Exception as e:  # noqa: BLE001 - reported to the client in one line
-            log.exception("%s failed", method)
+            # the log and the reply echo at most 500 characters of what failed (a 10 MB
+            # argument quoted in an error message grew the log to 42 MB)
+            log.error("%s failed: %s: %.500s\n%s", method, type(e).__name__, e,
+                      "".join(traceback.format_tb(e.__traceback__))[-4000:])
             reply = ("error", CodevmError(
-                f"the codevm service failed in {method}: {type(e).__name__}: {e} "
+                f"the codevm service failed in {method}: {type(e).__name__}: {str(e)[:500]} "
                 f"(details in {self.files.log})"))
         finally:
             with self.state:
