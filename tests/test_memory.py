@@ -218,3 +218,18 @@ def test_a_class_outline_does_not_hide_its_methods_from_the_pager() -> None:
     assert [p.key for p in chosen] == ["chunk:1", "chunk:2"]
     assert [p.key for p in fill(candidates, {1: outline, 2: area, 3: part}, budget=1000,
                                 have={"chunk:2"})] == ["chunk:1", "chunk:3"]
+
+
+def test_the_margin_is_wider_until_the_server_has_counted_a_prompt(project: Path, fake: FakeOllama) -> None:
+    from codevm.memory.budget import ESTIMATE_MARGIN, UNCALIBRATED_MARGIN, Budget, TokenEstimator
+
+    fresh = Budget(4096, 512, estimator=TokenEstimator())
+    learnt = Budget(4096, 512, estimator=TokenEstimator(1.1, calibrated=True))
+    assert fresh.prompt_limit == int(3584 * (1 - UNCALIBRATED_MARGIN))
+    assert learnt.prompt_limit == int(3584 * (1 - ESTIMATE_MARGIN))
+    fresh.estimator.calibrate(1000, 1066)  # the first counted prompt
+    assert fresh.estimator.calibrated and fresh.prompt_limit == learnt.prompt_limit
+    fake.script = [{"content": "total_area sums them (src/py/shapes.py:21-23)."}]
+    with _engine(project, fake.host) as engine:
+        engine.ask("How is the total area computed?")
+        assert engine.store.get_meta("calibration:qwen2.5-coder:7b")  # the next question starts calibrated

@@ -138,7 +138,8 @@ class _Question:
                  num_ctx: int, budget: int | None, model: ChatModel | None):
         self.memory, self.settings, self.mode, self.model = memory, settings, mode, model
         self.factor_key = f"calibration:{settings.model}"
-        self.estimator = TokenEstimator(float(memory.store.get_meta(self.factor_key) or 1.0))
+        learnt = memory.store.get_meta(self.factor_key)
+        self.estimator = TokenEstimator(float(learnt or 1.0), calibrated=learnt is not None)
         self.limits = Budget.for_question(num_ctx, settings.answer_reserve, budget,
                                           settings.pager_share, self.estimator)
         pager_first = mode == "pager"
