@@ -61,7 +61,10 @@ def project_path(root: Path, path: str) -> str:
     if not path or "\0" in path:
         raise InvalidArgument("empty or invalid path")
     p = Path(path)
-    full = (p if p.is_absolute() else root / p).resolve()
+    try:
+        full = (p if p.is_absolute() else root / p).resolve()
+    except (RuntimeError, OSError) as e:  # a symlink loop (RuntimeError before Python 3.13)
+        raise InvalidArgument(f"{path[:200]} cannot be resolved: {e}") from None
     if full != root and root not in full.parents:
         raise PathOutsideProject(f"{path} is outside the project {root}")
     return full.relative_to(root).as_posix()

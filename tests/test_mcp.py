@@ -121,11 +121,14 @@ def test_paths_and_bad_arguments_are_tool_errors_and_the_server_goes_on(project:
     outside = project.parent / "secret.txt"
     outside.write_text("top secret")
     (project / "escape").symlink_to(outside)
+    (project / "loop_a").symlink_to(project / "loop_b")
+    (project / "loop_b").symlink_to(project / "loop_a")
 
     async def body(client: Client, engine: Engine) -> None:
         for args in ({"path": "../secret.txt"}, {"path": str(outside)}, {"path": "escape"}):
             assert "outside the project" in _error(await client.call_tool("read_code", args))
         assert "outside the project" in _error(await client.call_tool("outline", {"path": "../secret.txt"}))
+        assert "cannot be resolved" in _error(await client.call_tool("outline", {"path": "loop_a"}))
         assert "outside the project" in _error(await client.call_tool(
             "remember", {"text": "x", "path": "/etc/passwd"}))
         assert "empty" in _error(await client.call_tool("search_code", {"query": "  "}))
