@@ -139,7 +139,7 @@ from pathlib import Path
 from codevm.service import RemoteEngine
 root, tag = Path(sys.argv[1]), sys.argv[2]
 with RemoteEngine(root) as engine:
-    for i in range(10_000):
+    for i in range(1_500):  # on past the kill: a new service takes over
         try:
             note = engine.add_note(f"{tag} note {i}")
         except Exception:
