@@ -7,11 +7,27 @@ sides always agree.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 # a letter or underscore, then letters, digits, underscores: in any script (`données_brutes`,
 # `数据处理`, `Ñandú`), as Python, JS, Java, Go and Rust allow
 IDENTIFIER_PATTERN = r"[^\W\d]\w*"
-IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
+_UNICODE_IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
+_ASCII_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # the same on ASCII text, twice as fast
+
+
+class _Identifiers:
+    """IDENTIFIER.findall / finditer: the Unicode pattern, or its ASCII twin on ASCII text
+    (most code; str.isascii costs a pass in C)."""
+
+    def findall(self, text: str) -> list[str]:
+        return (_ASCII_IDENTIFIER if text.isascii() else _UNICODE_IDENTIFIER).findall(text)
+
+    def finditer(self, text: str) -> Iterator[re.Match[str]]:
+        return (_ASCII_IDENTIFIER if text.isascii() else _UNICODE_IDENTIFIER).finditer(text)
+
+
+IDENTIFIER = _Identifiers()
 _PARTS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 
 # Words too common in code or prose to tell chunks apart; dropping them keeps postings small.
