@@ -155,7 +155,10 @@ def kill9_writes(work: Path, tally: Tally, n: int, rng: random.Random) -> None:
         writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(root), f"w{w}"], env=ENV,
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
                    for w in range(3)]
-        time.sleep(rng.uniform(0.5, 2.5))
+        deadline = time.monotonic() + 60
+        while service_info(root) is None and time.monotonic() < deadline:
+            time.sleep(0.1)  # the writers' service is starting
+        time.sleep(rng.uniform(0.2, 2.0))
         info = service_info(root)
         if info:
             os.kill(int(info["pid"]), signal.SIGKILL)
