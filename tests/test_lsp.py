@@ -192,50 +192,69 @@ async def _none(pending) -> bool:
 
 
 
-def test_every_request_gets_a_reply_whatever_its_params(project: Path) -> None:
-    """A raw client: pygls answered nothing to params it could not read, and the editor
-    waited forever."""
-    import json
-    import os
-    import select
-    import subprocess
-    import sys
-    import time
+class RawClient:
+    """`codevm lsp` over stdio with hand-written JSON-RPC: for what a polite client never
+    sends, and for clients that go away without a word."""
 
-    proc = subprocess.Popen([sys.executable, "-m", "codevm", "lsp"], cwd=project, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "CODEVM_SERVICE": "false"})
-    assert proc.stdin is not None and proc.stdout is not None
-    buffer = b""
+    def __init__(self, project: Path):
+        import subprocess
 
-    def send(message: dict) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "codevm", "lsp"], cwd=project, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=ENV)
+        self.buffer = b""
+
+    def send(self, message: dict) -> None:
+        import json
+
         body = json.dumps(message).encode()
-        proc.stdin.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # type: ignore[union-attr]
-        proc.stdin.flush()  # type: ignore[union-attr]
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        self.proc.stdin.flush()
 
-    def reply_to(msg_id: int, timeout: float = 30) -> dict:
-        nonlocal buffer
+    def reply_to(self, msg_id: int, timeout: float = 30) -> dict:
+        import json
+        import select
+        import time
+
+        assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            while b"\r\n\r\n" in buffer:
-                head, rest = buffer.split(b"\r\n\r\n", 1)
+            while b"\r\n\r\n" in self.buffer:
+                head, rest = self.buffer.split(b"\r\n\r\n", 1)
                 length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
                                   if line.lower().startswith(b"content-length")))
                 if len(rest) < length:
                     break
-                message, buffer = json.loads(rest[:length]), rest[length:]
+                message, self.buffer = json.loads(rest[:length]), rest[length:]
                 if message.get("id") == msg_id:
                     return message
-            if select.select([proc.stdout], [], [], 0.2)[0]:
-                buffer += os.read(proc.stdout.fileno(), 65536)  # type: ignore[union-attr]
+            if select.select([self.proc.stdout], [], [], 0.2)[0]:
+                self.buffer += os.read(self.proc.stdout.fileno(), 65536)
         raise AssertionError(f"no reply to request {msg_id}")
 
+    def start(self, project: Path) -> None:
+        self.send({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                   "params": {"rootUri": project.as_uri(), "capabilities": {}}})
+        assert "result" in self.reply_to(1, timeout=60)
+        self.send({"jsonrpc": "2.0", "method": "initialized", "params": {}})
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def hang_up(self) -> int:
+        """Close the connection without a word (an editor that quits or crashes)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        return self.proc.wait(30)
+
+
+def test_every_request_gets_a_reply_whatever_its_params(project: Path) -> None:
+    """pygls answered nothing to params it could not read, and the editor waited forever."""
+    lsp = RawClient(project)
     uri = (project / "src/py/shapes.py").as_uri()
     try:
-        send({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"rootUri": project.as_uri(),
-                                                                            "capabilities": {}}})
-        assert "result" in reply_to(1, timeout=60)
-        send({"jsonrpc": "2.0", "method": "initialized", "params": {}})
+        lsp.start(project)
         position = {"textDocument": {"uri": uri}, "position": {"line": 1, "character": 5}}
         for msg_id, message, code in [
             (2, {"method": "textDocument/hover", "params": []}, -32602),
@@ -245,13 +264,56 @@ def test_every_request_gets_a_reply_whatever_its_params(project: Path) -> None:
             (5, {"method": "textDocument/hover", "params": position, "jsonrpc": "1.0"}, -32600),
             (6, {"method": "no/such/method", "params": {}}, -32601),
         ]:
-            send({"jsonrpc": "2.0", "id": msg_id, **message})
-            assert reply_to(msg_id)["error"]["code"] == code, message
-        send({"jsonrpc": "2.0", "id": 7, "method": "textDocument/hover",
-              "params": {"textDocument": {"uri": uri}, "position": {"line": 99999, "character": 5}}})
-        assert reply_to(7)["result"] is None
-        send({"jsonrpc": "2.0", "id": 8, "method": "workspace/symbol", "params": {"query": "total_area"}})
-        assert "result" in reply_to(8)  # still serving
+            lsp.send({"jsonrpc": "2.0", "id": msg_id, **message})
+            assert lsp.reply_to(msg_id)["error"]["code"] == code, message
+        lsp.send({"jsonrpc": "2.0", "id": 7, "method": "textDocument/hover",
+                  "params": {"textDocument": {"uri": uri}, "position": {"line": 99999, "character": 5}}})
+        assert lsp.reply_to(7)["result"] is None
+        lsp.send({"jsonrpc": "2.0", "id": 8, "method": "workspace/symbol", "params": {"query": "total_area"}})
+        assert "result" in lsp.reply_to(8)  # still serving
     finally:
-        proc.kill()
-        proc.wait()
+        lsp.close()
+
+
+def test_opened_text_is_indexed_and_unsaved_text_leaves_with_the_editor(project: Path) -> None:
+    """didOpen makes the editor the owner of a document's text (a restored unsaved buffer, a
+    new file not yet saved); an editor that quits without didClose (Neovim :qa!) takes its
+    unsaved text out of the shared index with it."""
+    import itertools
+
+    from codevm.service import RemoteEngine, stop_service
+    from tests.helpers import wait_until
+
+    lsp = RawClient(project)
+    new_file = (project / "src/py/not_saved_yet.py").as_uri()
+    shapes = project / "src/py/shapes.py"
+    restored = shapes.read_text() + "\n\ndef restored_from_a_swap_file():\n    return 1\n"
+    ids = itertools.count(10)
+
+    def request(method: str, params: dict) -> dict:
+        msg_id = next(ids)
+        lsp.send({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params})
+        return lsp.reply_to(msg_id)
+
+    def symbols(query: str) -> list:
+        return request("workspace/symbol", {"query": query})["result"] or []
+
+    try:
+        lsp.start(project)
+        wait_until(lambda: bool(symbols("total_area")), "the first index", timeout=60)
+        for uri, text in [(new_file, "def opened_not_saved():\n    return 2\n"), (shapes.as_uri(), restored)]:
+            lsp.send({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {
+                "uri": uri, "languageId": "python", "version": 1, "text": text}}})
+        # no didChange: the opened text itself
+        assert [s["location"]["uri"] for s in symbols("opened_not_saved")] == [new_file]
+        assert [s["location"]["uri"] for s in symbols("restored_from_a_swap_file")] == [shapes.as_uri()]
+        outline = request("textDocument/documentSymbol", {"textDocument": {"uri": new_file}})["result"]
+        assert [s["name"] for s in outline] == ["opened_not_saved"]
+        assert lsp.hang_up() == 0  # gone without didClose, shutdown or exit
+    finally:
+        lsp.close()
+    with RemoteEngine(project) as engine:
+        wait_until(lambda: not engine.symbol("restored_from_a_swap_file") and not engine.find_symbols(
+            "opened_not_saved"), "the unsaved text to leave the index", timeout=30)
+        assert engine.symbol("total_area")
+    stop_service(project)

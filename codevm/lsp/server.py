@@ -28,6 +28,7 @@ from codevm.lsp.settings import editor_settings
 from codevm.service import open_engine
 
 log = logging.getLogger("codevm.lsp")
+PROGRESS_CREATE_SECONDS = 5.0  # a client that never answers must not hold up indexing
 DEBOUNCE_SECONDS = 0.15  # typing pauses longer than this; keeps edit -> symbol under 300 ms
 
 
@@ -69,6 +70,11 @@ class CodevmLanguageServer(LanguageServer):
         self.engine: EngineHandle | None = None
         self.budget: int | None = None  # the editor's answer budget (None: the default)
         self._timers: dict[str, threading.Timer] = {}
+        # open documents whose index entry came from the editor's text, not the disk: put
+        # back to the disk's on save, close, shutdown, exit or a dropped connection (the
+        # index is shared with the CLI and MCP, which must not see text nobody saved)
+        self.unsaved: set[str] = set()
+        self._unsaved_lock = threading.Lock()
 
     @property
     def api(self) -> EngineAPI:
@@ -136,8 +142,30 @@ class CodevmLanguageServer(LanguageServer):
         try:
             text = None if from_disk else self.workspace.get_text_document(uri).source
             self.engine.update_file(rel, text)
+            with self._unsaved_lock:
+                (self.unsaved.discard if from_disk else self.unsaved.add)(uri)
         except CodevmError as e:
             self.window_log_message(t.LogMessageParams(t.MessageType.Warning, str(e)))
+
+    def revert_unsaved(self) -> None:
+        """Every document indexed from the editor's text goes back to the disk's."""
+        with self._unsaved_lock:
+            uris, self.unsaved = sorted(self.unsaved), set()
+        for uri in uris:
+            self.cancel_update(uri)
+            try:
+                if self.engine is not None and (rel := self.rel(uri)) is not None:
+                    self.engine.update_file(rel, None)
+            except CodevmError as e:
+                log.warning("could not put %s back to the disk's text: %s", uri, e)
+
+    async def progress_token(self, token: str) -> None:
+        """window/workDoneProgress/create, if the client said it shows progress; raises if
+        it does not, or does not answer within PROGRESS_CREATE_SECONDS (work goes on without)."""
+        window = getattr(self.client_capabilities, "window", None)
+        if not getattr(window, "work_done_progress", False):
+            raise RuntimeError("the client shows no progress")
+        await asyncio.wait_for(self.work_done_progress.create_async(token), PROGRESS_CREATE_SECONDS)
 
     def flush(self, uri: str) -> None:
         if self.cancel_update(uri):
@@ -162,7 +190,7 @@ def initialize(ls: CodevmLanguageServer, params: t.InitializeParams) -> None:
 async def initialized(ls: CodevmLanguageServer, params: t.InitializedParams) -> None:
     token = str(uuid.uuid4())
     try:
-        await ls.work_done_progress.create_async(token)
+        await ls.progress_token(token)
     except Exception:  # the client may not support progress: index anyway
         token = ""
     indexing = ls.thread_pool.submit(_index_workspace, ls, token)
@@ -186,7 +214,7 @@ async def _embedding_progress(ls: CodevmLanguageServer, indexing: asyncio.Future
                     "percentage": int(100 * state.embedded / max(state.total, 1))}
 
         token = str(uuid.uuid4())
-        await ls.work_done_progress.create_async(token)
+        await ls.progress_token(token)
         ls.work_done_progress.begin(token, t.WorkDoneProgressBegin(title="codevm: embedding", **how_far()))
         while state.running and not state.complete:
             await asyncio.sleep(EMBED_POLL_SECONDS)
@@ -239,7 +267,27 @@ def did_change_configuration(ls: CodevmLanguageServer, params: t.DidChangeConfig
 
 @server.feature(t.TEXT_DOCUMENT_DID_OPEN)
 def did_open(ls: CodevmLanguageServer, params: t.DidOpenTextDocumentParams) -> None:
-    pass  # the file on disk is indexed; unsaved changes arrive through didChange
+    """From didOpen the client owns the text: a buffer that differs from the disk (a
+    restored unsaved buffer, a new file not yet saved) is indexed as the editor has it."""
+    uri, text = params.text_document.uri, params.text_document.text
+    if ls.engine is None or (rel := ls.rel(uri)) is None:
+        return
+    try:
+        on_disk = (ls.api.root / rel).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        on_disk = None
+    if on_disk != text:
+        ls.update_now(uri)
+
+
+@server.feature(t.SHUTDOWN)
+def shutdown(ls: CodevmLanguageServer, params: Any) -> None:
+    ls.revert_unsaved()
+
+
+@server.feature(t.EXIT)
+def exit_(ls: CodevmLanguageServer, params: Any) -> None:
+    ls.revert_unsaved()  # a client may exit without shutdown
 
 
 @server.feature(t.TEXT_DOCUMENT_DID_CHANGE)
@@ -413,7 +461,7 @@ async def cmd_ask(ls: CodevmLanguageServer, *args: Any) -> Any:
         raise ValueError("codevm.ask needs a question (text)")
     token = str(uuid.uuid4())
     try:
-        await ls.work_done_progress.create_async(token)
+        await ls.progress_token(token)
         ls.work_done_progress.begin(token, t.WorkDoneProgressBegin(title="codevm: thinking"))
     except Exception:
         token = ""
@@ -452,4 +500,7 @@ def main(argv_tcp: bool = False, host: str = "127.0.0.1", port: int = 2087) -> N
     if argv_tcp:
         server.start_tcp(host, port)
     else:
-        server.start_io()
+        try:
+            server.start_io()
+        finally:  # the editor quit or its connection dropped (Neovim :qa! sends no didClose)
+            server.revert_unsaved()
