@@ -322,6 +322,7 @@ TEXT_CAPS: dict[str, int] = {
     "path": 4_096, "from_path": 4_096, "name": 1_000, "symbol": 1_000,
     "language": 100, "tag": 100, "label": 100, "block": 100, "mode": 100,
     "session": 200, "session_id": 200, "title": 200,
+    "path_glob": 4_096, "kind": 100, "source": 100, "since": 100, "until": 100, "old": 20_000,
 }
 LIST_CAPS: dict[str, tuple[int, int]] = {"tags": (20, 100), "paths": (100_000, 4_096)}  # items, chars each
 COUNT_CAP = 10_000  # k and limit

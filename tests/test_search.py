@@ -49,6 +49,16 @@ def test_identifiers_in_any_script_are_symbols_and_searchable(tmp_path: Path) ->
 
 
 def test_every_argument_has_a_type_and_a_cap(engine: Engine) -> None:
+    import inspect
+
+    from codevm.api import API_METHODS, INT_ARGUMENTS, LIST_CAPS, TEXT_CAPS, EngineAPI
+
+    uncapped = [f"{name}({p})" for name in sorted(API_METHODS)
+                for p, param in list(inspect.signature(getattr(EngineAPI, name)).parameters.items())[1:]
+                if "str" in str(param.annotation) and "Callable" not in str(param.annotation)
+                and p not in TEXT_CAPS and p not in LIST_CAPS
+                and f"{name}.{p}" not in TEXT_CAPS and p not in INT_ARGUMENTS]
+    assert not uncapped  # every text argument of every door has a cap
     for call, message in [
         (lambda: engine.search("x" * 32_001), "query is 32,001 characters long: at most 32,000"),
         (lambda: engine.search("total", k=0), "k must be between 1 and 10,000"),
@@ -58,6 +68,7 @@ def test_every_argument_has_a_type_and_a_cap(engine: Engine) -> None:
         (lambda: engine.add_note("x" * 20_001), "at most 20,000"),
         (lambda: engine.symbol("s", 5, 6), "symbol: too many positional arguments"),  # type: ignore[call-arg]
         (lambda: engine.read("p" * 5_000), "path is 5,000 characters long"),
+        (lambda: engine.search("total", path_glob="*" * 5_000), "path_glob is 5,000 characters long"),
     ]:
         with pytest.raises(InvalidArgument, match=message):
             call()
