@@ -202,6 +202,7 @@ class RawClient:
         self.proc = subprocess.Popen([sys.executable, "-m", "codevm", "lsp"], cwd=project, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=ENV)
         self.buffer = b""
+        self.seen: list[dict] = []  # every message read, replies and notifications
 
     def send(self, message: dict) -> None:
         import json
@@ -226,15 +227,17 @@ class RawClient:
                 if len(rest) < length:
                     break
                 message, self.buffer = json.loads(rest[:length]), rest[length:]
+                self.seen.append(message)
                 if message.get("id") == msg_id:
                     return message
             if select.select([self.proc.stdout], [], [], 0.2)[0]:
                 self.buffer += os.read(self.proc.stdout.fileno(), 65536)
         raise AssertionError(f"no reply to request {msg_id}")
 
-    def start(self, project: Path) -> None:
+    def start(self, project: Path, *more_folders: Path) -> None:
+        folders = [{"uri": p.as_uri(), "name": p.name} for p in (project, *more_folders)]
         self.send({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                   "params": {"rootUri": project.as_uri(), "capabilities": {}}})
+                   "params": {"rootUri": project.as_uri(), "capabilities": {}, "workspaceFolders": folders}})
         assert "result" in self.reply_to(1, timeout=60)
         self.send({"jsonrpc": "2.0", "method": "initialized", "params": {}})
 
@@ -271,6 +274,16 @@ def test_every_request_gets_a_reply_whatever_its_params(project: Path) -> None:
         assert lsp.reply_to(7)["result"] is None
         lsp.send({"jsonrpc": "2.0", "id": 8, "method": "workspace/symbol", "params": {"query": "total_area"}})
         assert "result" in lsp.reply_to(8)  # still serving
+    finally:
+        lsp.close()
+
+
+def test_a_second_workspace_folder_is_not_dropped_silently(project: Path, tmp_path: Path) -> None:
+    lsp = RawClient(project)
+    try:
+        lsp.start(project, tmp_path)
+        shown = [m["params"]["message"] for m in lsp.seen if m.get("method") == "window/showMessage"]
+        assert any("serves one workspace folder" in m and "other 1 are not indexed" in m for m in shown), shown
     finally:
         lsp.close()
 

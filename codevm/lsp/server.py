@@ -181,6 +181,10 @@ def initialize(ls: CodevmLanguageServer, params: t.InitializeParams) -> None:
     root = uri_to_path(folders[0].uri) if folders else (
         uri_to_path(params.root_uri) if params.root_uri else Path.cwd())
     settings = ls.settings_from(root, params.initialization_options)
+    if len(folders) > 1:  # said, not silently dropped
+        ls.window_show_message(t.ShowMessageParams(t.MessageType.Warning, (
+            f"codevm serves one workspace folder, {root}; the other {len(folders) - 1} are not indexed "
+            "(open them as their own workspaces)")))
     ls.engine = engine = open_engine(root.resolve(), settings)  # the service, started if need be
     if params.initialization_options:
         engine.configure(settings)  # the editor's settings also govern the shared index
