@@ -71,10 +71,14 @@ class IndexTables:
         # run of each process looks at what earlier processes appended
         self.loaded_since_check = CHECK_EVERY_CHUNKS
 
-    def known_files(self) -> dict[str, tuple[int, int, str, str, str]]:
-        """path -> (size, mtime_ns, hash, extractor, status)."""
-        rows = self.store.cursor().execute(
-            "SELECT path, size, mtime_ns, hash, extractor, status FROM files").fetchall()
+    def known_files(self, paths: list[str] | None = None) -> dict[str, tuple[int, int, str, str, str]]:
+        """path -> (size, mtime_ns, hash, extractor, status), of every file or of `paths`."""
+        sql = "SELECT path, size, mtime_ns, hash, extractor, status FROM files"
+        if paths is None:
+            rows = self.store.cursor().execute(sql).fetchall()
+        else:
+            rows = self.store.cursor().execute(sql + " WHERE path IN (SELECT unnest(?::VARCHAR[]))",
+                                               [paths]).fetchall()
         return {r[0]: (r[1], r[2], r[3], r[4], r[5]) for r in rows}
 
     # -- loading -----------------------------------------------------------------------

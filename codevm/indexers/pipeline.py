@@ -17,6 +17,7 @@ from pathlib import Path
 from codevm.api import IndexReport, Progress
 from codevm.config import Settings
 from codevm.db.index_tables import IndexTables
+from codevm.indexers.chunker import content_hash
 from codevm.indexers.discovery import Candidate, Skipped, walk_project, within
 from codevm.indexers.languages import EXTRACTOR_VERSION
 from codevm.indexers.worker import Limits, TaskFile, TaskResult, run_task
@@ -101,14 +102,22 @@ class Indexer:
         return report
 
     def update_texts(self, texts: dict[str, str | None]) -> IndexReport:
-        """Re-index a few files now: path -> unsaved text, or None to read it from disk."""
+        """Re-index a few files now: path -> unsaved text, or None to read it from disk. A
+        file whose content is what the index holds costs a hash (an editor opening a file)."""
         started = time.perf_counter()
         report = IndexReport()
         todo: list[TaskFile] = []
         deleted: list[str] = []
+        known = self.tables.known_files(list(texts))
         for path, text in texts.items():
             if text is None and not (self.root / path).is_file():
                 deleted.append(path)
+                continue
+            current = known.get(path)
+            known_hash = current[2] if current and current[3] == EXTRACTOR_VERSION and current[4] == "indexed" \
+                else None
+            if text is not None and known_hash == content_hash(text.encode("utf-8", "replace")):
+                report.unchanged += 1
                 continue
             try:
                 st = (self.root / path).stat()
@@ -116,7 +125,7 @@ class Indexer:
             except OSError:
                 size, mtime = 0, 0
             # unsaved text gets mtime 0 so that the next scan re-reads the file on disk
-            todo.append(TaskFile(path, size, mtime if text is None else 0, None, text))
+            todo.append(TaskFile(path, size, mtime if text is None else 0, known_hash, text))
         report.files_seen = len(texts)
         report.deleted = len(deleted)
         self._index(todo, deleted, [], report, lambda p: None)

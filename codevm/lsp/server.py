@@ -141,9 +141,12 @@ class CodevmLanguageServer(LanguageServer):
             return
         try:
             text = None if from_disk else self.workspace.get_text_document(uri).source
-            self.engine.update_file(rel, text)
+            report = self.engine.update_file(rel, text)
             with self._unsaved_lock:
-                (self.unsaved.discard if from_disk else self.unsaved.add)(uri)
+                if from_disk:
+                    self.unsaved.discard(uri)
+                elif report.parsed:  # the index now holds text the disk does not
+                    self.unsaved.add(uri)
         except CodevmError as e:
             self.window_log_message(t.LogMessageParams(t.MessageType.Warning, str(e)))
 
@@ -271,17 +274,10 @@ def did_change_configuration(ls: CodevmLanguageServer, params: t.DidChangeConfig
 
 @server.feature(t.TEXT_DOCUMENT_DID_OPEN)
 def did_open(ls: CodevmLanguageServer, params: t.DidOpenTextDocumentParams) -> None:
-    """From didOpen the client owns the text: a buffer that differs from the disk (a
-    restored unsaved buffer, a new file not yet saved) is indexed as the editor has it."""
-    uri, text = params.text_document.uri, params.text_document.text
-    if ls.engine is None or (rel := ls.rel(uri)) is None:
-        return
-    try:
-        on_disk = (ls.api.root / rel).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        on_disk = None
-    if on_disk != text:
-        ls.update_now(uri)
+    """From didOpen the client owns the text: a buffer that differs from what is indexed (a
+    restored unsaved buffer, a new file not yet saved) is indexed as the editor has it; one
+    that does not costs the engine a hash."""
+    ls.update_now(params.text_document.uri)
 
 
 @server.feature(t.SHUTDOWN)
