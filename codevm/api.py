@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from codevm.errors import InvalidArgument
+
 if TYPE_CHECKING:
     from codevm.config import Settings
 
@@ -332,8 +334,6 @@ INT_ARGUMENTS = ("k", "limit", "start_line", "end_line", "chunk_id", "note_id", 
 def check_arguments(method: str, arguments: dict[str, object]) -> None:
     """Every argument of an API call within its type and cap, or InvalidArgument that says
     which and what is allowed (a dict is no note's text; "abc" is no list of tags)."""
-    from codevm.errors import InvalidArgument
-
     for key, value in arguments.items():
         if value is None:
             continue

@@ -236,13 +236,16 @@ def show(location: str) -> None:
 def status(path: str, skipped: bool, as_json: bool) -> None:
     """What the index of the project at PATH holds: files, chunks, languages, skipped files, size."""
     with engine_at(path) as engine:
-        st = engine.status()
-        left_out = engine.skipped_files(10_000) if skipped else []
+        if skipped:
+            left_out = engine.skipped_files(10_000)
+        else:
+            st = engine.status()
     if skipped:
         if as_json:
             _print_json(to_dict(left_out))
-        for item in [] if as_json else left_out:
-            click.echo(f"{item.path}\t{item.reason}")  # tab-separated, for grep and cut
+        else:
+            for item in left_out:
+                click.echo(f"{item.path}\t{item.reason}")  # tab-separated, for grep and cut
         return
     if as_json:
         _print_json(to_dict(st))
