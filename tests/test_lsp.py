@@ -87,7 +87,7 @@ async def test_outline_definition_references_and_hover_with_a_note(client: Langu
         range=t.Range(t.Position(20, 4), t.Position(20, 14)), context=t.CodeActionContext(diagnostics=[])))
     assert [(a.title, a.command) for a in actions] == [
         ("Ask codevm about this selection", "codevm.ask"), ("Remember a note about total_area", "codevm.remember")]
-    assert "total_area" in actions[0].arguments[0]
+    assert "total_area" in actions[0].arguments[0]["question"] and actions[0].arguments[0]["uri"] == shapes
 
 
 @pytest.mark.asyncio
@@ -196,11 +196,11 @@ class RawClient:
     """`codevm lsp` over stdio with hand-written JSON-RPC: for what a polite client never
     sends, and for clients that go away without a word."""
 
-    def __init__(self, project: Path):
+    def __init__(self, project: Path, env: dict[str, str] | None = None):
         import subprocess
 
         self.proc = subprocess.Popen([sys.executable, "-m", "codevm", "lsp"], cwd=project, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=ENV)
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env or ENV)
         self.buffer = b""
         self.seen: list[dict] = []  # every message read, replies and notifications
 
@@ -212,32 +212,43 @@ class RawClient:
         self.proc.stdin.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         self.proc.stdin.flush()
 
-    def reply_to(self, msg_id: int, timeout: float = 30) -> dict:
+    def pump(self, wait: float = 0.2) -> list[dict]:
+        """The messages that arrive within `wait` seconds (also kept in `seen`)."""
         import json
         import select
-        import time
 
         assert self.proc.stdout is not None
+        if select.select([self.proc.stdout], [], [], wait)[0]:
+            self.buffer += os.read(self.proc.stdout.fileno(), 65536)
+        read = []
+        while b"\r\n\r\n" in self.buffer:
+            head, rest = self.buffer.split(b"\r\n\r\n", 1)
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            if len(rest) < length:
+                break
+            message, self.buffer = json.loads(rest[:length]), rest[length:]
+            read.append(message)
+        self.seen += read
+        return read
+
+    def reply_to(self, msg_id: int, timeout: float = 30) -> dict:
+        import time
+
         deadline = time.monotonic() + timeout
+        start = len(self.seen)
         while time.monotonic() < deadline:
-            while b"\r\n\r\n" in self.buffer:
-                head, rest = self.buffer.split(b"\r\n\r\n", 1)
-                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                                  if line.lower().startswith(b"content-length")))
-                if len(rest) < length:
-                    break
-                message, self.buffer = json.loads(rest[:length]), rest[length:]
-                self.seen.append(message)
-                if message.get("id") == msg_id:
+            for message in self.seen[start:] + self.pump():
+                if message.get("id") == msg_id and "method" not in message:
                     return message
-            if select.select([self.proc.stdout], [], [], 0.2)[0]:
-                self.buffer += os.read(self.proc.stdout.fileno(), 65536)
+            start = len(self.seen)
         raise AssertionError(f"no reply to request {msg_id}")
 
-    def start(self, project: Path, *more_folders: Path) -> None:
+    def start(self, project: Path, *more_folders: Path, options: dict | None = None) -> None:
         folders = [{"uri": p.as_uri(), "name": p.name} for p in (project, *more_folders)]
         self.send({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                   "params": {"rootUri": project.as_uri(), "capabilities": {}, "workspaceFolders": folders}})
+                   "params": {"rootUri": project.as_uri(), "capabilities": {}, "workspaceFolders": folders,
+                              "initializationOptions": options}})
         assert "result" in self.reply_to(1, timeout=60)
         self.send({"jsonrpc": "2.0", "method": "initialized", "params": {}})
 
@@ -278,14 +289,106 @@ def test_every_request_gets_a_reply_whatever_its_params(project: Path) -> None:
         lsp.close()
 
 
-def test_a_second_workspace_folder_is_not_dropped_silently(project: Path, tmp_path: Path) -> None:
+def test_each_workspace_folder_is_its_own_project(project: Path, tmp_path: Path) -> None:
+    """Multi-root: every folder is indexed (its own index and service), each request goes
+    to the folder of its document, and folders come and go with didChangeWorkspaceFolders."""
+    import itertools
+
+    from codevm.service import stop_service
+    from tests.helpers import wait_until
+
+    other, third = tmp_path / "other", tmp_path / "third"
+    for root, name in ((other, "only_in_other"), (third, "only_in_third")):
+        (root / ".git").mkdir(parents=True)
+        (root / "lib.py").write_text(f"def {name}():\n    return 1\n\n\ndef use():\n    return {name}()\n")
     lsp = RawClient(project)
+    ids = itertools.count(10)
+
+    def request(method: str, params: object) -> dict:
+        msg_id = next(ids)
+        lsp.send({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params})
+        return lsp.reply_to(msg_id)
+
+    def found(query: str) -> list[str]:
+        return [s["location"]["uri"] for s in request("workspace/symbol", {"query": query})["result"] or []]
+
     try:
-        lsp.start(project, tmp_path)
+        lsp.start(project, other)
+        wait_until(lambda: bool(found("only_in_other")) and bool(found("total_area")), "both indexes", timeout=60)
+        assert found("only_in_other") == [(other / "lib.py").as_uri()]
+        assert found("total_area")[0] == (project / "src/py/shapes.py").as_uri()
+        # a request on the second folder's file is answered from its own index
+        definition = request("textDocument/definition", {"textDocument": {"uri": (other / "lib.py").as_uri()},
+                                                         "position": {"line": 5, "character": 12}})["result"]
+        assert [d["uri"] for d in definition] == [(other / "lib.py").as_uri()]
+        status = request("workspace/executeCommand", {"command": "codevm.status", "arguments": [
+            {"uri": other.as_uri()}]})["result"]
+        assert status["root"] == str(other.resolve()) and status["files"] == 1
+        assert status["folders"] == [str(project.resolve()), str(other.resolve())]
+        assert (other / ".codevm").is_dir() and (project / ".codevm").is_dir()
+
+        lsp.send({"jsonrpc": "2.0", "method": "workspace/didChangeWorkspaceFolders", "params": {"event": {
+            "added": [{"uri": third.as_uri(), "name": "third"}], "removed": [{"uri": other.as_uri(), "name": "o"}]}}})
+        wait_until(lambda: bool(found("only_in_third")), "the added folder's index", timeout=60)
+        assert not found("only_in_other")
         shown = [m["params"]["message"] for m in lsp.seen if m.get("method") == "window/showMessage"]
-        assert any("serves one workspace folder" in m and "other 1 are not indexed" in m for m in shown), shown
+        assert not any("not indexed" in m for m in shown), shown
     finally:
         lsp.close()
+        for root in (other, third):
+            stop_service(root)
+
+
+def test_chat_streams_its_answer_and_continues_its_session(project: Path) -> None:
+    """What an editor's chat view uses (README "Editors"): codevm.ask with a stream id sends
+    the answer as codevm/answer notifications while the model writes, codevm/status while
+    it reads, and returns the pages (with their URIs) and the picture of main context; the
+    next question continues the session. codevm/progress reports indexing."""
+    import itertools
+
+    from tests.fake_ollama import FakeOllama
+    from tests.helpers import wait_until
+
+    with FakeOllama() as fake:
+        fake.script = [{"content": "total_area in src/py/shapes.py:21-23 adds up the area of every shape it is "
+                                   "given, one at a time, and returns the sum as a float.", "trickle": 0.01},
+                       {"content": "It is called from src/py/app.py."}]
+        lsp = RawClient(project, env={**ENV, "CODEVM_OLLAMA_HOST": fake.host})
+        ids = itertools.count(10)
+
+        def ask(**arguments: object) -> dict:
+            msg_id = next(ids)
+            lsp.send({"jsonrpc": "2.0", "id": msg_id, "method": "workspace/executeCommand",
+                      "params": {"command": "codevm.ask", "arguments": [arguments]}})
+            return lsp.reply_to(msg_id, timeout=60)
+
+        def notes(method: str, stream: str, key: str) -> list[str]:
+            return [m["params"][key] for m in lsp.seen
+                    if m.get("method") == method and m["params"]["stream"] == stream]
+
+        try:
+            lsp.start(project, options={"notifications": True})
+            wait_until(lambda: any(m.get("method") == "codevm/progress" and m["params"]["phase"] == "indexed"
+                                   for m in lsp.pump() + lsp.seen), "indexing", timeout=60)
+            assert any(m.get("method") == "codevm/progress" and m["params"]["phase"] == "indexing"
+                       for m in lsp.seen)
+            first = ask(question="How is the total area computed?", stream="s1", newSession=True)["result"]
+            assert "".join(notes("codevm/answer", "s1", "text")) == first["answer"]
+            assert len(notes("codevm/answer", "s1", "text")) > 3  # in pieces (the first 80 characters held)
+            assert any("tokens of context" in m for m in notes("codevm/status", "s1", "message"))
+            shapes = next(p for p in first["pages"] if p["path"] == "src/py/shapes.py")
+            assert shapes["uri"] == (project / "src/py/shapes.py").as_uri()
+            context = first["context"]
+            assert context["used"] <= context["budget"] and {s["name"] for s in context["sections"]} >= {"core memory", "working set"}
+            assert not any(m.get("method") == "window/showMessage" and "total_area sums" in m["params"]["message"]
+                           for m in lsp.seen)  # the chat view shows it: no message box as well
+            second = ask(question="and where is it called?", stream="s2", session=first["session_id"])["result"]
+            assert second["session_id"] == first["session_id"]
+            assert "".join(notes("codevm/answer", "s2", "text")) == second["answer"]
+            follow_up = fake.chat_requests()[-1]["body"]["messages"]
+            assert {"role": "assistant", "content": first["answer"]} in follow_up
+        finally:
+            lsp.close()
 
 
 def test_opened_text_is_indexed_and_unsaved_text_leaves_with_the_editor(project: Path) -> None:
