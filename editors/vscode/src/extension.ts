@@ -196,7 +196,8 @@ interface Hit {
   symbol: string;
   kind: string;
   score: number;
-  text: string;
+  snippet: string;
+  signature: string;
 }
 
 async function searchCode(): Promise<void> {
@@ -215,7 +216,7 @@ async function searchCode(): Promise<void> {
   const picked = await vscode.window.showQuickPick(hits.map((h) => ({
     label: h.symbol || h.path,
     description: `${h.path}:${h.start_line}-${h.end_line}`,
-    detail: h.text.split("\n").map((l) => l.trim()).filter(Boolean).slice(0, 2).join("  ⏎  ").slice(0, 200),
+    detail: (h.signature || (h.snippet ?? "").split("\n").map((l) => l.trim()).filter(Boolean).slice(0, 2).join("  ⏎  ")).slice(0, 200),
     hit: h,
   })), { matchOnDescription: true, matchOnDetail: true, placeHolder: `${hits.length} hits for "${query}"` });
   if (picked) {

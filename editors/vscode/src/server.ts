@@ -29,7 +29,10 @@ export async function openLocation(uri: string, line: number, endLine?: number):
   const last = Math.max(doc.lineCount - 1, 0);
   const start = Math.min(Math.max(line - 1, 0), last);
   const end = Math.min(Math.max((endLine ?? line) - 1, start), last);
-  const range = new vscode.Range(start, 0, end, doc.lineAt(end).text.length);
-  await vscode.window.showTextDocument(doc, { selection: range, preview: true });
+  // the lines selected, the cursor at their start (where reading begins)
+  const selection = new vscode.Selection(end, doc.lineAt(end).text.length, start, 0);
+  const editor = await vscode.window.showTextDocument(doc, { preview: true });
+  editor.selection = selection;
+  editor.revealRange(selection, vscode.TextEditorRevealType.InCenterIfOutsideViewport);
 }
 
