@@ -58,7 +58,8 @@ async def mcp_figures(root: Path, queries: list[str]) -> dict:
             "mcp_search_code_p95_ms": p95}
 
 
-async def lsp_figures(root: Path, names: list[str]) -> dict:
+async def indexed_lsp_client(root: Path, timeout: float = 120) -> LanguageClient:
+    """`codevm lsp` over stdio with `root` as its workspace, once its indexing has ended."""
     client = LanguageClient("codevm-bench", "1")
     ended = asyncio.Event()
 
@@ -76,7 +77,12 @@ async def lsp_figures(root: Path, names: list[str]) -> dict:
         capabilities=t.ClientCapabilities(window=t.WindowClientCapabilities(work_done_progress=True)),
         workspace_folders=[t.WorkspaceFolder(uri=root.as_uri(), name="bench")]))
     client.initialized(t.InitializedParams())
-    await asyncio.wait_for(ended.wait(), 120)
+    await asyncio.wait_for(ended.wait(), timeout)
+    return client
+
+
+async def lsp_figures(root: Path, names: list[str]) -> dict:
+    client = await indexed_lsp_client(root)
     latencies = []
     for name in names:
         t0 = time.perf_counter()

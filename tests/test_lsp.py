@@ -49,6 +49,10 @@ async def test_progress_messages_and_workspace_symbols(client: LanguageClient, p
                        ("greetLoudly", "src/jvm/Greeter.kt")):
         found = await client.workspace_symbol_async(t.WorkspaceSymbolParams(query=name))
         assert found[0].name == name and found[0].location.uri == _uri(project, path)
+    # names match; a dotted query matches qualified names
+    method = await client.workspace_symbol_async(t.WorkspaceSymbolParams(query="circle.sc"))
+    assert [(s.name, s.container_name) for s in method] == [("scale", "Circle")]
+    assert "scale" not in {s.name for s in await client.workspace_symbol_async(t.WorkspaceSymbolParams(query="Circle"))}
 
 
 @pytest.mark.asyncio

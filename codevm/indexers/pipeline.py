@@ -128,7 +128,8 @@ class Indexer:
             todo.append(TaskFile(path, size, mtime if text is None else 0, known_hash, text))
         report.files_seen = len(texts)
         report.deleted = len(deleted)
-        self._index(todo, deleted, [], report, lambda p: None)
+        if todo or deleted:  # an unchanged buffer writes nothing (no transaction either)
+            self._index(todo, deleted, [], report, lambda p: None)
         report.seconds = time.perf_counter() - started
         return report
 
