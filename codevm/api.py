@@ -250,6 +250,7 @@ class PageInfo:
     relevance: float
     reason: str
     text: str
+    verbatim: bool = True  # every line of the range (a class's page may be its outline)
 
 
 @dataclass
@@ -328,7 +329,8 @@ TEXT_CAPS: dict[str, int] = {
 }
 LIST_CAPS: dict[str, tuple[int, int]] = {"tags": (20, 100), "paths": (100_000, 4_096)}  # items, chars each
 COUNT_CAP = 10_000  # k and limit
-INT_ARGUMENTS = ("k", "limit", "start_line", "end_line", "chunk_id", "note_id", "budget")
+INT_ARGUMENTS = ("k", "limit", "start_line", "end_line", "chunk_id", "note_id", "budget", "max_tokens")
+MAX_CONTEXT_TOKENS = 200_000  # context_for's max_tokens
 
 
 def check_arguments(method: str, arguments: dict[str, object]) -> None:
@@ -473,6 +475,12 @@ class EngineAPI(Protocol):
 
     @idempotent
     def check_model(self, settings: Settings | None = None) -> ModelCheck: ...
+
+    @idempotent
+    def context_for(self, question: str, max_tokens: int = 4000) -> list[PageInfo]:
+        """The heuristic pager's working set for a question, most relevant first, within
+        `max_tokens` (no model involved, nothing recorded)."""
+        ...
 
 
 class EngineHandle(EngineAPI, Protocol):

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from codevm.api import (
     API_METHODS,
+    MAX_CONTEXT_TOKENS,
     AskResult,
     CodeText,
     CoreBlock,
@@ -24,6 +25,7 @@ from codevm.api import (
     MessageRecord,
     ModelCheck,
     Note,
+    PageInfo,
     Progress,
     RefInfo,
     SearchHit,
@@ -370,3 +372,12 @@ class Engine:
     def check_model(self, settings: Settings | None = None) -> ModelCheck:
         """Probe the model once; record which mode of asking it can use."""
         return ask.check_model(self.store, settings or self.settings)
+
+    def context_for(self, question: str, max_tokens: int = 4000) -> list[PageInfo]:
+        if not question.strip():
+            raise InvalidArgument("empty question")
+        if not 100 <= max_tokens <= MAX_CONTEXT_TOKENS:
+            raise InvalidArgument(f"max_tokens must be between 100 and {MAX_CONTEXT_TOKENS:,}, got {max_tokens}")
+        self._require_index()
+        pages = self.pager.prefetch(question, max_tokens)
+        return [ask.page_info(p) for p in sorted(pages, key=lambda p: -p.relevance)]

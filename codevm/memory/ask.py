@@ -276,11 +276,15 @@ def _summarizer(model: ChatModel | None, limits: Budget,
     return summarize
 
 
+def page_info(p: Page) -> PageInfo:
+    return PageInfo(p.citation, p.path, p.start_line, p.end_line, p.symbol, p.tokens, p.relevance, p.reason,
+                    p.text, p.verbatim)
+
+
 def _cite(result: AskResult, pages: list[Page]) -> None:
     """The pages of the working set, and the answer's citations: the pages it cites, else
     the best pages it was given (with no answer: every page)."""
-    result.pages = [PageInfo(p.citation, p.path, p.start_line, p.end_line, p.symbol, p.tokens,
-                             p.relevance, p.reason, p.text) for p in pages]
+    result.pages = [page_info(p) for p in pages]
     cited = [p.citation for p in pages if p.path in result.answer]
     result.cites_code = bool(cited)
     if result.answer:

@@ -38,6 +38,7 @@ from codevm.api import (
     MessageRecord,
     ModelCheck,
     Note,
+    PageInfo,
     Progress,
     RefInfo,
     SearchHit,
@@ -362,6 +363,9 @@ class RemoteEngine:
 
     def check_model(self, settings: Settings | None = None) -> ModelCheck:
         return self._call("check_model", settings or self.settings)
+
+    def context_for(self, question: str, max_tokens: int = 4000) -> list[PageInfo]:
+        return self._call("context_for", question, max_tokens)
 
     # -- the service itself ----------------------------------------------------------------
     def service_info(self) -> dict[str, Any]:
