@@ -379,5 +379,7 @@ class Engine:
         if not 100 <= max_tokens <= MAX_CONTEXT_TOKENS:
             raise InvalidArgument(f"max_tokens must be between 100 and {MAX_CONTEXT_TOKENS:,}, got {max_tokens}")
         self._require_index()
-        pages = self.pager.prefetch(question, max_tokens)
+        # the host chose the budget: fill it, most relevant first (the floor that keeps weak
+        # pages from a small local model is for `ask`)
+        pages = self.pager.prefetch(question, max_tokens, floor=0.0)
         return [ask.page_info(p) for p in sorted(pages, key=lambda p: -p.relevance)]
