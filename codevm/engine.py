@@ -280,8 +280,14 @@ class Engine:
         return read_lines(self.root, rel, start_line, end_line)
 
     def read_chunk(self, chunk_id: int) -> CodeText:
-        """The lines of the file that a chunk (a search hit's id) covers."""
-        return self.read(*self.symbols.chunk_location(chunk_id))
+        """The lines of the file that a chunk (a search hit's id) covers; the indexed text
+        when the file no longer has them (the chunk came from an editor's unsaved buffer)."""
+        path, start, end = self.symbols.chunk_location(chunk_id)
+        try:
+            return self.read(path, start, end)
+        except InvalidArgument:
+            text = self.symbols.chunk_text(chunk_id)
+            return CodeText(path, start, end, end, text)
 
     def refs(self, name: str, limit: int = 200) -> list[RefInfo]:
         """Who calls or imports `name` (the last part of a qualified name counts)."""

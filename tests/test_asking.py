@@ -4,7 +4,6 @@ real protocol (tests/fake_ollama.py): Ollama's /api/chat and the OpenAI-compatib
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -280,8 +279,9 @@ def test_mcp_ask_reports_progress_while_the_model_reads(project: Path, fake: Fak
             async with Client(build_server(engine)) as client:
                 result = await client.call_tool("ask", {"question": "How is the total area computed?"},
                                                 progress_callback=progress)
-                return json.loads(result.content[0].text)  # type: ignore[union-attr]
+                assert "src/py/shapes.py:21-23" in result.content[0].text  # type: ignore[union-attr]
+                return result.structured_content or {}
 
     answer = anyio.run(body)
-    assert "src/py/shapes.py:21-23" in answer["answer"]
+    assert "src/py/shapes.py:21-23" in answer["answer"] and "src/py/shapes.py:21-23" in answer["citations"]
     assert any(m.startswith("reading ") and "tokens of context" in m for m in messages)

@@ -275,8 +275,10 @@ def test_mcp_search_says_how_far_the_vectors_are(small: Path, fake: FakeOllama) 
     from codevm.mcp_server import tools
 
     with ollama_engine(small, fake.host) as engine:
-        result = tools.search_code(engine, "sleep_briefly", k=2)
+        result, text = tools.search_code(engine, "sleep_briefly", k=2)
         assert result["items"][0]["symbol"] == "sleep_briefly"
-        assert result["vectors"] == "vectors: 0 of 3 chunks embedded (ollama:nomic-embed-text)"
+        assert result["ranking"].startswith("keyword + vectors (vectors: 0 of 3 chunks embedded "
+                                            "(ollama:nomic-embed-text); the ranking changes")
+        assert "the ranking changes as embedding goes on" in text
         engine.embed()
-        assert "vectors" not in tools.search_code(engine, "sleep_briefly", k=2)
+        assert tools.search_code(engine, "sleep_briefly", k=2)[0]["ranking"] == "keyword + vectors"

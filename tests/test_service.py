@@ -93,7 +93,9 @@ async def test_lsp_mcp_and_cli_at_once_share_one_memory(project: Path) -> None:
 
             async def found() -> bool:
                 hits = _result(await mcp.call_tool("search_code", {"query": "zebra_crossing_counter"}))
-                return bool(hits["items"]) and hits["items"][0]["path"] == "src/py/app.py"
+                top = hits["items"][0] if hits["items"] else {}
+                # the top hit's code is the unsaved buffer's (the file on disk has 6 lines)
+                return top.get("path") == "src/py/app.py" and "return 7" in top.get("code", "")
             await await_until(found, "the edit to reach the assistant")
 
             # all at the same time: CLI processes, MCP calls and LSP requests together
@@ -105,7 +107,7 @@ async def test_lsp_mcp_and_cli_at_once_share_one_memory(project: Path) -> None:
                 *(lsp.workspace_symbol_async(t.WorkspaceSymbolParams(query="total_area"))
                   for _ in range(3)))
             assert all("src/py/app.py" in r for r in results[:3])
-            assert all(_result(r)["items"][0]["id"] == note["id"] for r in results[3:6])
+            assert all(_result(r)["items"][0]["id"] == note["note_id"] for r in results[3:6])
             assert all(r and r[0].name == "total_area" for r in results[6:])
             # one process served them all
             status = json.loads(cli(project, "status", "--json").stdout)

@@ -75,6 +75,13 @@ class Symbols:
             raise InvalidArgument(f"no chunk with id {chunk_id}; ids come from search")
         return row[0], row[1], row[2]
 
+    def chunk_text(self, chunk_id: int) -> str:
+        """The text the index holds for a chunk (an editor's unsaved buffer's, if it sent one)."""
+        row = self.cursor().execute("SELECT text FROM chunks WHERE id = ?", [chunk_id]).fetchone()
+        if row is None:
+            raise InvalidArgument(f"no chunk with id {chunk_id}; ids come from search")
+        return str(row[0])
+
     def references(self, name: str, limit: int = 200) -> list[RefInfo]:
         """Who calls or imports `name` (the last part of a qualified name counts)."""
         short = name.rsplit(".", 1)[-1]
