@@ -6,7 +6,8 @@ the test fixture and a scripted model (tests/fake_ollama.py) that streams its an
 It checks: the status bar shows the index, the chat view opens from the command palette,
 the answer streams in (several partial lengths seen), its citation is a link that opens
 src/py/shapes.py at line 21, a follow-up continues the session (the model gets the first
-answer back), the picture of main context opens beside it, search's quick pick opens a
+answer back), the answer's code fence and inline code are shown as code, the picture of
+main context opens beside it, search's quick pick opens a
 hit, and a note remembered on the selection shows in the notes view. Prints one JSON object;
 exits 1 if a check fails.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -41,8 +43,10 @@ from tests.fake_ollama import FakeOllama  # noqa: E402
 EXTENSION = ROOT / "editors" / "vscode"
 E2E = EXTENSION / "e2e"
 FIXTURE = ROOT / "tests" / "fixtures" / "polyglot"
-FIRST = ("total_area in src/py/shapes.py:21-23 adds up the area of every shape it is given, one at "
-         "a time, and returns the sum; Circle.area and Square.area give each shape's own area.")
+FIRST = ("`total_area` in src/py/shapes.py:21-23 adds up the area of every shape it is given, one at "
+         "a time, and returns the sum:\n```python\nreturn sum(s.area() for s in shapes)\n```\n"
+         "Circle.area and Square.area give each shape's own area.")
+SHOWN = re.sub(r"`([^`\n]+)`", r"\1", re.sub(r"```[\w+-]*\n?", "", FIRST))  # as the chat view shows it
 SECOND = "It is called from src/py/app.py, which prints the total for the shapes it builds."
 
 
@@ -142,7 +146,9 @@ def main() -> int:
     checks = {
         "status bar shows the index": bool(seen.get("statusBar")) and "files" in seen.get("statusBar", ""),
         "answer streamed in pieces": len(seen.get("partialLengths", [])) >= 3,
-        "answer shown whole": seen.get("answer") == FIRST,
+        "answer shown whole": seen.get("answer") == SHOWN,
+        "markdown: a code block and inline code": seen.get("codeBlocks") == ["return sum(s.area() for s in shapes)\n"]
+        and seen.get("inlineCode") == ["total_area"],
         "citation is a link to shapes.py:21-23": {"text": "src/py/shapes.py:21-23", "path": "src/py/shapes.py",
                                                   "line": 21, "end": 23} in seen.get("citations", []),
         "citation opens the file at its lines": "shapes.py" in (seen.get("activeTab") or "")

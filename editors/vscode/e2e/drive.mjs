@@ -74,6 +74,8 @@ try {
   }
   out.partialLengths = [...seen].sort((a, b) => a - b);
   out.answer = await chat.textContent(".turn:last-child .answer.done");
+  out.codeBlocks = await chat.$$eval(".turn:last-child .answer pre code", (cs) => cs.map((c) => c.textContent));
+  out.inlineCode = await chat.$$eval(".turn:last-child .answer > code", (cs) => cs.map((c) => c.textContent));
   out.citations = await chat.$$eval(".turn:last-child .answer a.cite", (as) => as.map((a) => ({ text: a.textContent, path: a.dataset.path, line: +a.dataset.line, end: +a.dataset.end })));
   out.pagesRead = await chat.$$eval(".turn:last-child .sources a.cite", (as) => as.map((a) => a.textContent));
   out.meta = await chat.textContent(".turn:last-child .meta:last-child");

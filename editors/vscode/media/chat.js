@@ -25,6 +25,43 @@
     return a;
   }
 
+  // The answer's Markdown, the little of it models write: ``` fences become code blocks,
+  // `inline code` code; citations stay links (in code too). Text is set as text only.
+  function render(segments) {
+    const out = [];
+    let block = null; // the <code> of an open fence
+    const put = (node) => (block ? block.append(node) : out.push(node));
+    for (const s of segments) {
+      if (s.path) {
+        put(link(s.text, s.path, s.line, s.endLine));
+        continue;
+      }
+      const parts = s.text.split(/```[\w+-]*\n?/);
+      parts.forEach((part, i) => {
+        if (i > 0) { // a fence: open or close a block
+          if (block) {
+            block = null;
+          } else {
+            const pre = el("pre");
+            block = el("code");
+            pre.append(block);
+            out.push(pre);
+          }
+        }
+        if (!part) return;
+        if (block) {
+          block.append(document.createTextNode(part));
+          return;
+        }
+        part.split(/(`[^`\n]+`)/).forEach((bit) => {
+          if (/^`[^`\n]+`$/.test(bit)) put(el("code", "", bit.slice(1, -1)));
+          else if (bit) put(document.createTextNode(bit));
+        });
+      });
+    }
+    return out;
+  }
+
   form.addEventListener("submit", (e) => {
     e.preventDefault();
     const text = question.value.trim();
@@ -80,7 +117,7 @@
       t.status.textContent = m.message;
       send.disabled = false;
     } else if (m.type === "done") {
-      t.answer.replaceChildren(...m.segments.map((s) => (s.path ? link(s.text, s.path, s.line, s.endLine) : document.createTextNode(s.text))));
+      t.answer.replaceChildren(...render(m.segments));
       t.answer.classList.add("done");
       t.status.remove();
       if (m.notice) t.turn.append(el("div", "notice", m.notice));
