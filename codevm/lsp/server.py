@@ -337,8 +337,11 @@ def _index_workspace(ls: CodevmLanguageServer, engines: list[EngineHandle], toke
         try:
             report_ = engine.index(progress=report)
             # a run that read a file from the disk while its buffer was being indexed
-            # (opened or edited meanwhile) put the disk's text back: the buffers win again
-            for uri in list(ls.workspace.text_documents):
+            # (opened or edited meanwhile) put the disk's text back: the buffers that
+            # differ from the disk (the unsaved ones) win again
+            with ls._unsaved_lock:
+                unsaved = sorted(ls.unsaved)
+            for uri in unsaved:
                 if (found := ls.locate(uri)) is not None and found[0] is engine:
                     ls.update_now(uri)
             engine.warm_up()  # the first edit or search then answers at full speed

@@ -20,7 +20,9 @@ from typing_extensions import TypedDict  # pydantic reads this one on Python < 3
 
 from codevm.api import (
     CodeText,
+    EmbeddingProgress,
     EngineAPI,
+    IndexReport,
     MessageRecord,
     Note,
     PageInfo,
@@ -238,8 +240,8 @@ def _miss(what: str, suggestions: list[str]) -> str:
 
 
 # -- the tools ---------------------------------------------------------------------------
-def ranking(engine: EngineAPI) -> str:
-    vectors = engine.embedding_progress()
+def ranking(vectors: EmbeddingProgress) -> str:
+    """How search ranks, from how far the vectors are."""
     if vectors.complete:
         return "keyword + vectors"
     if vectors.partial:
@@ -265,7 +267,7 @@ def search_code(engine: EngineAPI, query: str, k: int = 10, language: str | None
     window = hits[offset: offset + k]
     more = len(hits) > offset + k
     top_code = engine.read_chunk(window[0].id).text if window and offset == 0 else None
-    how = ranking(engine)
+    how = ranking(engine.embedding_progress())
 
     def build(n: int, code: str | None = top_code) -> tuple[SearchResult, str]:
         items = [_hit(h, code if i == 0 else None) for i, h in enumerate(window[:n])]
@@ -516,7 +518,7 @@ def index_status(engine: EngineAPI, detail: bool = False) -> tuple[StatusResult,
     st = engine.status()
     out = StatusResult(files=st.files, chunks=st.chunks, symbols=st.symbols, languages=st.languages,
                        skipped=sum(st.skipped.values()), errors=len(st.errors), last_indexed_at=st.last_indexed_at,
-                       watching=st.watching, search=ranking(engine))
+                       watching=st.watching, search=ranking(st.embeddings))
     languages = ", ".join(f"{k} {v}" for k, v in list(st.languages.items())[:10])
     text = (f"{st.files} files ({languages}), {st.chunks} chunks, {st.symbols} symbols; "
             f"last indexed {st.last_indexed_at or 'never'}; search: {out['search']}; "
@@ -532,10 +534,8 @@ def index_status(engine: EngineAPI, detail: bool = False) -> tuple[StatusResult,
     return out, text
 
 
-def reindex_result(report: Any) -> tuple[IndexResult, str]:
-    d = to_dict(report)
-    assert isinstance(d, dict)
-    out = IndexResult(**{k: d[k] for k in IndexResult.__annotations__})  # type: ignore[typeddict-item]
-    return out, (f"{out['parsed']} files parsed, {out['unchanged']} unchanged, {out['deleted']} deleted, "
-                 f"{out['errors']} failed, {out['chunks']} chunks in {out['seconds']:.1f} s"
-                 + "".join(f"\n{m}" for m in d["messages"]))
+def reindex_result(r: IndexReport) -> tuple[IndexResult, str]:
+    out = IndexResult(parsed=r.parsed, unchanged=r.unchanged, deleted=r.deleted, errors=r.errors, chunks=r.chunks,
+                      seconds=r.seconds)
+    return out, (f"{r.parsed} files parsed, {r.unchanged} unchanged, {r.deleted} deleted, {r.errors} failed, "
+                 f"{r.chunks} chunks in {r.seconds:.1f} s" + "".join(f"\n{m}" for m in r.messages))
