@@ -440,6 +440,42 @@ def test_opened_text_is_indexed_and_unsaved_text_leaves_with_the_editor(project:
     stop_service(project)
 
 
+def test_an_edit_still_pending_at_shutdown_never_reaches_the_index(project: Path) -> None:
+    """A didChange whose debounced update had not run when the editor shut down used to run
+    after the shutdown's revert, and left text nobody saved in the shared index."""
+    import time
+
+    from codevm.service import RemoteEngine
+    from tests.helpers import wait_until
+
+    lsp = RawClient(project)
+    shapes = project / "src/py/shapes.py"
+    try:
+        lsp.start(project)
+        ids = iter(range(10, 1000))
+
+        def indexed() -> bool:
+            msg_id = next(ids)
+            lsp.send({"jsonrpc": "2.0", "id": msg_id, "method": "workspace/symbol", "params": {"query": "total_area"}})
+            return bool(lsp.reply_to(msg_id).get("result"))
+
+        wait_until(indexed, "the first index", timeout=60)
+        doc = {"uri": shapes.as_uri(), "languageId": "python", "version": 1, "text": shapes.read_text()}
+        lsp.send({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": doc}})
+        edited = shapes.read_text() + "\n\ndef typed_just_before_shutdown():\n    return 3\n"
+        lsp.send({"jsonrpc": "2.0", "method": "textDocument/didChange", "params": {
+            "textDocument": {"uri": doc["uri"], "version": 2}, "contentChanges": [{"text": edited}]}})
+        lsp.send({"jsonrpc": "2.0", "id": 3, "method": "shutdown", "params": None})
+        assert "error" not in lsp.reply_to(3)
+        time.sleep(1.0)  # the debounce (0.15 s) is long past; the server still runs, no exit yet
+        with RemoteEngine(project) as engine:
+            assert not engine.symbol("typed_just_before_shutdown")
+            assert engine.symbol("total_area")
+        lsp.send({"jsonrpc": "2.0", "method": "exit", "params": None})
+    finally:
+        lsp.close()
+
+
 def test_a_buffer_opened_while_the_workspace_is_indexed_keeps_its_text(project: Path) -> None:
     """The first index run reads every changed file from the disk; a buffer opened (or
     edited) meanwhile must not lose its text to it."""

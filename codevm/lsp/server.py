@@ -79,6 +79,10 @@ class CodevmLanguageServer(LanguageServer):
         # index is shared with the CLI and MCP, which must not see text nobody saved)
         self.unsaved: set[str] = set()
         self._unsaved_lock = threading.Lock()
+        # one update of a buffer at a time: a debounced update already running when the
+        # editor shuts down must not put its text back after the revert
+        self._update_lock = threading.Lock()
+        self._closing = False  # after shutdown, exit or a dropped connection: no more updates
 
     @property
     def engine(self) -> EngineHandle | None:
@@ -198,33 +202,39 @@ class CodevmLanguageServer(LanguageServer):
         timer.start()
 
     def update_now(self, uri: str, from_disk: bool = False) -> None:
-        if (found := self.locate(uri)) is None:
-            return
-        engine, rel = found
-        try:
-            text = None if from_disk else self.workspace.get_text_document(uri).source
-            report = engine.update_file(rel, text)
-            with self._unsaved_lock:
-                if from_disk:
-                    self.unsaved.discard(uri)
-                elif report.parsed:  # the index now holds text the disk does not
-                    self.unsaved.add(uri)
-        except CodevmError as e:
-            self.window_log_message(t.LogMessageParams(t.MessageType.Warning, str(e)))
+        with self._update_lock:
+            if self._closing or (found := self.locate(uri)) is None:
+                return
+            engine, rel = found
+            try:
+                text = None if from_disk else self.workspace.get_text_document(uri).source
+                report = engine.update_file(rel, text)
+                with self._unsaved_lock:
+                    if from_disk:
+                        self.unsaved.discard(uri)
+                    elif report.parsed:  # the index now holds text the disk does not
+                        self.unsaved.add(uri)
+            except CodevmError as e:
+                self.window_log_message(t.LogMessageParams(t.MessageType.Warning, str(e)))
 
     def revert_unsaved(self, only: EngineHandle | None = None) -> None:
-        """Every document indexed from the editor's text (in one project, or all) goes back
-        to the disk's."""
-        with self._unsaved_lock:
-            mine = {u for u in self.unsaved if only is None or ((f := self.locate(u)) and f[0] is only)}
-            uris, self.unsaved = sorted(mine), self.unsaved - mine
-        for uri in uris:
-            self.cancel_update(uri)
-            try:
-                if (found := self.locate(uri)) is not None:
-                    found[0].update_file(found[1], None)
-            except CodevmError as e:
-                log.warning("could not put %s back to the disk's text: %s", uri, e)
+        """Every document indexed from the editor's text (in one project, or all: the
+        editor is leaving, and no update runs after this) goes back to the disk's."""
+        if only is None:
+            self._closing = True
+            for uri in list(self._timers):
+                self.cancel_update(uri)
+        with self._update_lock:  # after an update already under way
+            with self._unsaved_lock:
+                mine = {u for u in self.unsaved if only is None or ((f := self.locate(u)) and f[0] is only)}
+                uris, self.unsaved = sorted(mine), self.unsaved - mine
+            for uri in uris:
+                self.cancel_update(uri)
+                try:
+                    if (found := self.locate(uri)) is not None:
+                        found[0].update_file(found[1], None)
+                except CodevmError as e:
+                    log.warning("could not put %s back to the disk's text: %s", uri, e)
 
     async def progress_token(self, token: str) -> None:
         """window/workDoneProgress/create, if the client said it shows progress; raises if
