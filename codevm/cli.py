@@ -13,22 +13,61 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from codevm import __version__
+from codevm import __version__, render
 from codevm.api import EmbeddingProgress, EngineHandle, to_dict
 from codevm.api import Progress as IndexProgress
 from codevm.errors import CodevmError, ProjectNotFound
 from codevm.project import find_root
 from codevm.service import open_engine, service_info, stop_service
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+class Printer:
+    """Prints a line to stdout or stderr. Styles come from click.style (dropped when the
+    output is not a terminal), never from markup in the text: a path, note or title
+    holding "[/x]" is printed as it is. rich, for progress bars only, is imported on first
+    use (importing it costs a quick command more than the rest of its start-up)."""
+
+    def __init__(self, stderr: bool = False):
+        self.stderr = stderr
+        self._console: Any = None
+
+    @property
+    def console(self) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self.stderr, highlight=False, soft_wrap=True)
+        return self._console
+
+    def print(self, text: str = "", end: str = "\n") -> None:
+        click.echo(text + end, nl=False, err=self.stderr)
+
+
+def bold(text: str) -> str:
+    return click.style(text, bold=True)
+
+
+def dim(text: str) -> str:
+    return click.style(text, dim=True)
+
+
+out = Printer()
+err = Printer(stderr=True)
+
+
+def _progress(*columns: str, disable: bool) -> Any:
+    """A transient progress bar on stderr: a description column, then `columns` of
+    bar, count, detail and elapsed time."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    made = {"bar": BarColumn, "count": MofNCompleteColumn, "elapsed": TimeElapsedColumn}
+    return Progress(*[made[c]() if c in made else TextColumn(c) for c in columns],
+                    console=err.console, transient=True, disable=disable)
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"codevm: error: {message}", markup=False)
+    err.print(f"codevm: error: {message}")
     sys.exit(code)
 
 
@@ -56,6 +95,14 @@ def engine_at(start: str = ".", root: Path | None = None) -> Iterator[EngineHand
         yield engine
 
 
+def _emit(rendered: render.Rendered) -> None:
+    """Print what codevm/render.py made; exit with its code when that is not 0."""
+    for to_err, text in rendered.lines:
+        (err if to_err else out).print(text)
+    if rendered.code:
+        sys.exit(rendered.code)
+
+
 def _print_json(data: object) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
@@ -77,7 +124,7 @@ def _rebuild(root: Path) -> None:
     lost = "; ".join(f"{table}: {why}" for table, why in report.lost.items())
     err.print(f"rebuilt the database: kept {kept}" + (f" (unreadable: {lost})" if lost else "")
               + (f"; the old file is {report.moved_to}, what could be read of it {report.exported_to}"
-                 if report.moved_to else ""), markup=False)
+                 if report.moved_to else ""))
 
 
 @main.command()
@@ -100,9 +147,8 @@ def index(path: str, as_json: bool, rebuild: bool) -> None:
         _rebuild(root)
     with engine_at(root=root) as engine:
         only = None if target == root else [str(target)]
-        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn())
-        with Progress(*columns, console=err, transient=True, disable=as_json) as bar:
+        with _progress("[bold]{task.description}", "bar", "count", "{task.fields[detail]}", "elapsed",
+                       disable=as_json) as bar:
             task = bar.add_task("scanning", total=None, detail="")
 
             def on_progress(p: IndexProgress) -> None:
@@ -114,11 +160,11 @@ def index(path: str, as_json: bool, rebuild: bool) -> None:
             _print_json(to_dict(report))
             return
         for message in report.messages[:20]:
-            err.print(f"warning: {message}", markup=False)
+            err.print(f"warning: {message}")
         out.print(
             f"indexed {root}: {report.parsed} parsed, {report.unchanged} unchanged, "
             f"{report.deleted} removed, {report.skipped} skipped, {report.errors} errors, "
-            f"{report.chunks} chunks in {report.seconds:.1f}s", markup=False)
+            f"{report.chunks} chunks in {report.seconds:.1f}s")
 
 
 @main.command()
@@ -135,19 +181,7 @@ def search(query: tuple[str, ...], k: int, language: str | None, path_glob: str 
     with engine_at() as engine:
         hits = engine.search(" ".join(query), k, language, path_glob, kind)
         vectors = None if as_json else engine.embedding_progress()  # JSON: hits only
-    if as_json:
-        _print_json(to_dict(hits))
-        return
-    if not hits:
-        out.print("no results")
-    for hit in hits:
-        symbol = f"  {hit.kind} {hit.symbol}" if hit.symbol else f"  {hit.kind}"
-        out.print(f"[bold]{hit.path}:{hit.start_line}-{hit.end_line}[/]{symbol}  "
-                  f"[dim]({hit.score:.2f})[/]")
-        for line in hit.snippet.split("\n"):
-            out.print(f"    {line}", markup=False)
-    if vectors is not None and vectors.partial:
-        err.print(f"[dim]{vectors.describe()}: results improve as embedding goes on[/]")
+    _emit(render.search(hits, vectors, as_json, render.ansi, render.ansi))
 
 
 @main.command()
@@ -157,9 +191,7 @@ def search(query: tuple[str, ...], k: int, language: str | None, path_glob: str 
 def embed(reset: bool, as_json: bool) -> None:
     """Give every chunk its dense vector now (the service also does it in the background)."""
     with engine_at() as engine:
-        columns = (TextColumn("[bold]embedding"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn())
-        with Progress(*columns, console=err, transient=True, disable=as_json) as bar:
+        with _progress("[bold]embedding", "bar", "count", "elapsed", disable=as_json) as bar:
             task = bar.add_task("embedding", total=None)
 
             def on_progress(p: EmbeddingProgress) -> None:
@@ -169,7 +201,7 @@ def embed(reset: bool, as_json: bool) -> None:
     if as_json:
         _print_json(to_dict(result))
         return
-    out.print(result.describe(), markup=False)
+    out.print(result.describe())
 
 
 @main.command()
@@ -180,14 +212,7 @@ def symbol(name: str, as_json: bool) -> None:
     """Where NAME (or Class.method) is defined."""
     with engine_at() as engine:
         found = engine.symbol(name)
-    if as_json:
-        _print_json(to_dict(found))
-        return
-    if not found:
-        _fail(f"no definition of {name!r} in the index")
-    for s in found:
-        out.print(f"{s.path}:{s.start_line}-{s.end_line}  {s.kind} {s.qualified_name}  "
-                  f"{s.signature}", markup=False)
+    _emit(render.symbol(found, name, as_json))
 
 
 @main.command()
@@ -198,14 +223,7 @@ def refs(name: str, as_json: bool) -> None:
     """Who calls or imports NAME."""
     with engine_at() as engine:
         found = engine.refs(name)
-    if as_json:
-        _print_json(to_dict(found))
-        return
-    if not found:
-        _fail(f"no reference to {name!r} in the index")
-    for r in found:
-        where = f" in {r.caller}" if r.caller else ""
-        out.print(f"{r.path}:{r.line}  {r.kind}{where}", markup=False)
+    _emit(render.refs(found, name, as_json))
 
 
 @main.command()
@@ -225,7 +243,7 @@ def show(location: str) -> None:
         code = engine.read(path, start, end)
     width = len(str(code.end_line))
     for number, line in enumerate(code.text.split("\n"), start=code.start_line):
-        out.print(f"{number:>{width}}  {line}", markup=False)
+        out.print(f"{number:>{width}}  {line}")
 
 
 @main.command()
@@ -247,27 +265,7 @@ def status(path: str, skipped: bool, as_json: bool) -> None:
             for item in left_out:
                 click.echo(f"{item.path}\t{item.reason}")  # tab-separated, for grep and cut
         return
-    if as_json:
-        _print_json(to_dict(st))
-        return
-    out.print(f"project    {st.root}", markup=False)
-    out.print(f"database   {st.database} ({st.database_bytes / 1e6:.1f} MB)", markup=False)
-    out.print(f"indexed    {st.files} files, {st.chunks} chunks, {st.symbols} symbols, "
-              f"{st.refs} references; last run {st.last_indexed_at or 'never'}", markup=False)
-    if st.languages:
-        out.print("languages  " + ", ".join(f"{k} {v}" for k, v in st.languages.items()),
-                  markup=False)
-    if st.skipped:
-        out.print("skipped    " + ", ".join(f"{k}: {v}" for k, v in st.skipped.items()),
-                  markup=False)
-    for e in st.errors:
-        out.print(f"error      {e}", markup=False)
-    watching = (f"watching files for changes, {st.pending_changes} pending" if st.watching
-                else st.watch_error or "not watching files")
-    out.print(f"updated    {st.last_updated_at or 'never'}; {watching}", markup=False)
-    out.print(f"vectors    {st.embeddings.describe().removeprefix('vectors: ')}", markup=False)
-    owner = "this process" if st.process == os.getpid() else "the codevm service"
-    out.print(f"served by  {owner} (pid {st.process})", markup=False)
+    _emit(render.status(st, as_json, os.getpid()))
 
 
 # -- the engine service --------------------------------------------------------------------
@@ -289,7 +287,7 @@ def model_check(as_json: bool) -> None:
     how = ("tool mode: it pages code and memory itself" if found.mode == "tools" else
            "pager-first: one answer over the code the pager chooses")
     out.print(f"{found.model} at {found.server} (context {found.context_length:,} tokens): "
-              f"{how} ({found.reason}; {found.seconds:.0f}s). Set ask_mode to override.", markup=False)
+              f"{how} ({found.reason}; {found.seconds:.0f}s). Set ask_mode to override.")
 
 
 @main.group()
@@ -308,14 +306,13 @@ def service_status(as_json: bool) -> None:
         _print_json({"running": info is not None, **(info or {})})
         return
     if info is None:
-        out.print(f"no service runs for {root}; the next command starts one", markup=False)
+        out.print(f"no service runs for {root}; the next command starts one")
         return
-    out.print(f"running    pid {info['pid']} since {info['started_at']} at {info['address']}",
-              markup=False)
+    out.print(f"running    pid {info['pid']} since {info['started_at']} at {info['address']}")
     out.print(f"clients    {info['clients']} connected, {info['calls']} calls served, "
-              f"exits after {info['idle_seconds']}s without clients", markup=False)
+              f"exits after {info['idle_seconds']}s without clients")
     out.print(f"watching   {'yes' if info['watching'] else 'no'}, "
-              f"{info['pending_changes']} changes pending", markup=False)
+              f"{info['pending_changes']} changes pending")
 
 
 @service.command("stop")
@@ -324,8 +321,7 @@ def service_stop() -> None:
     """Stop the project's service (clients start a new one when they need it)."""
     root = find_root(Path("."))
     info = stop_service(root)
-    out.print(f"stopped the service (pid {info['pid']})" if info else "no service was running",
-              markup=False)
+    out.print(f"stopped the service (pid {info['pid']})" if info else "no service was running")
 
 
 @service.command("run")
@@ -348,14 +344,14 @@ def _show_context(result: Any) -> None:
     width = 40
     filled = min(width, round(width * ctx.used / max(ctx.budget, 1)))
     colour = "red" if ctx.pressure else "green"
-    out.print(f"\n[bold]main context[/] {ctx.used}/{ctx.budget} tokens "
-              f"(num_ctx {ctx.num_ctx}) [{colour}]{'█' * filled}[/]{'░' * (width - filled)}")
+    out.print("\n" + bold("main context") + f" {ctx.used}/{ctx.budget} tokens (num_ctx {ctx.num_ctx}) "
+              + click.style('█' * filled, fg=colour) + '░' * (width - filled))
     for section in ctx.sections:
         out.print(f"  {section.name:<13} {section.tokens:>6} tok")
         for item in section.items:
-            out.print(f"      {item}", markup=False)
+            out.print(f"      {item}")
     if result.evicted_messages:
-        out.print(f"  [dim]{result.evicted_messages} messages evicted to recall storage[/]")
+        out.print("  " + dim(f"{result.evicted_messages} messages evicted to recall storage"))
 
 
 def _print_answer(result: Any, show_context: bool) -> None:
@@ -363,27 +359,27 @@ def _print_answer(result: Any, show_context: bool) -> None:
         if result.streamed:
             out.print()
         else:
-            out.print(result.answer, markup=False)
+            out.print(result.answer)
         if not result.cites_code and result.citations:
-            out.print(f"[dim]Sources: {', '.join(result.citations)}[/]")
+            out.print(dim(f"Sources: {', '.join(result.citations)}"))
         if result.truncated:
             err.print("codevm: the answer was cut at its length limit (raise answer_reserve for longer ones)")
         if not result.finished:
             err.print(f"codevm: the model did not finish within {len(result.steps)} steps: "
                       "this is what it had")
     else:
-        out.print("[bold]Code the pager selected for this question:[/]")
+        out.print(bold("Code the pager selected for this question:"))
         for page in result.pages:
-            out.print(f"\n[cyan]{page.citation}[/] {page.symbol} [dim]({page.reason})[/]")
-            out.print("\n".join(page.text.split("\n")[:12]), markup=False)
+            out.print("\n" + click.style(page.citation, fg="cyan") + f" {page.symbol} " + dim(f"({page.reason})"))
+            out.print("\n".join(page.text.split("\n")[:12]))
         what = "no model answered" if not result.model_used else "the model gave no answer"
-        err.print(f"codevm: {what}: {result.notice}", markup=False)
+        err.print(f"codevm: {what}: {result.notice}")
     if show_context:
         _show_context(result)
 
 
 def _status(text: str) -> None:
-    err.print(f"[dim]{text}[/]")
+    err.print(dim(text))
 
 
 @main.command()
@@ -398,7 +394,7 @@ def ask(question: tuple[str, ...], session: str | None, new_session: bool, budge
         show_context: bool, as_json: bool) -> None:
     """Answer QUESTION about the project with the local model and paged code."""
     with engine_at() as engine:
-        stream = None if as_json else (lambda text: out.print(text, end="", markup=False))
+        stream = None if as_json else (lambda text: out.print(text, end=""))
         result = engine.ask(" ".join(question), session=session, budget=budget,
                             on_text=stream, new_session=new_session,
                             on_status=None if as_json else _status)
@@ -424,7 +420,7 @@ def chat(session: str | None, budget: int | None) -> None:
     with engine_at() as engine:
         last = None
         current = session or (s[0].id if (s := engine.sessions(1)) else None)
-        out.print(f"[dim]codevm chat — session {current or '(new)'}; /help for commands[/]")
+        out.print(dim(f"codevm chat — session {current or '(new)'}; /help for commands"))
         while True:
             try:
                 line = click.prompt("", prompt_suffix="› ", default="", show_default=False).strip()
@@ -435,16 +431,16 @@ def chat(session: str | None, budget: int | None) -> None:
             if line in ("/quit", "/exit"):
                 break
             if line == "/help":
-                out.print(CHAT_HELP, markup=False)
+                out.print(CHAT_HELP)
             elif line == "/memory":
                 for block in engine.core_memory():
-                    out.print(f"[bold]{block.label}[/] ({len(block.value)}/{block.limit}): {block.value}")
+                    out.print(bold(block.label) + f" ({len(block.value)}/{block.limit}): {block.value}")
             elif line.startswith("/notes"):
                 for note in engine.search_notes(line[6:].strip() or "note"):
-                    out.print(f"[{note.id}] {note.text}", markup=False)
+                    out.print(f"[{note.id}] {note.text}")
             elif line in ("/pages", "/budget"):
                 if last is None:
-                    out.print("[dim]ask something first[/]")
+                    out.print(dim("ask something first"))
                 elif line == "/pages":
                     for page in last.pages:
                         out.print(f"{page.citation} {page.symbol} ({page.tokens} tok, {page.reason})")
@@ -452,10 +448,10 @@ def chat(session: str | None, budget: int | None) -> None:
                     _show_context(last)
             elif line == "/new":
                 current = engine.new_session().id
-                out.print(f"[dim]session {current}[/]")
+                out.print(dim(f"session {current}"))
             else:
                 last = engine.ask(line, session=current, budget=budget,
-                                  on_text=lambda text: out.print(text, end="", markup=False),
+                                  on_text=lambda text: out.print(text, end=""),
                                   new_session=current is None, on_status=_status)
                 current = last.session_id
                 _print_answer(last, False)
@@ -484,8 +480,8 @@ def memory_core(block: str | None, text: str | None, append: bool, as_json: bool
             _print_json(to_dict(blocks))
             return
         for b in blocks:
-            out.print(f"[bold]{b.label}[/] [dim]({len(b.value)}/{b.limit} chars; {b.description})[/]")
-            out.print(b.value or "[dim](empty)[/]", markup=not b.value)
+            out.print(bold(b.label) + " " + dim(f"({len(b.value)}/{b.limit} chars; {b.description})"))
+            out.print(b.value or dim("(empty)"))
 
 
 @memory.group("notes")
@@ -499,12 +495,13 @@ def _print_notes(notes: list[Any], as_json: bool) -> None:
         return
     for n in notes:
         anchor = f" {n.path}{'::' + n.symbol if n.symbol else ''}" if n.path else ""
-        stale = " [red]STALE[/]" if n.stale else ""
-        tags = f" [dim]#{' #'.join(n.tags)}[/]" if n.tags else ""
-        out.print(f"[bold][{n.id}][/]{stale}[cyan]{anchor}[/]{tags} [dim]{n.source} {n.updated_at}[/]")
-        out.print(f"    {n.text}", markup=False)
+        stale = " " + click.style("STALE", fg="red") if n.stale else ""
+        tags = " " + dim(f"#{' #'.join(n.tags)}") if n.tags else ""
+        out.print(bold(f"[{n.id}]") + stale + click.style(anchor, fg="cyan") + tags + " "
+                  + dim(f"{n.source} {n.updated_at}"))
+        out.print(f"    {n.text}")
     if not notes:
-        out.print("[dim]no notes[/]")
+        out.print(dim("no notes"))
 
 
 @memory_notes.command("add")
@@ -562,19 +559,18 @@ def memory_sessions(session_id: str | None, as_json: bool) -> None:
                 _print_json(to_dict(messages))
                 return
             for m in messages:
-                where = "" if m.in_context else " [dim](evicted)[/]"
-                out.print(f"[bold]{m.role}[/]{where} [dim]{m.created_at}[/]")
-                out.print(f"    {m.content[:2000]}", markup=False)
+                where = "" if m.in_context else " " + dim("(evicted)")
+                out.print(bold(m.role) + where + " " + dim(m.created_at))
+                out.print(f"    {m.content[:2000]}")
             return
         sessions = engine.sessions()
         if as_json:
             _print_json(to_dict(sessions))
             return
         for s in sessions:
-            out.print(f"[bold]{s.id}[/] {s.updated_at} [dim]{s.messages} messages[/] {s.title}",
-                      markup=True)
+            out.print(bold(s.id) + f" {s.updated_at} " + dim(f"{s.messages} messages") + f" {s.title}")
         if not sessions:
-            out.print("[dim]no sessions yet: codevm ask QUESTION[/]")
+            out.print(dim("no sessions yet: codevm ask QUESTION"))
 
 
 @memory.command("search")
@@ -593,8 +589,8 @@ def memory_search(query: tuple[str, ...], since: str | None, until: str | None, 
             _print_json(to_dict(found))
             return
         for m in found:
-            out.print(f"[bold]{m.session_id}[/] {m.role} [dim]{m.created_at}[/]")
-            out.print(f"    {m.content[:500]}", markup=False)
+            out.print(bold(m.session_id) + f" {m.role} " + dim(m.created_at))
+            out.print(f"    {m.content[:500]}")
 
 
 @main.command("mcp")
@@ -624,8 +620,7 @@ def mcp_command(project: str, transport: str, host: str, port: int) -> None:
 
             token, where, made = project_token(root)
             err.print(f"codevm mcp: http://{host}:{port}/mcp; clients send 'Authorization: Bearer <token>'"
-                      + (f": the token is {token} (kept in {where})" if made else f"; the token is in {where}"),
-                      markup=False)
+                      + (f": the token is {token} (kept in {where})" if made else f"; the token is in {where}"))
             # the HTTP server's access log writes to stdout; logs belong on stderr
             with contextlib.redirect_stdout(sys.stderr):
                 serve_http(server, host, port, token)

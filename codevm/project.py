@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from codevm.api import CodeText
 from codevm.errors import InvalidArgument, PathOutsideProject, ProjectNotFound
+
+if TYPE_CHECKING:  # the CLI's quick path imports this module, and not the API
+    from codevm.api import CodeText
 
 DATA_DIR = ".codevm"
 
@@ -73,6 +76,8 @@ def project_path(root: Path, path: str) -> str:
 def read_lines(root: Path, path: str, start_line: int | None = None,
                end_line: int | None = None) -> CodeText:
     """Lines of a project file as they are on disk."""
+    from codevm.api import CodeText
+
     rel = project_path(root, path)
     full = root / rel
     if not full.is_file():

@@ -17,9 +17,9 @@ LAYERS = [
     {"codevm.indexers"},
     {"codevm.retrieval"},
     {"codevm.memory"},
-    {"codevm.engine"},
+    {"codevm.engine", "codevm.render"},
     {"codevm.service"},
-    {"codevm.lsp", "codevm.mcp_server", "codevm.cli", "codevm.__main__"},
+    {"codevm.lsp", "codevm.mcp_server", "codevm.cli", "codevm.quick", "codevm.__main__"},
 ]
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from codevm.service import stop_service
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -77,6 +79,66 @@ def test_status_of_a_path_lists_what_is_left_out(indexed: Path, tmp_path: Path) 
     listed = json.loads(codevm(tmp_path, "status", str(indexed), "--skipped", "--json").stdout)
     assert {"path": "one_line.js", "reason": rows["one_line.js"]} in listed
     assert str(indexed) in codevm(tmp_path, "status", str(indexed)).stdout
+
+
+QUICK_RUN = """
+import sys
+from codevm.quick import run
+code = run(sys.argv[1:])
+heavy = sorted(m for m in sys.modules if m in ("click", "rich", "duckdb", "codevm.api", "codevm.cli"))
+assert not heavy, heavy
+sys.exit(99 if code is None else code)
+"""
+
+
+@pytest.mark.parametrize("args", [
+    ("symbol", "bracketed"), ("symbol", "HandleHealth", "--json"), ("refs", "total_area"),
+    ("search", "area", "-k", "3"), ("search", "greetLoudly", "--lang", "kotlin"),
+    ("search", "bracketed", "--path", "src/*"), ("status",), ("status", "--json"),
+    ("symbol", "no_such_symbol_anywhere"), ("search", ""),
+])
+def test_quick_commands_print_what_the_full_cli_prints(indexed: Path, args: tuple[str, ...]) -> None:
+    """symbol/refs/search/status go to the running service without importing click or the
+    engine's API (codevm/quick.py); what they print and their exit code are the full CLI's.
+    A path with rich markup in its name prints as it is."""
+    odd = indexed / "src" / "[bold]odd[/x]"
+    odd.mkdir(parents=True)  # a folder "[bold]odd[" holding "x]"
+    (odd / "m.py").write_text("def bracketed():\n    return '[/]'\n")
+    assert codevm(indexed, "index").returncode == 0  # starts the service
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    quick = subprocess.run([sys.executable, "-c", QUICK_RUN, *args], cwd=indexed, capture_output=True,
+                           text=True, timeout=60, env=env)
+    full = subprocess.run([sys.executable, "-c", "from codevm.cli import main; main()", *args], cwd=indexed,
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert quick.returncode != 99, "the quick path was not taken"
+    assert "Traceback" not in quick.stderr, quick.stderr
+    if args[-1] == "--json" and args[0] == "status":  # sizes and times move between the runs
+        assert json.loads(quick.stdout).keys() == json.loads(full.stdout).keys()
+    else:
+        assert (quick.returncode, quick.stdout, quick.stderr) == (full.returncode, full.stdout, full.stderr)
+    if args == ("symbol", "bracketed"):
+        assert quick.stdout.startswith("src/[bold]odd[/x]/m.py:1-2  function bracketed")
+
+
+def test_the_quick_path_leaves_to_the_full_cli_what_it_is_not_sure_of(indexed: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def quick(*args: str, **extra: str) -> int:
+        return subprocess.run([sys.executable, "-c", QUICK_RUN, *args], cwd=indexed, capture_output=True,
+                              text=True, timeout=60, env={**env, **extra}).returncode
+
+    assert codevm(indexed, "status").returncode == 0  # a service runs
+    assert quick("symbol", "HandleHealth") == 0
+    for args in (("symbol", "--help"), ("status", "--skipped"), ("search", "x", "-k", "many"),
+                 ("symbol", "a", "b"), ("show", "src/py/app.py"), ("index",)):
+        assert quick(*args) == 99, args
+    assert quick("symbol", "HandleHealth", CODEVM_SERVICE="0") == 99  # a setting that may turn it off
+    (indexed / ".codevm.toml").write_text("service = false\n")
+    assert quick("symbol", "HandleHealth") == 99
+    (indexed / ".codevm.toml").unlink()
+    stop_service(indexed)
+    assert quick("symbol", "HandleHealth") == 99  # no service: the full CLI starts one
+    assert "src/native/server.go:13-16" in codevm(indexed, "symbol", "HandleHealth").stdout
 
 
 def test_lsp_over_tcp_only_on_loopback(tmp_path: Path) -> None:

@@ -346,9 +346,9 @@ def test_a_call_that_may_have_run_is_not_run_twice(project: Path) -> None:
 
 
 def test_a_stopped_service_hangs_no_client(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from codevm.service import client as service_client
+    import codevm.service.wire as wire
 
-    monkeypatch.setattr(service_client, "HANDSHAKE_TIMEOUT", 1.0)  # 10 s in use
+    monkeypatch.setattr(wire, "HANDSHAKE_TIMEOUT", 1.0)  # 10 s in use
     files = ServiceFiles.of(project)
     with RemoteEngine(project) as engine:
         engine.index()

@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from multiprocessing.connection import Client, Connection, answer_challenge, deliver_challenge
-from multiprocessing.context import AuthenticationError
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import codevm.service.wire as wire
 from codevm.api import (
     IDEMPOTENT_METHODS,
     AskResult,
@@ -55,7 +53,6 @@ from codevm.service.files import ServiceFiles, lock_held
 from codevm.service.protocol import CallbackRef, build_id, receive, send
 
 START_TIMEOUT = 30.0  # seconds to wait for a service to answer (it may replay a big log)
-HANDSHAKE_TIMEOUT = 10.0  # a service that takes the connection but never answers it is stuck
 # seconds a quick call may take (a stopped or wedged service must not hang `status`);
 # the calls that work for long (LONG_CALLS) wait as long as the service runs
 CALL_TIMEOUT = 120.0
@@ -71,73 +68,6 @@ class NotDelivered(Exception):
 
 class BrokenCall(Exception):
     """The service went away while it had the request: it may or may not have run it."""
-
-
-def _address(info: dict[str, Any]) -> Any:
-    address = info["address"]
-    return tuple(address) if isinstance(address, list) else address
-
-
-def _connect_once(files: ServiceFiles) -> Connection | None:
-    info = files.read_info()
-    if info is None:
-        return None
-    try:
-        key = files.key.read_bytes()
-        if info["family"] not in ("AF_UNIX", "AF_INET"):
-            return Client(_address(info), info["family"], authkey=key)
-        return _handshake(_address(info), info["family"], key)
-    except TimeoutError:
-        raise ServiceUnavailable(_stuck(info, files, f"did not answer within {HANDSHAKE_TIMEOUT:.0f}s")) from None
-    except (OSError, EOFError, KeyError, AuthenticationError):
-        return None  # gone, stale, or replaced between reading its files: look again
-
-
-def _handshake(address: Any, family: str, key: bytes) -> Connection:
-    """multiprocessing's Client, but a service that never answers fails in HANDSHAKE_TIMEOUT
-    (a stopped process's socket still takes connections: Client would wait forever)."""
-    sock = socket.socket(getattr(socket, family))
-    try:
-        sock.settimeout(HANDSHAKE_TIMEOUT)
-        sock.connect(address)
-        sock.settimeout(None)
-        _receive_timeout(sock, HANDSHAKE_TIMEOUT)
-        conn = Connection(sock.detach())
-    finally:
-        sock.close()
-    try:
-        answer_challenge(conn, key)
-        deliver_challenge(conn, key)
-    except BlockingIOError:  # the receive timeout
-        conn.close()
-        raise TimeoutError from None
-    except BaseException:
-        conn.close()
-        raise
-    with socket.socket(fileno=os.dup(conn.fileno())) as same:
-        _receive_timeout(same, 0)  # replies are awaited with poll() from here on
-    return conn
-
-
-def _receive_timeout(sock: socket.socket, seconds: float) -> None:
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", int(seconds), 0))
-
-
-def _process_state(pid: int) -> str | None:
-    """'R', 'S', 'T' (stopped) ... from /proc; None when no such process (or no /proc)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0].decode()
-    except (OSError, IndexError):
-        return None
-
-
-def _stuck(info: dict[str, Any] | None, files: ServiceFiles, what: str) -> str:
-    pid = int((info or {}).get("pid") or 0)
-    state = _process_state(pid) if pid else None
-    why = f" (it is stopped: kill -CONT {pid} resumes it)" if state in ("T", "t") else ""
-    return (f"the codevm service (pid {pid or '?'}) {what}{why}; `codevm service stop` ends it "
-            f"(log: {files.log})")
 
 
 def _spawn(root: Path, files: ServiceFiles) -> tuple[subprocess.Popen, int]:
@@ -179,14 +109,14 @@ def connect(root: Path, files: ServiceFiles | None = None) -> Connection:
     info = files.read_info()
     if info is not None and info.get("build") != build_id():
         stop_service(root)  # a service running other code (an upgrade, an edit): replace it
-    conn = _connect_once(files)
+    conn = wire.connect_once(files)
     if conn is not None:
         return conn
     process, offset = _spawn(root, files)
     deadline = time.monotonic() + START_TIMEOUT
     delay = 0.005
     while True:
-        conn = _connect_once(files)
+        conn = wire.connect_once(files)
         if conn is not None:
             return conn
         code = process.poll()
@@ -205,7 +135,7 @@ def connect(root: Path, files: ServiceFiles | None = None) -> Connection:
 def _exchange(conn: Connection, message: tuple, callbacks: list[Callable[..., Any]],
               wait: Callable[[Connection], None] | None = None) -> tuple[str, Any]:
     """Send one request and serve its callbacks: ("result", value) or ("raise", error).
-    `wait` returns when a reply is there to read, or raises (default: HANDSHAKE_TIMEOUT)."""
+    `wait` returns when a reply is there to read, or raises (default: wire.HANDSHAKE_TIMEOUT)."""
     try:
         send(conn, message)
     except (EOFError, OSError) as e:
@@ -215,8 +145,8 @@ def _exchange(conn: Connection, message: tuple, callbacks: list[Callable[..., An
         try:
             if wait is not None:
                 wait(conn)
-            elif not conn.poll(HANDSHAKE_TIMEOUT):
-                raise BrokenCall(f"no reply within {HANDSHAKE_TIMEOUT:.0f}s")
+            elif not conn.poll(wire.HANDSHAKE_TIMEOUT):
+                raise BrokenCall(f"no reply within {wire.HANDSHAKE_TIMEOUT:.0f}s")
             reply = receive(conn)
         except (EOFError, OSError) as e:
             raise BrokenCall(e) from None
@@ -424,14 +354,15 @@ class RemoteEngine:
             stopped_since = None
             while not conn.poll(POLL_SECONDS):
                 info = self.files.read_info()
-                state = _process_state(int(info["pid"])) if info and info.get("pid") else "?"
+                state = wire.process_state(int(info["pid"])) if info and info.get("pid") else "?"
                 if state is None:
                     raise BrokenCall("the service's process is gone")
                 stopped_since = (stopped_since or time.monotonic()) if state in ("T", "t") else None
-                if stopped_since and time.monotonic() - stopped_since > HANDSHAKE_TIMEOUT:
-                    raise ServiceUnavailable(_stuck(info, self.files, f"stopped while running {method or 'a call'}"))
+                if stopped_since and time.monotonic() - stopped_since > wire.HANDSHAKE_TIMEOUT:
+                    raise ServiceUnavailable(
+                        wire.stuck(info, self.files, f"stopped while running {method or 'a call'}"))
                 if limit is not None and time.monotonic() - started > limit:
-                    raise ServiceUnavailable(_stuck(info, self.files, f"did not answer {method or 'a call'} "
+                    raise ServiceUnavailable(wire.stuck(info, self.files, f"did not answer {method or 'a call'} "
                                                     f"within {limit:.0f}s"))
         return wait
 
@@ -477,7 +408,7 @@ def open_engine(root: Path, settings: Settings | None = None) -> EngineHandle:
 
 def _once(files: ServiceFiles, request: str) -> dict[str, Any] | None:
     """One service-level request ("info", "stop") to a running service; None if none answers."""
-    conn = _connect_once(files)
+    conn = wire.connect_once(files)
     if conn is None:
         return None
     try:

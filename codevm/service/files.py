@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +31,23 @@ except ImportError:  # Windows
 MAX_SOCKET_PATH = 100  # bytes; Unix socket paths are limited to ~104-108
 
 
-@dataclass(frozen=True)
 class ServiceFiles:
-    folder: Path
+    """Where a project's service keeps its files. (A plain class: importing dataclasses
+    costs the CLI's quick path, which imports this module, ~10 ms.)"""
+
+    __slots__ = ("folder",)
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ServiceFiles) and other.folder == self.folder
+
+    def __hash__(self) -> int:
+        return hash(self.folder)
+
+    def __repr__(self) -> str:
+        return f"ServiceFiles({str(self.folder)!r})"
 
     @classmethod
     def of(cls, root: Path) -> ServiceFiles:
@@ -61,6 +73,8 @@ class ServiceFiles:
         path = str(self.folder / "service.sock")
         if len(path.encode()) <= MAX_SOCKET_PATH:
             return path
+        import tempfile  # only for a long path: the CLI's quick path would pay for it
+
         private = Path(tempfile.gettempdir()) / f"codevm-{os.getuid()}"
         private.mkdir(mode=0o700, exist_ok=True)
         st = private.stat()

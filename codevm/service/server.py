@@ -24,7 +24,7 @@ from multiprocessing.context import AuthenticationError
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from codevm import __version__
+from codevm import __version__, render
 from codevm.api import API_METHODS
 from codevm.config import Settings
 from codevm.errors import CodevmError, InvalidArgument
@@ -269,6 +269,8 @@ class Service:
         kind = message[0] if isinstance(message, tuple) and message else None
         if kind == "call" and len(message) == 4:
             return self._call(conn, *message[1:])
+        if kind == "render" and len(message) == 3:  # a quick command of the CLI (codevm/quick.py)
+            return self._call(conn, "render", (message[1], message[2]), {})
         if kind == "info":
             send(conn, ("result", self.info()))
             return True
@@ -287,14 +289,19 @@ class Service:
             self.active_calls += 1
             self.calls += 1
         try:
-            if method not in API_METHODS or not isinstance(args, tuple) or not isinstance(kwargs, dict):
-                raise InvalidArgument(f"the engine has no method {str(method)[:40]!r}")
+            if method == "render" and isinstance(args, tuple) and len(args) == 2:
+                if self.engine is None:
+                    raise CodevmError("the service has not opened its database yet")
+                value = render.command(self.engine, *args)
+            else:
+                if method not in API_METHODS or not isinstance(args, tuple) or not isinstance(kwargs, dict):
+                    raise InvalidArgument(f"the engine has no method {str(method)[:40]!r}")
 
-            def bind(value: Any) -> Any:
-                return self._callback(conn, value.index) if isinstance(value, CallbackRef) else value
+                def bind(value: Any) -> Any:
+                    return self._callback(conn, value.index) if isinstance(value, CallbackRef) else value
 
-            value = getattr(self.engine, method)(*map(bind, args),
-                                                 **{k: bind(v) for k, v in kwargs.items()})
+                value = getattr(self.engine, method)(*map(bind, args),
+                                                     **{k: bind(v) for k, v in kwargs.items()})
             reply: tuple = ("result", value)
         except CallbackFailed:
             reply = ("callback_failed",)
