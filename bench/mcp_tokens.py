@@ -51,7 +51,7 @@ CAP = 64_000
 NEED_LINES = 40
 CONTEXT_LINES = 20
 ESTIMATE = TokenEstimator()
-VERSION = 1  # of the row format and the strategies: rows of another version are made again
+VERSION = 2  # of the row format and the strategies (2: the learned ranker orders context_for)
 
 STOP = set("""a an the and or but if then else when while for to of in on at by with from into
 onto is are was were be been being this that these those it its as not no can could should would

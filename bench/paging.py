@@ -96,23 +96,30 @@ class Kept:
         return fill([Candidate(cid, score, name) for cid, score, _ in items], self.pages, budget)
 
 
-def evaluate(engine: Engine, instance: dict) -> dict:
-    """Keeps the signals (as deep as each budget ranks them) and their chunks' pages;
-    checks that the kept rankings make the pager's own working sets."""
+def kept_signals(engine: Engine, instance: dict, budgets: tuple[int, ...] = BUDGETS) -> dict:
+    """An instance's row of the signals' rankings, as deep as each budget ranks them, and
+    the pages of the chunks in them (what `Kept` reads)."""
     question = instance["query"]
-    depths = sorted({signal_depth(min(1000, 2 * search_depth(b))) for b in BUDGETS})
+    depths = sorted({signal_depth(min(1000, 2 * search_depth(b))) for b in budgets})
     by_depth = {d: engine.retriever.signals(question, depth=d)[1] for d in depths}
     ids = {cid for signals in by_depth.values() for ranked in signals.values() for cid, _, _ in ranked.items}
     pages = engine.pager.page_map(ids)
     kinds = dict(engine.store.cursor().execute(
         f"SELECT id, kind FROM chunks WHERE id IN ({', '.join(map(str, ids)) or 'NULL'})").fetchall())
-    row: dict[str, object] = {
+    return {
         "id": instance["id"],
         "signals": {str(d): {name: [[cid, score] for cid, score, _ in ranked.items]
                              for name, ranked in signals.items()} for d, signals in by_depth.items()},
         "chunks": {str(cid): [p.path, p.symbol, kinds[cid], p.start_line, p.end_line, p.tokens,
                               p.text.count("\n") + 1]
                    for cid, p in pages.items()}}
+
+
+def evaluate(engine: Engine, instance: dict) -> dict:
+    """Keeps the signals (as deep as each budget ranks them) and their chunks' pages;
+    checks that the kept rankings make the pager's own working sets."""
+    question = instance["query"]
+    row = kept_signals(engine, instance)
     kept = Kept(row)
     differ = 0
     for budget in BUDGETS:

@@ -56,6 +56,9 @@ class Settings:
     weight_vector: float = 0.5  # with all-MiniLM-L6-v2: see the notes of issue 7
     weight_text: float = 0.2  # scales text chunks (docs, prose, config) against code
     weight_file: float = 0.5  # share of its file's next best hits that a file's best gains
+    # how the pager orders candidates: "learned" (a model trained on commits mined from
+    # git history, bench/ranker.py) or "fusion" (the weights above, with a file prior)
+    ranker: str = "learned"
     # dense vectors: "auto" uses Ollama's embed_model when that Ollama server has it,
     # "ollama" and "local" (in-process sentence-transformers, the local-embeddings extra)
     # always, "off" never

@@ -50,6 +50,7 @@ from codevm.memory.pager import HeuristicPager
 from codevm.memory.recall import Recall
 from codevm.project import data_folder, database_path, find_root, project_path, read_lines
 from codevm.retrieval.fusion import weights
+from codevm.retrieval.ranker import MODEL_FILE, Model
 from codevm.retrieval.retriever import Retriever
 from codevm.retrieval.symbols import Symbols
 from codevm.retrieval.vectors import Vectors
@@ -107,6 +108,7 @@ class Engine:
         self.root = root.resolve()
         self.settings = settings or Settings.load(self.root)
         self.background_embedding = background_embedding
+        ranker = _ranker(self.settings)  # a bad setting fails before the database is opened
         data_folder(self.root)
         self.store = Store(database_path(self.root))
         self.index_tables = IndexTables(self.store)
@@ -118,7 +120,7 @@ class Engine:
         self.vectors = Vectors(self.store, self.settings)
         self.retriever = Retriever(self.store.cursor, self.store.terms, weights(self.settings),
                                    self.vectors)
-        self.pager = HeuristicPager(self.store, self.retriever, TokenEstimator())
+        self.pager = HeuristicPager(self.store, self.retriever, TokenEstimator(), ranker)
         self.changes: ChangeMonitor | None = None
         self._indexed = False  # once indexed, a project stays indexed
         self._index_lock = threading.Lock()
@@ -389,3 +391,10 @@ class Engine:
         # pages from a small local model is for `ask`)
         pages = self.pager.prefetch(question, max_tokens, floor=0.0)
         return [ask.page_info(p) for p in sorted(pages, key=lambda p: -p.relevance)]
+
+
+def _ranker(settings: Settings) -> Model | None:
+    """The learned ranker the settings ask for (None: the hand-weighted fusion)."""
+    if settings.ranker not in ("learned", "fusion"):
+        raise InvalidArgument(f"setting 'ranker' must be learned or fusion, got {settings.ranker!r}")
+    return Model.load(MODEL_FILE) if settings.ranker == "learned" else None

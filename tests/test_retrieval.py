@@ -9,6 +9,7 @@ import pytest
 from codevm.api import SearchHit
 from codevm.config import Settings
 from codevm.engine import Engine
+from codevm.errors import InvalidArgument
 from codevm.retrieval.fusion import Ranked, Scored, fuse
 from codevm.retrieval.graph import graph_signal
 from codevm.retrieval.named import named_signal
@@ -182,3 +183,54 @@ def test_a_file_where_many_chunks_match_outranks_a_single_hit(tmp_path) -> None:
     assert [h.path for h in hits[:2]] == ["cache.py", "sweep.py"]
     assert hits[0].score > alone[1].score
     assert {(h.symbol, h.score) for h in hits[2:]} == {(h.symbol, h.score) for h in alone[2:]}
+
+
+def test_the_shipped_ranker_scores_as_lightgbm_did() -> None:
+    """The learned ranker ships as plain trees evaluated with numpy; the rows kept with it
+    carry the scores LightGBM gave them when it was trained (bench/ranker.py)."""
+    import json
+
+    import numpy as np
+
+    from codevm.retrieval.ranker import MODEL_FILE, Model, feature_names
+
+    data = json.loads(MODEL_FILE.read_text())
+    model = Model(data)
+    assert data["features"] == feature_names() and len(data["checks"]) >= 5
+    rows = np.array([row for row, _ in data["checks"]])
+    expected = np.array([score for _, score in data["checks"]])
+    assert np.max(np.abs(model.score(rows) - expected)) < 1e-6
+    assert len(set(np.round(expected, 6))) > 1  # the checks tell rows apart
+    assert set(data["trained_on"]["repositories"]).isdisjoint(
+        {"django/django", "sympy/sympy", "psf/requests", "pallets/flask"})  # evaluation only
+
+
+def test_ranker_features_describe_signals_file_and_chunk() -> None:
+    from codevm.retrieval.ranker import ChunkInfo, feature_names, features
+
+    signals = {"lexical": Ranked([Scored(1, 8.0, "hit"), Scored(2, 4.0, "hit"), Scored(3, 2.0, "hit")]),
+               "named": Ranked([Scored(3, 1.0, "named a.py")]), "graph": Ranked([]), "vector": Ranked([])}
+    chunks = {1: ChunkInfo("a.py", "A.run", "method", 120, 10), 2: ChunkInfo("a.py", "A.run", "method", 90, 8),
+              3: ChunkInfo("tests/test_b.py", "test_b", "function", 40, 4)}
+    ids, rows = features(signals, chunks, {"lexical": 1.0, "named": 1.0, "file": 0.0})
+    named = feature_names()
+    row = {cid: dict(zip(named, r, strict=True)) for cid, r in zip(ids, rows, strict=True)}
+    assert set(ids) == {1, 2, 3} and row[1]["lexical_score"] == 1.0 and row[2]["lexical_score"] == 0.5
+    assert row[3]["named_has"] == 1.0 and row[1]["named_has"] == 0.0 and row[3]["test_path"] == 1.0
+    assert row[1]["same_symbol"] == 2.0 and row[3]["same_symbol"] == 1.0  # the split parts of A.run
+    assert row[1]["file_chunks"] == row[2]["file_chunks"] > row[3]["file_chunks"]
+    assert row[1]["kind_method"] == 1.0 and row[1]["name_length"] == 3.0 and row[1]["name_depth"] == 1.0
+
+
+@pytest.mark.parametrize("ranker", ["learned", "fusion"])
+def test_both_rankers_page_in_the_code_a_question_is_about(project: Path, ranker: str) -> None:
+    settings = Settings(embedder="off")
+    settings.ranker = ranker
+    with Engine(project, settings) as engine:
+        engine.index()
+        pages = engine.context_for("why does total_area of the shapes ignore an empty list?", 2000)
+        assert pages[0].relevance == 1.0 and all(0 < p.relevance <= 1.0 for p in pages)
+        assert "total_area" in [p.symbol for p in pages[:3]]
+    settings.ranker = "neural"
+    with pytest.raises(InvalidArgument, match="ranker"):
+        Engine(project, settings)
