@@ -6,7 +6,8 @@ bench/localization.py, sharing its cache); the issue text is the question. At bu
 2k, 4k, 8k and 16k tokens for the working set it reports the share of instances whose
 gold files (a chunk of each) and gold functions (each one's chunk; `imports` = a
 module-level chunk or the first chunk of the file) are in the working set, for the heuristic
-pager (the fusion of every retrieval signal, as `codevm ask` pages in) and, in the same run,
+pager with the fusion of every retrieval signal (`ranker = "fusion"`; the learned order that
+`codevm ask` uses by default is measured by bench/ranker.py) and, in the same run,
 for each signal alone filling the same budget (`lexical` is plain search). `edited` counts
 the functions that each fix edits (bench/gold.py), over the instances that edit one.
 
@@ -34,7 +35,7 @@ from codevm.config import Settings  # noqa: E402
 from codevm.engine import Engine  # noqa: E402
 from codevm.memory.budget import candidates_for as search_depth  # noqa: E402
 from codevm.memory.context import Page  # noqa: E402
-from codevm.memory.pager import FILE_PRIOR, Candidate, fill, with_file_prior  # noqa: E402
+from codevm.memory.pager import FILE_PRIOR, Candidate, HeuristicPager, fill, with_file_prior  # noqa: E402
 from codevm.retrieval.fusion import (  # noqa: E402
     SIGNALS,
     TEXT_KINDS,
@@ -122,9 +123,12 @@ def evaluate(engine: Engine, instance: dict) -> dict:
     row = kept_signals(engine, instance)
     kept = Kept(row)
     differ = 0
+    # the fusion's pager (ranker = "fusion"; bench/ranker.py measures the learned order),
+    # with no relevance floor, as the kept rankings make it
+    fusion = HeuristicPager(engine.store, engine.retriever, engine.pager.estimator)
     for budget in BUDGETS:
         started = time.perf_counter()
-        live = engine.pager.prefetch(question, budget)  # what `ask` pages in
+        live = fusion.prefetch(question, budget, floor=0.0)
         if budget == 8000:
             row["pager_ms"] = round((time.perf_counter() - started) * 1000, 1)
         differ += [p.key for p in live] != [p.key for p in kept.pager(budget, engine.retriever.weights)]
