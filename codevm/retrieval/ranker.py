@@ -111,8 +111,21 @@ class Model:
     def __init__(self, data: dict):
         if data.get("features") != feature_names():
             raise ValueError("the ranker model was trained on other features")
-        self.trees = [tuple(np.asarray(part) for part in tree) for tree in data["trees"]]
+        trees = data["trees"]
         self.checks = data.get("checks", [])
+        # every tree padded to the longest, so that all are walked at once, a level a step
+        width = max(len(t[0]) for t in trees)
+        leaves = max(len(t[4]) for t in trees)
+        self.feature = np.zeros((len(trees), width), dtype=np.int64)
+        self.threshold = np.zeros((len(trees), width))
+        self.left = np.zeros((len(trees), width), dtype=np.int64)
+        self.right = np.zeros((len(trees), width), dtype=np.int64)
+        self.value = np.zeros((len(trees), leaves))
+        for i, (feature, threshold, left, right, value) in enumerate(trees):
+            n = len(feature)
+            self.feature[i, :n], self.threshold[i, :n] = feature, threshold
+            self.left[i, :n], self.right[i, :n] = left, right
+            self.value[i, :len(value)] = value
 
     @classmethod
     def load(cls, path: Path) -> Model:
@@ -120,18 +133,18 @@ class Model:
 
     def score(self, x: np.ndarray) -> np.ndarray:
         """Scores of the rows of `x` (candidates x features), higher is better."""
-        total = np.zeros(len(x))
-        rows = np.arange(len(x))
-        for feature, threshold, left, right, value in self.trees:
-            node = np.zeros(len(x), dtype=np.int64)  # >= 0: a split; < 0: leaf ~node
-            inner = node >= 0
-            while inner.any():
-                at = node[inner]
-                go_left = x[rows[inner], feature[at]] <= threshold[at]
-                node[inner] = np.where(go_left, left[at], right[at])
-                inner = node >= 0
-            total += value[~node]
-        return total
+        if not len(x):
+            return np.zeros(0)
+        trees = np.arange(len(self.feature))[:, None]  # trees x 1
+        rows = np.arange(len(x))[None, :]  # 1 x rows
+        node = np.zeros((len(self.feature), len(x)), dtype=np.int64)  # >= 0: a split; < 0: leaf ~node
+        active = node >= 0
+        while active.any():
+            at = np.where(active, node, 0)
+            left = x[rows, self.feature[trees, at]] <= self.threshold[trees, at]
+            node = np.where(active, np.where(left, self.left[trees, at], self.right[trees, at]), node)
+            active = node >= 0
+        return self.value[trees, ~node].sum(axis=0)
 
 
 def _flatten(root: dict) -> list[list]:
