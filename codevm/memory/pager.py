@@ -98,27 +98,32 @@ class HeuristicPager:
         """Candidate pages, most relevant first: every retrieval signal's ranking (search
         hits, what the question names, the reference graph around them), ordered by the
         learned ranker, or fused by hand with the file prior."""
+        return self._ranked(question, k_search)[0]
+
+    def _ranked(self, question: str, k_search: int) -> tuple[list[Candidate], dict[int, Page]]:
+        """The candidates, and the pages already read for them (the learned ranker reads
+        every candidate's page; the fusion none)."""
         if not question.strip():
-            return []
+            return [], {}
         if self.model is not None:
             return self.learned(question, min(1000, 2 * k_search))
         fused, paths = self.retriever.retrieve(question, k=min(1000, 2 * k_search))
-        return with_file_prior(fused, paths)
+        return with_file_prior(fused, paths), {}
 
-    def learned(self, question: str, k: int) -> list[Candidate]:
+    def learned(self, question: str, k: int) -> tuple[list[Candidate], dict[int, Page]]:
         """The top `k` of the signals' candidates in the order of the sum of two ranks:
         the learned ranker's (codevm/retrieval/ranker.py, trained by bench/ranker.py) and
-        the hand-weighted fusion's with the file prior. (On held-out mined pairs and on
-        SWE-bench Lite the sum found the edited function in the top 10 more often than
-        either alone, and filled the 8k working set at least as well.) Relevance is
-        1 / (1 + (rank sum - the best one) / BLEND_SCALE)."""
+        the hand-weighted fusion's with the file prior, and the page of each candidate.
+        (On held-out mined pairs and on SWE-bench Lite the sum found the edited function in
+        the top 10 more often than either alone, and filled the 8k working set at least as
+        well.) Relevance is 1 / (1 + (rank sum - the best one) / BLEND_SCALE)."""
         import numpy as np
 
         assert self.model is not None
         _, signals = self.retriever.signals(question, depth=signal_depth(k))
         ids = {item.chunk_id for ranked in signals.values() for item in ranked.items}
         if not ids:
-            return []
+            return [], {}
         pages = self.page_map(ids)  # its tokens, as the ranker was trained with
         kinds = dict(self.store.cursor().execute(f"SELECT id, kind FROM chunks c {BY_IDS}",
                                                  {"ids": list(ids)}).fetchall())
@@ -127,12 +132,12 @@ class HeuristicPager:
         reasons: dict[int, str] = {}
         cids, rows = features(signals, chunks, self.retriever.weights, reasons)
         if not cids:
-            return []
+            return [], {}
         scores = self.model.score(np.array(rows, dtype=np.float64))
         order = blend(cids, rows, list(scores), {cid: chunks[cid].path for cid in cids})[:k]
         best = order[0][1]
         return [Candidate(cid, round(1.0 / (1.0 + (total - best) / BLEND_SCALE), 4), reasons[cid])
-                for cid, total in order]
+                for cid, total in order], pages
 
     def page_map(self, chunk_ids: Iterable[int], estimator: TokenEstimator | None = None) -> dict[int, Page]:
         """A page for each chunk, its tokens counted by `estimator` (the asking context's
@@ -161,5 +166,12 @@ class HeuristicPager:
                  estimator: TokenEstimator | None = None, floor: float = RELEVANCE_FLOOR) -> list[Page]:
         """The working set for a question before the model sees it: the most relevant pages
         that fit in `budget`, none scoring under `floor` of the best one."""
-        candidates = self.candidates(question, k_search=candidates_for(budget))
-        return self.pages([c for c in candidates if c.relevance >= floor], budget, have, estimator)
+        ranked, read = self._ranked(question, candidates_for(budget))
+        candidates = [c for c in ranked if c.relevance >= floor]
+        if not read:
+            return self.pages(candidates, budget, have, estimator)
+        # the pages the learned ranker read: counted again only for another estimator
+        pages = {c.chunk_id: read[c.chunk_id] for c in candidates if c.chunk_id in read}
+        if estimator is not None:
+            pages = {cid: replace(p, tokens=estimator.count(p.render())) for cid, p in pages.items()}
+        return fill(candidates, pages, budget, have)

@@ -112,7 +112,6 @@ class Model:
         if data.get("features") != feature_names():
             raise ValueError("the ranker model was trained on other features")
         trees = data["trees"]
-        self.checks = data.get("checks", [])
         # every tree padded to the longest, so that all are walked at once, a level a step
         width = max(len(t[0]) for t in trees)
         leaves = max(len(t[4]) for t in trees)
