@@ -293,14 +293,19 @@ def search_code(engine: EngineAPI, query: str, k: int = 10, language: str | None
     return result, text
 
 
-def _definition(engine: EngineAPI, d: SymbolInfo, include_body: bool, depth: int) -> Definition:
+def _definition(engine: EngineAPI, d: SymbolInfo, include_body: bool, depth: int,
+                outlines: dict[str, list[SymbolInfo]]) -> Definition:
+    """`d` as a tool result; with `depth`, its members from its file's outline (read once
+    per file into `outlines`)."""
     out = Definition(name=d.name, qualified_name=d.qualified_name, kind=d.kind, path=d.path,
                      start_line=d.start_line, end_line=d.end_line, signature=d.signature)
     if include_body:
         out["code"] = engine.read(d.path, d.start_line, d.end_line).text
     if depth > 0:
+        if d.path not in outlines:
+            outlines[d.path] = engine.outline(d.path)
         prefix = d.qualified_name + "."
-        out["members"] = [_definition(engine, m, False, 0) for m in engine.outline(d.path)
+        out["members"] = [_definition(engine, m, False, 0, outlines) for m in outlines[d.path]
                           if m.qualified_name.startswith(prefix) and m.qualified_name[len(prefix):].count(".") < depth]
     return out
 
@@ -325,16 +330,18 @@ def find_symbol(engine: EngineAPI, name: str | None = None, path: str | None = N
         raise InvalidArgument(f"depth must be between 0 and 3, got {depth}")
     if not name and not path:
         raise InvalidArgument("find_symbol needs a name, a path, or both")
+    outlines: dict[str, list[SymbolInfo]] = {}  # path -> its definitions, read once
     if name:
         found = engine.symbol(name, limit=200 if path else 20)
         if path:
             rel = engine.relative_path(path)
             found = [d for d in found if d.path == rel]
     else:
-        found = engine.outline(path or "")
+        rel = engine.relative_path(path or "")
+        found = outlines[rel] = engine.outline(rel)
         name = path or ""
     suggestions = [] if found or not name or path else near_names(engine, name)
-    definitions = [_definition(engine, d, include_body, depth) for d in found]
+    definitions = [_definition(engine, d, include_body, depth, outlines) for d in found]
     outline_only = bool(path) and not include_body
 
     def build(n: int, items: list[Definition] = definitions) -> tuple[SymbolResult, str]:
