@@ -10,6 +10,7 @@ project's files (watcher.py) and exits after a while without clients.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -289,19 +290,22 @@ class Service:
             self.active_calls += 1
             self.calls += 1
         try:
-            if method == "render" and isinstance(args, tuple) and len(args) == 2:
-                if self.engine is None:
-                    raise CodevmError("the service has not opened its database yet")
-                value = render.command(self.engine, *args)
+            engine = self.engine
+            if engine is None:  # connections are taken once it is open
+                raise CodevmError("the service has not opened its database yet")
+            if method == "render":  # a quick command of the CLI: its lines (codevm/render.py)
+                target = functools.partial(render.command, engine)
+            elif method in API_METHODS:
+                target = getattr(engine, method)
             else:
-                if method not in API_METHODS or not isinstance(args, tuple) or not isinstance(kwargs, dict):
-                    raise InvalidArgument(f"the engine has no method {str(method)[:40]!r}")
+                raise InvalidArgument(f"the engine has no method {str(method)[:40]!r}")
+            if not isinstance(args, tuple) or not isinstance(kwargs, dict):
+                raise InvalidArgument("a call's arguments must be a tuple and a dict")
 
-                def bind(value: Any) -> Any:
-                    return self._callback(conn, value.index) if isinstance(value, CallbackRef) else value
+            def bind(value: Any) -> Any:
+                return self._callback(conn, value.index) if isinstance(value, CallbackRef) else value
 
-                value = getattr(self.engine, method)(*map(bind, args),
-                                                     **{k: bind(v) for k, v in kwargs.items()})
+            value = target(*map(bind, args), **{k: bind(v) for k, v in kwargs.items()})
             reply: tuple = ("result", value)
         except CallbackFailed:
             reply = ("callback_failed",)
