@@ -5,10 +5,11 @@ Started by `codevm mcp`; logs go to stderr (stdout is the wire).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -40,6 +41,17 @@ LANGUAGES = Literal["python", "javascript", "typescript", "tsx", "go", "rust", "
 BLOCKS = Literal["project", "user", "task"]
 
 
+@contextlib.contextmanager
+def _tool_errors() -> Iterator[None]:
+    """Domain errors and undecodable text reach the client as tool errors with their message."""
+    try:
+        yield
+    except CodevmError as e:
+        raise ToolError(str(e)) from None
+    except UnicodeError as e:
+        raise ToolError(f"invalid text: {e}") from None
+
+
 def _tool(fn: Callable[..., Any]) -> Callable[..., Any]:
     """A tool body that returns (typed result, text), sync or async -> a tool that sends
     the result as structured content and the text as its content; domain errors reach the
@@ -55,21 +67,15 @@ def _tool(fn: Callable[..., Any]) -> Callable[..., Any]:
     if inspect.iscoroutinefunction(fn):
         @functools.wraps(fn)
         async def run_async(*args: Any, **kwargs: Any) -> Any:
-            try:
+            with _tool_errors():
                 return sent(await fn(*args, **kwargs))
-            except CodevmError as e:
-                raise ToolError(str(e)) from None
 
         wrapper: Callable[..., Any] = run_async
     else:
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
-            try:
+            with _tool_errors():
                 return sent(fn(*args, **kwargs))
-            except CodevmError as e:
-                raise ToolError(str(e)) from None
-            except UnicodeError as e:
-                raise ToolError(f"invalid text: {e}") from None
 
         wrapper = run
     wrapper.__signature__ = signature.replace(return_annotation=result_type)  # type: ignore[attr-defined]
