@@ -23,8 +23,8 @@ from codevm.service import open_engine, service_info, stop_service
 
 
 class Printer:
-    """Prints a line to stdout or stderr. Styles come from click.style (dropped when the
-    output is not a terminal), never from markup in the text: a path, note or title
+    """Prints a line to stdout or stderr. Styles are render.ansi's codes (click.echo drops
+    them when the output is not a terminal), never from markup in the text: a path, note or title
     holding "[/x]" is printed as it is. rich, for progress bars only, is imported on first
     use (importing it costs a quick command more than the rest of its start-up)."""
 
@@ -45,11 +45,11 @@ class Printer:
 
 
 def bold(text: str) -> str:
-    return click.style(text, bold=True)
+    return render.ansi(text, "bold")
 
 
 def dim(text: str) -> str:
-    return click.style(text, dim=True)
+    return render.ansi(text, "dim")
 
 
 out = Printer()
@@ -345,7 +345,7 @@ def _show_context(result: Any) -> None:
     filled = min(width, round(width * ctx.used / max(ctx.budget, 1)))
     colour = "red" if ctx.pressure else "green"
     out.print("\n" + bold("main context") + f" {ctx.used}/{ctx.budget} tokens (num_ctx {ctx.num_ctx}) "
-              + click.style('█' * filled, fg=colour) + '░' * (width - filled))
+              + render.ansi('█' * filled, colour) + '░' * (width - filled))
     for section in ctx.sections:
         out.print(f"  {section.name:<13} {section.tokens:>6} tok")
         for item in section.items:
@@ -370,7 +370,7 @@ def _print_answer(result: Any, show_context: bool) -> None:
     else:
         out.print(bold("Code the pager selected for this question:"))
         for page in result.pages:
-            out.print("\n" + click.style(page.citation, fg="cyan") + f" {page.symbol} " + dim(f"({page.reason})"))
+            out.print("\n" + render.ansi(page.citation, "cyan") + f" {page.symbol} " + dim(f"({page.reason})"))
             out.print("\n".join(page.text.split("\n")[:12]))
         what = "no model answered" if not result.model_used else "the model gave no answer"
         err.print(f"codevm: {what}: {result.notice}")
@@ -495,9 +495,9 @@ def _print_notes(notes: list[Any], as_json: bool) -> None:
         return
     for n in notes:
         anchor = f" {n.path}{'::' + n.symbol if n.symbol else ''}" if n.path else ""
-        stale = " " + click.style("STALE", fg="red") if n.stale else ""
+        stale = " " + render.ansi("STALE", "red") if n.stale else ""
         tags = " " + dim(f"#{' #'.join(n.tags)}") if n.tags else ""
-        out.print(bold(f"[{n.id}]") + stale + click.style(anchor, fg="cyan") + tags + " "
+        out.print(bold(f"[{n.id}]") + stale + render.ansi(anchor, "cyan") + tags + " "
                   + dim(f"{n.source} {n.updated_at}"))
         out.print(f"    {n.text}")
     if not notes:
