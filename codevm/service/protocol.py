@@ -75,7 +75,8 @@ def receive(conn: Connection) -> Any:
 
 @functools.cache
 def build_id() -> str:
-    """A hash of the names, sizes and modification times of codevm's own source files:
+    """A hash of the names, sizes and modification times of codevm's own source files
+    (and data: the ranker's model):
     the same for a client and a service only when both run the same code (an upgrade or
     an edit changes it). Stat, not content: reading every file cost a quick command 16 ms."""
     digest = hashlib.sha256()
@@ -87,7 +88,7 @@ def build_id() -> str:
                 if entry.is_dir(follow_symlinks=False):
                     if entry.name != "__pycache__":
                         stack.append(entry.path)
-                elif entry.name.endswith(".py"):
+                elif entry.name.endswith((".py", ".json")):  # code, and the ranker's model
                     st = entry.stat()
                     digest.update(f"{entry.path}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
     return digest.hexdigest()[:16]
