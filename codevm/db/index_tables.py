@@ -240,10 +240,10 @@ class IndexTables:
             refs=one("SELECT count(*) FROM refs"),
             languages=dict(con.execute(
                 "SELECT language, count(*) FROM files WHERE status = 'indexed' "
-                "GROUP BY 1 ORDER BY 2 DESC").fetchall()),
+                "GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()),
             skipped=dict(con.execute(
                 "SELECT regexp_replace(reason, ' \\(.*$', ''), count(*) FROM files "
-                "WHERE status = 'skipped' GROUP BY 1 ORDER BY 2 DESC").fetchall()),
+                "WHERE status = 'skipped' GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()),
             errors=[f"{p}: {r}" for p, r in con.execute(
                 "SELECT path, reason FROM files WHERE status = 'error' ORDER BY path LIMIT 50"
             ).fetchall()],
