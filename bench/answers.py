@@ -184,7 +184,7 @@ def identifier_recall(answer: str, reference: str) -> float | None:
 def _pages_prompt(engine: Engine, question: str, budget: Budget) -> str:
     """Plain RAG: the best BM25 chunks, in order, until the pager's share is full."""
     con = engine.store.cursor()
-    _, ranked = lexical(con, question, 100, terms=engine.store.terms)
+    _, ranked = lexical(con, engine.store.lexical, question, 100)
     pages = engine.pager.page_map([item.chunk_id for item in ranked], budget.estimator)
     used, parts = 0, []
     for item in ranked:

@@ -118,7 +118,7 @@ class Engine:
         self.core = CoreMemory(self.store)
         self.recall = Recall(self.store)
         self.vectors = Vectors(self.store, self.settings)
-        self.retriever = Retriever(self.store.cursor, self.store.terms, weights(self.settings),
+        self.retriever = Retriever(self.store.cursor, self.store.lexical, weights(self.settings),
                                    self.vectors)
         self.pager = HeuristicPager(self.store, self.retriever, TokenEstimator(), ranker)
         self.changes: ChangeMonitor | None = None
@@ -204,10 +204,8 @@ class Engine:
                 self.vectors.kick()
 
     def warm_up(self) -> None:
-        """Load what the first search or edit would load (the term dictionary, the
-        in-process embedding model, the vectors) and resume embedding where it stopped."""
-        with self.store.lock:
-            self.store.terms.load(self.store.cursor())
+        """Load what the first search or edit would load (the in-process embedding model,
+        the vectors) and resume embedding where it stopped."""
         self.vectors.preload()
         if self.background_embedding:
             self.vectors.kick()
@@ -237,7 +235,7 @@ class Engine:
     def search(self, query: str, k: int = 10, language: str | None = None,
                path_glob: str | None = None, kind: str | None = None) -> list[SearchHit]:
         self._require_index()
-        # no lock: committed terms only, so a search never waits for an index batch
+        # no lock: committed batches only, so a search never waits for an index batch
         return self.retriever.search(query, k, language, path_glob, kind)
 
     def symbol(self, name: str, limit: int = 50) -> list[SymbolInfo]:

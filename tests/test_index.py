@@ -133,12 +133,9 @@ def test_incremental_changes_deletions_and_renames(project: Path) -> None:
             assert not con.execute(
                 f"SELECT * FROM {table} WHERE path IN ('src/web/widget.js', 'src/native/parser.rs')"
             ).fetchall(), table
-        # postings of chunks that are gone never surface, and compaction removes them
+        # the lexical index holds the chunks that are there, and none that are gone
         assert all(h.path != "src/web/widget.js" for h in engine.search("CounterWidget", k=50))
-        orphans = ("SELECT count(*) FROM postings WHERE chunk_id NOT IN (SELECT id FROM chunks)")
-        assert con.execute(orphans).fetchone()[0] > 0
-        assert engine.index_tables.compact_postings(force=True)
-        assert con.execute(orphans).fetchone() == (0,)
+        assert engine.store.lexical.documents() == con.execute("SELECT count(*) FROM chunks").fetchone()[0]
         assert [h.path for h in engine.search("tokenize_input", k=1)] == ["src/native/lexer.rs"]
 
         # touched but unchanged: hashed, not re-parsed
@@ -223,50 +220,12 @@ def test_kill_9_mid_index_leaves_a_consistent_index_and_the_next_run_finishes(tm
         assert [h.symbol for h in engine.search("function_number_399", k=1)] == ["function_number_399"]
 
 
-def _postings(engine: Engine) -> set[tuple[str, str, int, int]]:
-    return set(engine.store.cursor().execute("""
-        SELECT t.term, c.path, c.ord, p.tf FROM postings p
-        JOIN chunks c ON c.id = p.chunk_id JOIN terms t ON t.id = p.term_id""").fetchall())
-
-
-def _index_rows(engine: Engine) -> dict[str, set[tuple]]:
-    """Everything the index holds, without ids and times."""
-    con = engine.store.cursor()
-    return {
-        "postings": _postings(engine),
-        "files": set(con.execute("SELECT * EXCLUDE (indexed_at) FROM files").fetchall()),
-        "chunks": set(con.execute("SELECT * EXCLUDE (id) FROM chunks").fetchall()),
-        "symbols": set(con.execute("SELECT * FROM symbols").fetchall()),
-        "refs": set(con.execute("SELECT * FROM refs").fetchall()),
-    }
-
-
-def test_small_and_bulk_batches_build_the_same_index(
-        project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from codevm.db import index_tables
-
-    add_bad_files(project)  # skipped by the walk and by the workers, and text replaced
-    with Engine(project) as engine:
-        engine.index()  # worker files, small batches: terms resolved in memory
-        reference = _index_rows(engine)
-    assert len(reference["postings"]) > 500 and len(reference["refs"]) > 20
-    assert any(f[5] == "skipped" for f in reference["files"])
-    # an empty field is '', never NULL: module-level code has no caller
-    assert ("src/py/shapes.py", "python", "math", "import", 3, "") in reference["refs"]
-    monkeypatch.setenv("CODEVM_HOME", str(tmp_path / "sql-home"))
-    monkeypatch.setattr(index_tables, "SMALL_BATCH_BYTES", 0)
-    with Engine(project) as engine:
-        engine.index()  # every batch joins with the terms table in SQL
-        assert _index_rows(engine) == reference
-
-
-def test_a_failed_batch_leaves_no_term_in_the_dictionary(
-        project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_batch_changes_neither_store(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from codevm.db.index_tables import IndexTables
+    from codevm.db.lexical import LexicalIndex
 
     with Engine(project) as engine:
         engine.index()
-        engine.search("warm")  # the term dictionary is in memory from now on
         shapes = project / "src/py/shapes.py"
         shapes.write_text(shapes.read_text() + "\ndef zanzibar_quokka():\n    return 1\n")
         real_load = IndexTables._load
@@ -278,16 +237,25 @@ def test_a_failed_batch_leaves_no_term_in_the_dictionary(
         monkeypatch.setattr(IndexTables, "_load", failing_load)
         with pytest.raises(OSError):
             engine.update_file("src/py/shapes.py")
-        assert engine.search("zanzibar_quokka") == []
+        assert engine.search("zanzibar_quokka") == [] and engine.symbol("zanzibar_quokka") == []
         monkeypatch.setattr(IndexTables, "_load", real_load)
-        engine.update_file("src/py/shapes.py")
-        hits = engine.search("zanzibar_quokka", k=1)
-        assert hits and hits[0].symbol == "zanzibar_quokka"
-        # the dictionary in memory agrees with the table
-        con = engine.store.cursor()
-        in_db = con.execute("SELECT id FROM terms WHERE term = 'zanzibar_quokka'").fetchone()
-        assert in_db and engine.store.terms.ids(con, ["zanzibar_quokka"]) == {
-            "zanzibar_quokka": in_db[0]}
+
+        # the database commits and tantivy fails: the next batch brings tantivy up to date
+        real_apply = LexicalIndex.apply
+
+        def failing_apply(self: LexicalIndex, *args: object, **kwargs: object) -> None:
+            raise OSError("disk full")
+
+        monkeypatch.setattr(LexicalIndex, "apply", failing_apply)
+        with pytest.raises(OSError):
+            engine.update_file("src/py/shapes.py")
+        assert [s.name for s in engine.symbol("zanzibar_quokka")] == ["zanzibar_quokka"]
+        assert not any(h.symbol == "zanzibar_quokka" for h in engine.search("zanzibar quokka"))
+        monkeypatch.setattr(LexicalIndex, "apply", real_apply)
+        (project / "src/py/other.py").write_text("def other_thing():\n    return 2\n")
+        engine.update_file("src/py/other.py")
+        assert [h.symbol for h in engine.search("zanzibar quokka", k=1)] == ["zanzibar_quokka"]
+        assert [h.symbol for h in engine.search("other thing", k=1)] == ["other_thing"]
 
 
 def test_repeated_edits_leave_no_stale_hits(engine: Engine) -> None:
@@ -295,38 +263,47 @@ def test_repeated_edits_leave_no_stale_hits(engine: Engine) -> None:
     base = shapes.read_text()
     for i in range(60):  # as an editor sends buffer after buffer
         engine.update_file("src/py/shapes.py", base + f"\ndef rotate_polygon(p):\n    return {i}\n")
-    # words, not the name: ranked by the postings, where 59 replaced copies still lie
+    # words, not the name: ranked by BM25, over an index where 59 copies were replaced
     hits = engine.search("rotate polygon", k=10)
     assert [h.symbol for h in hits].count("rotate_polygon") == 1
     con = engine.store.cursor()
-    assert con.execute("SELECT count(*) FROM dead_chunks").fetchone()[0] > 0
-    assert engine.index_tables.compact_postings(force=True)
-    assert con.execute("SELECT count(*) FROM dead_chunks").fetchone()[0] == 0
-    assert [h.symbol for h in engine.search("rotate polygon", k=10)].count("rotate_polygon") == 1
+    assert engine.store.lexical.documents() == con.execute("SELECT count(*) FROM chunks").fetchone()[0]
 
 
-def test_an_older_database_is_migrated_in_place(tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_older_database_is_migrated_in_place(tmp_path: Path) -> None:
+    import duckdb
+
     from codevm.db import migrations, store
 
     path = tmp_path / "index.duckdb"
-    with monkeypatch.context() as m:
-        m.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:6])  # as the previous release left it
-        old = store.Store(path)
-        old.con.execute("INSERT INTO refs VALUES ('a.py', 'python', 'os', 'import', 1, NULL)")
-        old.close()
+    con = duckdb.connect(str(path))
+    migrations.apply(con, migrations.MIGRATIONS[:6])  # as an older release left it
+    con.execute("INSERT INTO refs VALUES ('a.py', 'python', 'os', 'import', 1, NULL)")
+    con.execute("INSERT INTO chunks (id, path, ord, language, kind, name, qualified_name, start_line, "
+                "end_line, text, n_terms) VALUES (7, 'a.py', 0, 'python', 'function', 'grüße_quokka', "
+                "'grüße_quokka', 1, 2, 'def grüße_quokka(): pass', 5)")
+    con.execute("INSERT INTO terms VALUES (1, 'grüße_quokka'), (2, 'quokka')")
+    con.execute("INSERT INTO postings VALUES (1, 7, 3, 5), (2, 7, 2, 5)")
+    con.close()
     current = store.Store(path)
     try:
         applied = current.con.execute("SELECT id, name FROM migrations ORDER BY id").fetchall()
         assert [i for i, _ in applied] == list(range(1, len(migrations.MIGRATIONS) + 1))
         assert applied[6][1] == "m007_empty_strings_in_references"
         assert current.con.execute("SELECT caller FROM refs").fetchall() == [("",)]
+        # the postings became each chunk's terms, and tantivy's index was built from them
+        terms = current.con.execute("SELECT terms FROM chunks").fetchone()[0]
+        assert sorted(terms.split()) == ["grüße_quokka:3", "quokka:2"]
+        assert [cid for cid, _ in current.lexical.search({"quokka": 1.0}, 5)] == [7]
+        tables = {r[0] for r in current.con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        assert not tables & {"postings", "terms", "dead_chunks"}
     finally:
         current.close()
     again = store.Store(path)  # nothing left to apply: opening is idempotent
     try:
         assert again.con.execute("SELECT count(*) FROM migrations").fetchone()[0] == len(
             migrations.MIGRATIONS)
+        assert [cid for cid, _ in again.lexical.search({"grüße_quokka": 1.0}, 5)] == [7]
     finally:
         again.close()
 

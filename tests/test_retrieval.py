@@ -31,12 +31,12 @@ def test_named_signal_resolves_frames_dotted_names_and_paths(engine: Engine) -> 
     question = ('Traceback (most recent call last):\n  File "/home/me/src/py/shapes.py", line 22, '
                 'in total_area\nAttributeError: ...\nand Circle.scale returns the wrong radius; '
                 "see src/py/app.py")
-    ranked = named_signal(con, question, engine.store.terms)
+    ranked = named_signal(con, engine.store.lexical, question)
     names = _names(engine, [cid for cid, _, _ in ranked.items])
     reasons = [why for _, _, why in ranked.items]
     assert names[0] == "total_area" and reasons[0] == "traceback src/py/shapes.py:22"
     assert "Circle.scale" in names and "main" in names  # the dotted name, the named file
-    assert named_signal(con, "nothing here is written like code", engine.store.terms).items == []
+    assert named_signal(con, engine.store.lexical, "nothing here is written like code").items == []
 
 
 def test_graph_signal_walks_calls_callers_and_the_class(engine: Engine) -> None:
@@ -106,7 +106,7 @@ def test_named_signal_resolves_modules_error_messages_and_quoted_names(tmp_path)
         question = ("After upgrading, pkg.geometry.solids rejects a sphere:\n"
                     "ValueError: radius must be positive, got -2.5\n"
                     "and then `volume` returns nonsense")
-        ranked = named_signal(con, question, engine.store.terms)
+        ranked = named_signal(con, engine.store.lexical, question)
         why = {name: reason for name, (_, _, reason) in
                zip(_names(engine, [cid for cid, _, _ in ranked.items]), ranked.items)}
         assert why["check"] == "holds the error message"
@@ -114,7 +114,7 @@ def test_named_signal_resolves_modules_error_messages_and_quoted_names(tmp_path)
         assert why.get("unrelated", "").startswith("module src/pkg/geometry/solids.py")
         assert "noise" not in why
         # a message too common to point anywhere, and prose with no code, find nothing
-        assert named_signal(con, "it just returns the value", engine.store.terms).items == []
+        assert named_signal(con, engine.store.lexical, "it just returns the value").items == []
 
 
 def _search_as_setting_changes(root: Path, query: str, k: int, setting: str,

@@ -192,13 +192,3 @@ def test_test_files_yield_to_the_code_they_test_for_long_questions(engine: Engin
     engine.configure(Settings(weight_file=0.0))
     assert engine.search("which test sums the areas of many shapes", k=1)[0].path == "tests/test_shapes.py"
     assert engine.search("test_total_area_sums_areas_of_many_shapes", k=1)[0].path == "tests/test_shapes.py"
-
-
-def test_a_fresh_process_searches_before_its_term_dictionary_is_loaded(project: Path) -> None:
-    with Engine(project) as engine:
-        engine.index()
-    with Engine(project) as engine:
-        before = engine.search("total area of shapes", k=5)
-        assert before and not engine.store.terms.loaded  # looked up in SQL, nothing loaded
-        engine.warm_up()
-        assert engine.store.terms.loaded and engine.search("total area of shapes", k=5) == before

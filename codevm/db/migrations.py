@@ -109,9 +109,35 @@ def m007_empty_strings_in_references(con: duckdb.DuckDBPyConnection) -> None:
             con.execute(f"UPDATE {table} SET {column} = '' WHERE {column} IS NULL")
 
 
+def m008_lexical_index_in_tantivy(con: duckdb.DuckDBPyConnection) -> None:
+    # BM25 moves to tantivy (codevm/db/lexical.py); the database keeps each chunk's weighted
+    # terms, from which that index is made (again, when it is lost), rebuilt here from the
+    # postings. DuckDB cannot add a column to a table with indexes: the table is copied.
+    con.execute("""
+        CREATE TEMP TABLE chunk_terms AS
+        SELECT p.chunk_id AS id, string_agg(t.term || ':' || p.tf, ' ') AS terms
+        FROM postings p JOIN terms t ON t.id = p.term_id GROUP BY 1""")
+    con.execute("""
+        CREATE TABLE chunks_new AS
+        SELECT c.*, coalesce(ct.terms, '') AS terms FROM chunks c LEFT JOIN chunk_terms ct USING (id)
+        ORDER BY c.id""")
+    con.execute("DROP TABLE chunks")
+    con.execute("ALTER TABLE chunks_new RENAME TO chunks")
+    con.execute("DROP TABLE chunk_terms")
+    con.execute("CREATE INDEX chunks_id ON chunks (id)")
+    con.execute("CREATE INDEX chunks_name ON chunks (name)")
+    con.execute("CREATE INDEX chunks_qualified_name ON chunks (qualified_name)")
+    for table in ("postings", "terms", "dead_chunks"):
+        con.execute(f"DROP TABLE {table}")
+    con.execute("DROP SEQUENCE term_ids")
+    con.execute("DELETE FROM meta WHERE key = 'postings_sorted_rows'")
+    # the paths each index batch changed, until tantivy has committed that batch
+    con.execute("CREATE TABLE lexical_pending (generation BIGINT, path VARCHAR)")
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     m001_initial, m002_search_indexes, m003_terms_from_workers, m004_postings_carry_lengths,
-    m005_memory, m006_embeddings, m007_empty_strings_in_references]
+    m005_memory, m006_embeddings, m007_empty_strings_in_references, m008_lexical_index_in_tantivy]
 
 
 def apply(con: duckdb.DuckDBPyConnection,

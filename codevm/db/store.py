@@ -6,6 +6,7 @@ own `cursor()` and every write goes through `transaction()`, under one lock.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ from typing import Any
 import duckdb
 
 from codevm.db import migrations
-from codevm.db.terms import TermDictionary
+from codevm.db.lexical import REBUILD_BATCH, LexicalIndex, Row, chunk_rows, database_state, new_database_id
 from codevm.errors import IndexBusy, IndexUnreadable
 from codevm.project import owner_only
 
@@ -50,16 +51,62 @@ class Store:
         except duckdb.Error as e:
             raise unreadable(path, e) from None
         self.lock = threading.RLock()
-        self.terms = TermDictionary()
         self.generation = 0  # counts the index batches committed by this process
         try:
             migrations.apply(self.con)
         except duckdb.Error as e:
             self.con.close()
             raise unreadable(path, e) from None
+        self.lexical = LexicalIndex(lexical_directory(path))
+        self.lexical_behind = True
+        try:
+            self.reconcile_lexical()
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
+        self.lexical.close()
         self.con.close()
+
+    # -- the lexical index beside the database (see codevm/db/lexical.py) -----------------
+    def reconcile_lexical(self) -> None:
+        """Bring tantivy's index up to the database's last committed batch: the paths of
+        the batches it missed, or everything when it is not this database's index."""
+        with self.lock:
+            con = self.cursor()
+            generation, database = database_state(con)
+            if not database:
+                database = new_database_id()
+                with self.transaction() as tx:
+                    self.set_meta("lexical_database", database, tx)
+            at, of = self.lexical.state()
+            if of == database and at == generation:
+                pass
+            elif of == database and at < generation:
+                paths = [r[0] for r in con.execute("SELECT DISTINCT path FROM lexical_pending "
+                                                   "WHERE generation > ? ORDER BY 1", [at]).fetchall()]
+                rows = chunk_rows(con, "chunks", "path IN (SELECT unnest($paths::VARCHAR[]))",
+                                  {"paths": paths}).fetchall()
+                self.lexical.apply(paths, [rows], generation, database)
+            else:
+                n = con.execute("SELECT count(*) FROM chunks").fetchone()
+                if n and n[0] > REBUILD_BATCH:
+                    print(f"codevm: building the search index of {self.path.name} "
+                          f"({n[0]:,} chunks) from the database", file=sys.stderr)
+                cursor = chunk_rows(con, "chunks")
+                self.lexical.apply(None, iter(lambda: cursor.fetchmany(REBUILD_BATCH), []), generation, database)
+            with self.transaction() as tx:
+                tx.execute("DELETE FROM lexical_pending WHERE generation <= ?", [generation])
+            self.lexical_behind = False
+
+    def commit_lexical(self, paths: list[str], rows: list[Row],
+                       generation: int, database: str) -> None:
+        """After the database committed batch `generation`: the same change in tantivy
+        (on failure, the next batch or the next process catches up)."""
+        self.lexical_behind = True
+        self.lexical.apply(paths, [rows], generation, database)
+        self.lexical_behind = False
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         return self.con.cursor()
@@ -93,6 +140,10 @@ class Store:
         c = con or self.cursor()
         c.execute("DELETE FROM meta WHERE key = ?", [key])
         c.execute("INSERT INTO meta VALUES (?, ?)", [key, value])
+
+
+def lexical_directory(database: Path) -> Path:
+    return database.with_name(database.name + ".lexical")
 
 
 def first_row(con: duckdb.DuckDBPyConnection, sql: str, params: object = None) -> tuple[Any, ...]:

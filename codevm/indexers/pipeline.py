@@ -159,7 +159,6 @@ class Indexer:
                     pending, pending_files = [], 0
             if pending or first:
                 self._commit(pending, deleted if first else [], skipped if first else [])
-            self.tables.compact_postings()
             if len(todo) >= self.settings.batch_files:
                 self.store.checkpoint()
         finally:

@@ -1,4 +1,5 @@
-"""Code-aware lexical search: BM25 over the incremental postings, exact symbols first.
+"""Code-aware lexical search: BM25 in the tantivy index (codevm/db/lexical.py), exact
+symbols first.
 
 Identifiers in the query are kept whole and split like the indexed code; field weights
 (names, paths, docstrings) were applied to term frequencies at indexing time.
@@ -13,14 +14,12 @@ from dataclasses import dataclass
 import duckdb
 
 from codevm.api import SearchHit
-from codevm.db.terms import TermDictionary
+from codevm.db.lexical import LexicalIndex
 from codevm.errors import InvalidArgument
 from codevm.indexers.identifiers import IDENTIFIER, IDENTIFIER_PATTERN, expand_identifier
 from codevm.retrieval.fusion import Scored
 from codevm.retrieval.sql import BY_IDS, chunk_filters, quoted
 
-K1 = 1.2
-B = 0.75
 MAX_QUERY_TERMS = 256
 # Test code matches a question's words as well as the code under test does (it calls the
 # same names), but a question about behaviour is about the implementation: test files get
@@ -64,30 +63,6 @@ def analyse_query(query: str) -> QueryTerms:
                       n_idents=len(idents))
 
 
-# Step 1 ranks chunk ids from the postings alone (each carries its chunk's length);
-# scores are rounded and ties go by chunk id, so that the same query ranks the same way
-# every time (a parallel sum of floats differs in its last bits from run to run);
-# replaced chunks whose postings await compaction are left out through `dead_chunks`.
-# Step 2 reads the wide rows (text) of the few winners through the index on chunks.id
-# (a scan that touches `text` costs ~15 ms).
-_SCORE_SQL = f"""
-WITH qt AS (SELECT unnest($ids) AS id, unnest($weights) AS w),
-stats AS (SELECT greatest(count(*), 1)::DOUBLE AS n, greatest(avg(n_terms), 1) AS avgdl FROM chunks),
-hits AS MATERIALIZED (
-    SELECT p.term_id, p.chunk_id, p.tf, p.n_terms FROM postings p
-    WHERE p.term_id IN (SELECT id FROM qt)
-      AND p.chunk_id NOT IN (SELECT id FROM dead_chunks) {{chunk_filter}}),
-df AS (SELECT term_id, count(*) AS df FROM hits GROUP BY 1)
-SELECT h.chunk_id, round(sum(
-    qt.w * ln(1 + (stats.n - df.df + 0.5) / (df.df + 0.5))
-    * h.tf * {K1 + 1} / (h.tf + {K1} * ({1 - B} + {B} * h.n_terms / stats.avgdl))
-), 9) AS score
-FROM hits h JOIN qt ON qt.id = h.term_id JOIN df ON df.term_id = h.term_id, stats
-GROUP BY h.chunk_id
-ORDER BY score DESC, h.chunk_id
-LIMIT $limit
-"""
-
 # Names are inlined (they are identifiers, quoted below) so that the indexes on
 # chunks.name and chunks.qualified_name answer instead of a scan; a name defined more than
 # 200 times keeps the same 200 every time.
@@ -111,29 +86,26 @@ def check_query(query: str, k: int) -> None:
         raise InvalidArgument(f"k must be between 1 and 1000, got {k}")
 
 
-def lexical(con: duckdb.DuckDBPyConnection, query: str, k: int = 10, language: str | None = None,
-            path_glob: str | None = None, kind: str | None = None,
-            terms: TermDictionary | None = None) -> tuple[QueryTerms, list[Scored]]:
+def lexical(con: duckdb.DuckDBPyConnection, index: LexicalIndex, query: str, k: int = 10,
+            language: str | None = None, path_glob: str | None = None,
+            kind: str | None = None) -> tuple[QueryTerms, list[Scored]]:
     """BM25 with exact symbol matches boosted, best first."""
     check_query(query, k)
     q = analyse_query(query)
     if not q.terms:
         return q, []
-    ids = (terms or TermDictionary()).find(con, list(q.terms))
-    where, filter_params = chunk_filters(language, path_glob, kind)
+    where, params = chunk_filters(language, path_glob, kind)
     limit = max(k * 4, 50)
-    params: dict[str, object] = {
-        "ids": list(ids.values()), "weights": [q.terms[t] for t in ids],
-        "limit": limit, **filter_params,
-    }
-    chunk_filter = f"AND p.chunk_id IN (SELECT id FROM chunks c WHERE {where})" if filter_params else ""
-    scored = con.execute(_SCORE_SQL.replace("{chunk_filter}", chunk_filter), params).fetchall()
+    paths = None
+    if path_glob:  # the files it matches (fewer than their chunks), for tantivy's filter
+        paths = [r[0] for r in con.execute(
+            "SELECT path FROM files c WHERE status = 'indexed' AND (c.path GLOB $glob OR c.path GLOB $glob_any)",
+            {"glob": params["glob"], "glob_any": params["glob_any"]}).fetchall()]
+    scored = index.search(q.terms, limit, language, kind, paths)
     exact: set[int] = set()
     if q.names:
         names = quoted(q.names)
-        exact_params = {k: v for k, v in params.items() if f"${k}" in where}
-        exact = {r[0] for r in con.execute(_EXACT_SQL.format(names=names, filters=where),
-                                           exact_params).fetchall()}
+        exact = {r[0] for r in con.execute(_EXACT_SQL.format(names=names, filters=where), params).fetchall()}
     if not scored and not exact:
         return q, []
     top = max((r[1] for r in scored), default=1.0) or 1.0

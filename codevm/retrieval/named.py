@@ -10,7 +10,7 @@ from collections import defaultdict
 
 import duckdb
 
-from codevm.db.terms import TermDictionary
+from codevm.db.lexical import LexicalIndex
 from codevm.indexers.identifiers import IDENTIFIER
 from codevm.indexers.languages import EXTENSIONS
 from codevm.retrieval.fusion import Ranked, Scored
@@ -79,8 +79,7 @@ def _resolve_path(con: duckdb.DuckDBPyConnection, named: str) -> str | None:
 
 
 # -- named: what the question names outright ---------------------------------------------
-def named_signal(con: duckdb.DuckDBPyConnection, question: str,
-                 terms: TermDictionary | None = None) -> Ranked:
+def named_signal(con: duckdb.DuckDBPyConnection, index: LexicalIndex, question: str) -> Ranked:
     found: list[Scored] = []
     # traceback frames: the innermost (last in Python tracebacks) first
     frames = [(m.group(1), int(m.group(2))) for m in _PY_FRAME.finditer(question)]
@@ -101,11 +100,11 @@ def named_signal(con: duckdb.DuckDBPyConnection, question: str,
             continue
         named_files.append(path)
     for path in named_files:
-        found.extend(_file_chunks(con, path, words, terms, 0.75, f"named file {path}"))
+        found.extend(_file_chunks(con, index, path, words, 0.75, f"named file {path}"))
     # modules named by their dotted import path (django.db.models.query)
     for path in _module_files(con, question):
         if path not in named_files:
-            found.extend(_file_chunks(con, path, words, terms, 0.7, f"module {path}"))
+            found.extend(_file_chunks(con, index, path, words, 0.7, f"module {path}"))
     found.extend(_error_messages(con, question))
     found.extend(_definitions(con, question))
     best: dict[int, Scored] = {}
@@ -115,10 +114,10 @@ def named_signal(con: duckdb.DuckDBPyConnection, question: str,
     return Ranked(sorted(best.values(), key=lambda r: (-r.score, r.chunk_id)))
 
 
-def _file_chunks(con: duckdb.DuckDBPyConnection, path: str, words: str, terms: TermDictionary | None,
+def _file_chunks(con: duckdb.DuckDBPyConnection, index: LexicalIndex, path: str, words: str,
                  score: float, reason: str) -> list[Scored]:
     """The chunks of a named file that the question's words match best, else its first."""
-    _, ranked = lexical(con, words, 3, path_glob=path, terms=terms) if words else (None, [])
+    _, ranked = lexical(con, index, words, 3, path_glob=path) if words else (None, [])
     ids = [item.chunk_id for item in ranked[:3]]
     if not ids:
         row = con.execute("SELECT id FROM chunks WHERE path = ? ORDER BY ord LIMIT 1",

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import duckdb
 
 from codevm.api import SearchHit
-from codevm.db.terms import TermDictionary
+from codevm.db.lexical import LexicalIndex
 from codevm.retrieval.fusion import FLOOR_RANK, SIGNAL_DEPTH, SIGNALS, TEXT_KINDS, Ranked, Scored, fused_ranking
 from codevm.retrieval.graph import GRAPH_MIN_WORDS, GRAPH_SEEDS, graph_signal
 from codevm.retrieval.lexical import QueryTerms, check_query, lexical, make_hits
@@ -32,10 +32,10 @@ def vector_signal(vectors: Vectors | None, con: duckdb.DuckDBPyConnection, query
 
 
 class Retriever:
-    def __init__(self, cursor: Callable[[], duckdb.DuckDBPyConnection], terms: TermDictionary,
+    def __init__(self, cursor: Callable[[], duckdb.DuckDBPyConnection], index: LexicalIndex,
                  weights: dict[str, float] | None = None, vectors: Vectors | None = None):
         self.cursor = cursor
-        self.terms = terms
+        self.index = index
         self.weights = weights or {name: 1.0 for name in SIGNALS}
         self.vectors = vectors
 
@@ -44,9 +44,9 @@ class Retriever:
         """Each signal's ranking of up to `depth` chunks. The search filters apply to the
         lexical and vector rankings; the others also rank code outside them (see `_fused`)."""
         con = self.cursor()
-        q, ranked = lexical(con, query, depth, language, path_glob, kind, self.terms)
+        q, ranked = lexical(con, self.index, query, depth, language, path_glob, kind)
         out = {"lexical": Ranked(ranked[:depth])}
-        out["named"] = named = named_signal(con, query, self.terms)
+        out["named"] = named = named_signal(con, self.index, query)
         seeds: dict[int, float] = {}
         for items in (out["lexical"].items[:GRAPH_SEEDS], named.items[:GRAPH_SEEDS]):
             for rank, item in enumerate(items):

@@ -111,7 +111,7 @@ class Service:
             engine.monitor_changes(self.watcher)
             if self.settings.watch:
                 self.watcher.start()
-            # first searches look their terms up in SQL until the dictionary is loaded
+            # the embedding model and the vectors load in the background
             threading.Thread(target=self.engine.warm_up, name="codevm-warm-up", daemon=True).start()
             threading.Thread(target=self._idle_monitor, name="codevm-idle", daemon=True).start()
             threading.Thread(target=self._folder_monitor, args=(_identity(engine.store.path),),

@@ -1,0 +1,107 @@
+"""The lexical index in tantivy beside the DuckDB file: made from the database, and kept
+consistent with it through crashes, deletion and damage (codevm/db/lexical.py)."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from codevm.db.store import lexical_directory
+from codevm.engine import Engine
+from codevm.retrieval.lexical import lexical
+
+QUERIES = ("total area of shapes", "tokenize input", "CounterWidget render", "parse",
+           "greeting message for a user", "área", "def")
+
+
+def _lexical_rankings(engine: Engine) -> dict[str, list[tuple[int, float]]]:
+    con = engine.store.cursor()
+    return {q: [(s.chunk_id, round(s.score, 3)) for s in lexical(con, engine.store.lexical, q, 20)[1]]
+            for q in QUERIES}
+
+
+def test_an_index_rebuilt_from_the_database_ranks_as_the_one_built_batch_by_batch(
+        project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CODEVM_BATCH_FILES", "3")  # many small batches, many segments
+    with Engine(project) as engine:
+        assert engine.settings.batch_files == 3
+        engine.index()
+        built = _lexical_rankings(engine)
+        folder = lexical_directory(engine.store.path)
+    assert sum(1 for r in built.values() if r) >= 4 and sum(len(r) for r in built.values()) > 10
+    shutil.rmtree(folder)  # a deleted index is made again on open
+    with Engine(project) as engine:
+        assert _lexical_rankings(engine) == built
+
+
+def test_a_damaged_or_foreign_lexical_index_is_rebuilt(project: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    with Engine(project) as engine:
+        engine.index()
+        built = _lexical_rankings(engine)
+        folder = lexical_directory(engine.store.path)
+    for f in folder.iterdir():  # every file of it overwritten with noise
+        if f.is_file():
+            f.write_bytes(b"\0garbage\xff" * 10)
+    with Engine(project) as engine:
+        assert _lexical_rankings(engine) == built
+    assert "cannot be read" in capsys.readouterr().err
+
+    # another project's index copied over this one: it belongs to another database
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / ".git").mkdir()
+    (other / "lonely.py").write_text("def lonely_function():\n    return 'alone'\n")
+    with Engine(other) as engine:
+        engine.index()
+        other_folder = lexical_directory(engine.store.path)
+    shutil.rmtree(folder)
+    shutil.copytree(other_folder, folder)
+    with Engine(project) as engine:
+        assert _lexical_rankings(engine) == built
+        assert engine.search("lonely function") == [] or all(
+            h.symbol != "lonely_function" for h in engine.search("lonely function"))
+
+
+_KILL_BETWEEN_COMMITS = """
+import os, signal, sys
+from pathlib import Path
+from codevm.db.lexical import LexicalIndex
+from codevm.engine import Engine
+
+def killed(self, *args, **kwargs):  # the database has committed the batch; tantivy has not
+    os.kill(os.getpid(), signal.SIGKILL)
+
+engine = Engine(Path(sys.argv[1]))
+LexicalIndex.apply = killed
+engine.update_file("src/py/shapes.py")
+"""
+
+
+def test_kill_9_between_the_database_and_the_lexical_commit_loses_nothing(project: Path, tmp_path: Path) -> None:
+    shapes = project / "src/py/shapes.py"
+    with Engine(project) as engine:
+        engine.index()
+        before = {h.symbol for h in engine.search("area of the circle", k=5)}
+    assert "Circle.area" in before
+    # a new function comes, and every old one goes
+    shapes.write_text("def zanzibar_quokka_area(side):\n    return side * side\n")
+    script = tmp_path / "kill.py"
+    script.write_text(_KILL_BETWEEN_COMMITS)
+    done = subprocess.run([sys.executable, str(script), str(project)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    with Engine(project) as engine:
+        # the database has the batch, and tantivy caught up with it on open
+        assert [s.name for s in engine.symbol("zanzibar_quokka_area")] == ["zanzibar_quokka_area"]
+        assert [h.symbol for h in engine.search("zanzibar quokka area", k=1)] == ["zanzibar_quokka_area"]
+        assert not any(h.path == "src/py/shapes.py" and h.symbol != "zanzibar_quokka_area"
+                       for h in engine.search("area of the circle", k=50))
+        con = engine.store.cursor()
+        assert engine.store.lexical.documents() == con.execute("SELECT count(*) FROM chunks").fetchone()[0]
+        assert con.execute("SELECT count(*) FROM lexical_pending").fetchone() == (0,)
