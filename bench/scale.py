@@ -111,6 +111,7 @@ def main() -> None:
     args = parser.parse_args()
     root = args.path.resolve()
     work = args.keep or Path(tempfile.mkdtemp(prefix="codevm-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
     home = work / "home"
     shutil.rmtree(home, ignore_errors=True)
     os.environ["CODEVM_HOME"] = str(home)

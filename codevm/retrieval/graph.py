@@ -8,7 +8,7 @@ from collections import defaultdict
 import duckdb
 
 from codevm.retrieval.fusion import Ranked, Scored
-from codevm.retrieval.sql import quoted
+from codevm.retrieval.sql import definitions, quoted
 
 GRAPH_SEEDS = 12
 MAX_FANOUT = 8  # callees of one name / callers of one chunk followed
@@ -44,10 +44,8 @@ def _neighbours(con: duckdb.DuckDBPyConnection, ids: list[int]) -> dict[int, lis
                 calls[src].add(name)
     callee_names = set().union(*calls.values()) if calls else set()
     defs: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    if callee_names:
-        for cid, name, path in con.execute(
-                "SELECT id, name, path FROM chunks WHERE name IN (" + quoted(callee_names)
-                + ") AND kind IN ('function', 'method', 'class')").fetchall():
+    for cid, name, _, path in definitions(con, callee_names):
+        if name in callee_names:
             defs[name].append((cid, path))
     paths = {cid: path for cid, path, _, _, _ in nodes}
     for src, names in calls.items():

@@ -15,7 +15,7 @@ from codevm.indexers.identifiers import IDENTIFIER
 from codevm.indexers.languages import EXTENSIONS
 from codevm.retrieval.fusion import Ranked, Scored
 from codevm.retrieval.lexical import lexical
-from codevm.retrieval.sql import quoted
+from codevm.retrieval.sql import definitions
 
 _PY_FRAME = re.compile(r'File "([^"]+)", line (\d+)(?:, in ([\w<>.]+))?')
 _JS_FRAME = re.compile(r"at (?:([\w$.<>]+) \()?([^\s()]+?):(\d+)(?::\d+)?\)?")
@@ -189,16 +189,8 @@ def _definitions(con: duckdb.DuckDBPyConnection, question: str) -> list[Scored]:
         parts = name.split(".")
         keys.setdefault(".".join(parts[-2:]), name)  # Class.method, module.func
         keys.setdefault(parts[-1], name)
-    # names inlined: the indexes on chunks.name and chunks.qualified_name answer (a
-    # parameter list would scan the table)
-    listed = quoted(set(keys))
-    rows = con.execute(
-        f"SELECT id, name, qualified_name, path FROM chunks WHERE qualified_name IN ({listed}) "
-        f"AND kind IN ('function', 'method', 'class') UNION "
-        f"SELECT id, name, qualified_name, path FROM chunks WHERE name IN ({listed}) "
-        f"AND kind IN ('function', 'method', 'class')").fetchall()
     by_key: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
-    for cid, name, qualified, path in rows:
+    for cid, name, qualified, path in definitions(con, set(keys)):
         key = qualified if qualified in keys else name
         by_key[key].append((cid, qualified, path))
     found: list[Scored] = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import duckdb
+
 # Chunks by id: `FROM chunks c {BY_IDS}` with the ids as the list parameter $ids. An
 # inlined IN list of literals took 2-4x as long (800 ids of django: 7.3 ms against 1.6).
 BY_IDS = "SEMI JOIN (SELECT unnest($ids::BIGINT[]) AS id) wanted ON c.id = wanted.id"
@@ -29,3 +31,21 @@ def chunk_filters(language: str | None, path_glob: str | None,
         filters.append("c.kind = $kind")
         params["kind"] = kind
     return " AND ".join(filters), params
+
+
+DEFINITION_KINDS = ("function", "method", "class")
+
+
+def definitions(con: duckdb.DuckDBPyConnection, names: set[str]) -> list[tuple[int, str, str, str]]:
+    """(id, name, qualified name, path) of the functions, methods and classes named or
+    qualified-named one of `names`. Names are inlined and nothing else is in the WHERE
+    clause: then the indexes on chunks.name and chunks.qualified_name answer (a parameter
+    list or another condition makes DuckDB scan the table: 10-15 ms on u-boot's 283k
+    chunks, against 2-3)."""
+    if not names:
+        return []
+    listed = quoted(names)
+    rows = con.execute(
+        f"SELECT id, name, qualified_name, path, kind FROM chunks WHERE qualified_name IN ({listed}) UNION "
+        f"SELECT id, name, qualified_name, path, kind FROM chunks WHERE name IN ({listed})").fetchall()
+    return [(cid, name, qual, path) for cid, name, qual, path, kind in rows if kind in DEFINITION_KINDS]
