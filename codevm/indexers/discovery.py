@@ -14,6 +14,18 @@ from dataclasses import dataclass
 
 import pathspec
 
+# re2 matches a file against all of a .gitignore's patterns at once: u-boot's 38k files
+# against its top .gitignore in 0.25 s, against 3.6 s one pattern after the other
+try:
+    import re2  # type: ignore[import-untyped]  # noqa: F401
+    _BACKEND: str | None = "re2"
+except ImportError:  # no wheel for this platform: pathspec's own matching
+    _BACKEND = None
+
+
+def _spec(lines: list[str]) -> pathspec.GitIgnoreSpec:
+    return pathspec.GitIgnoreSpec.from_lines(lines, backend=_BACKEND)
+
 DEFAULT_EXCLUDED_DIRS = frozenset({
     ".git", ".hg", ".svn", ".bzr", ".codevm", "node_modules", "bower_components",
     "__pycache__", ".venv", "venv", ".tox", ".nox", ".mypy_cache", ".pytest_cache",
@@ -63,12 +75,12 @@ class IgnoreRules:
         top: list[str] = list(extra_patterns)
         for name in (os.path.join(".git", "info", "exclude"), ".codevmignore"):
             top.extend(_read_lines(os.path.join(root, name)))
-        self._top = pathspec.GitIgnoreSpec.from_lines(top) if top else None
+        self._top = _spec(top) if top else None
 
     def _spec_for(self, rel_dir: str) -> pathspec.GitIgnoreSpec | None:
         if rel_dir not in self._specs:
             lines = _read_lines(os.path.join(self.root, rel_dir, ".gitignore"))
-            self._specs[rel_dir] = pathspec.GitIgnoreSpec.from_lines(lines) if lines else None
+            self._specs[rel_dir] = _spec(lines) if lines else None
         return self._specs[rel_dir]
 
     def ignored(self, rel_path: str, is_dir: bool) -> bool:
@@ -93,7 +105,7 @@ class IgnoreRules:
 
 
 # names that hold secrets more often than code: never shown unless `read_ignored` is set
-SECRET_NAMES = pathspec.GitIgnoreSpec.from_lines([
+SECRET_NAMES = _spec([
     ".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_ed25519*", "id_ecdsa*",
     ".netrc", ".pypirc", ".npmrc", ".git-credentials", "credentials.json", "*.keystore"])
 VCS_DIRS = frozenset({".git", ".hg", ".svn", ".bzr", ".codevm"})
