@@ -204,8 +204,9 @@ class Engine:
                 self.vectors.kick()
 
     def warm_up(self) -> None:
-        """Load what the first search or edit would load (the in-process embedding model,
-        the vectors) and resume embedding where it stopped."""
+        """Load what the first search or edit would load (each chunk's path and kind, the
+        in-process embedding model, the vectors) and resume embedding where it stopped."""
+        self.store.lexical.chunks.get(())
         self.vectors.preload()
         if self.background_embedding:
             self.vectors.kick()

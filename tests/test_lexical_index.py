@@ -105,3 +105,27 @@ def test_kill_9_between_the_database_and_the_lexical_commit_loses_nothing(projec
         con = engine.store.cursor()
         assert engine.store.lexical.documents() == con.execute("SELECT count(*) FROM chunks").fetchone()[0]
         assert con.execute("SELECT count(*) FROM lexical_pending").fetchone() == (0,)
+
+
+def test_the_paths_in_memory_follow_every_change(project: Path) -> None:
+    with Engine(project) as engine:
+        engine.index()
+        con = engine.store.cursor()
+
+        def in_database() -> dict[int, tuple[str, str]]:
+            rows = con.execute("SELECT id, path, kind FROM chunks").fetchall()
+            return {cid: (path, kind) for cid, path, kind in rows}
+
+        chunks = engine.store.lexical.chunks
+        assert chunks.get(in_database()) == in_database()  # loaded from the database
+        (project / "src/py/brand_new.py").write_text("class Fresh:\n    def ünïcode_method(self):\n        return 1\n")
+        (project / "src/py/shapes.py").unlink()
+        engine.index()
+        now = in_database()
+        assert chunks.get(now) == now and any(p == "src/py/brand_new.py" for p, _ in now.values())
+        assert [h.path for h in engine.search("ünïcode_method", k=1)] == ["src/py/brand_new.py"]
+        folder = lexical_directory(engine.store.path)
+    shutil.rmtree(folder)
+    with Engine(project) as engine:  # rebuilt, and the map with it
+        chunks = engine.store.lexical.chunks
+        assert chunks.loaded and chunks.get(now) == now

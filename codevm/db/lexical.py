@@ -23,10 +23,11 @@ import shutil
 import sys
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import tantivy
 
 TOKENIZER = "codevm_terms"
@@ -61,13 +62,81 @@ def _schema() -> tantivy.Schema:
 SCHEMA = _schema()
 
 
+class ChunkPaths:
+    """Each chunk's path and kind by id, in memory (numpy arrays indexed by id, a few MB
+    for u-boot's 283k chunks): every search needs them for a few hundred candidates, and
+    reading them from DuckDB took 4-15 ms a time at that scale. Filled from the database
+    on first use, then kept up with each committed batch; ids of chunks that are gone are
+    left (no search returns them)."""
+
+    def __init__(self, load: Callable[[], Iterable[tuple[int, str, str]]]):
+        self._load = load
+        self.lock = threading.Lock()
+        self._clear()
+
+    def _clear(self) -> None:
+        self.loaded = False
+        self._path = np.zeros(0, dtype=np.int32)  # id -> path number + 1 (0: unknown)
+        self._kind = np.zeros(0, dtype=np.int16)  # id -> kind number
+        self._paths: list[str] = []
+        self._path_ids: dict[str, int] = {}
+        self._kinds: list[str] = []
+        self._kind_ids: dict[str, int] = {}
+
+    def get(self, ids: Iterable[int]) -> dict[int, tuple[str, str]]:
+        """id -> (path, kind) of the known chunks among `ids`."""
+        if not self.loaded:
+            with self.lock:
+                if not self.loaded:
+                    self._add(self._load())
+                    self.loaded = True
+        path, kind, paths, kinds = self._path, self._kind, self._paths, self._kinds
+        out = {}
+        for cid in ids:
+            if 0 <= cid < len(path) and (p := int(path[cid])):
+                out[cid] = (paths[p - 1], kinds[int(kind[cid])])
+        return out
+
+    def add(self, rows: Iterable[tuple[int, str, str]], reset: bool = False) -> None:
+        """Chunks committed to the database (`reset`: all of them, nothing else)."""
+        with self.lock:
+            if reset:
+                self._clear()
+                self._add(rows)
+                self.loaded = True
+            elif self.loaded:  # else: read from the database, where they are, when first needed
+                self._add(rows)
+
+    def _add(self, rows: Iterable[tuple[int, str, str]]) -> None:
+        rows = list(rows)
+        if not rows:
+            return
+        top = max(r[0] for r in rows)
+        if top >= len(self._path):
+            size = max(top + 1, int(len(self._path) * 1.5))
+            path, kind = np.zeros(size, dtype=np.int32), np.zeros(size, dtype=np.int16)
+            path[: len(self._path)], kind[: len(self._kind)] = self._path, self._kind
+        else:
+            path, kind = self._path.copy(), self._kind.copy()  # readers keep the arrays they hold
+        for cid, p, k in rows:
+            if (pid := self._path_ids.get(p)) is None:
+                pid = self._path_ids[p] = len(self._paths)
+                self._paths.append(p)
+            if (kid := self._kind_ids.get(k or "")) is None:
+                kid = self._kind_ids[k or ""] = len(self._kinds)
+                self._kinds.append(k or "")
+            path[cid], kind[cid] = pid + 1, kid
+        self._path, self._kind = path, kind
+
+
 class LexicalIndex:
     """The tantivy index of one database. Searches run in any thread, each on the last
     committed state; writes come from the one process that owns the database, under its
-    write lock."""
+    write lock. `chunks` holds what a search needs of each chunk besides."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, chunks: ChunkPaths):
         self.directory = directory
+        self.chunks = chunks
         self.index = self._open()
         self._writer: tantivy.IndexWriter | None = None
         self.lock = threading.Lock()
@@ -154,8 +223,12 @@ class LexicalIndex:
                     writer.delete_all_documents()
                 for path in paths or ():
                     writer.delete_documents_by_term("path", path)
+                if paths is None:
+                    self.chunks.add([], reset=True)
                 for rows in batches:
+                    rows = list(rows)
                     self._add(writer, rows)
+                    self.chunks.add((r[0], r[1], r[3]) for r in rows)
                 self._commit(writer, generation, database)
             except BaseException:
                 writer.rollback()
@@ -200,4 +273,4 @@ def chunk_rows(con: duckdb.DuckDBPyConnection, source: str, where: str = "TRUE",
                        f"WHERE {where}", params)
 
 
-__all__ = ["LexicalIndex", "Row", "database_state", "new_database_id", "chunk_rows", "REBUILD_BATCH"]
+__all__ = ["LexicalIndex", "ChunkPaths", "Row", "database_state", "new_database_id", "chunk_rows", "REBUILD_BATCH"]

@@ -16,7 +16,7 @@ from typing import Any
 import duckdb
 
 from codevm.db import migrations
-from codevm.db.lexical import REBUILD_BATCH, LexicalIndex, Row, chunk_rows, database_state, new_database_id
+from codevm.db.lexical import REBUILD_BATCH, ChunkPaths, LexicalIndex, Row, chunk_rows, database_state, new_database_id
 from codevm.errors import IndexBusy, IndexUnreadable
 from codevm.project import owner_only
 
@@ -57,7 +57,8 @@ class Store:
         except duckdb.Error as e:
             self.con.close()
             raise unreadable(path, e) from None
-        self.lexical = LexicalIndex(lexical_directory(path))
+        self.lexical = LexicalIndex(lexical_directory(path), ChunkPaths(
+            lambda: self.cursor().execute("SELECT id, path, kind FROM chunks").fetchall()))
         self.lexical_behind = True
         try:
             self.reconcile_lexical()

@@ -121,7 +121,7 @@ def lexical(con: duckdb.DuckDBPyConnection, index: LexicalIndex, query: str, k: 
         ranked.append(Scored(cid, score, "search hit"))
     ranked.sort(key=_best_first)
     if not q.short and not q.about_tests:
-        ranked = _demote_tests(con, ranked[:limit])
+        ranked = _demote_tests(index, ranked[:limit])
     return q, ranked
 
 
@@ -150,10 +150,9 @@ def _best_first(item: Scored) -> tuple[float, int]:
     return -item.score, item.chunk_id
 
 
-def _demote_tests(con: duckdb.DuckDBPyConnection, ranked: list[Scored]) -> list[Scored]:
-    paths = dict(con.execute(f"SELECT id, path FROM chunks c {BY_IDS}",
-                             {"ids": [item.chunk_id for item in ranked]}).fetchall())
-    out = [item._replace(score=item.score * TEST_PRIOR) if TEST_PATH.search(paths.get(item.chunk_id, ""))
+def _demote_tests(index: LexicalIndex, ranked: list[Scored]) -> list[Scored]:
+    known = index.chunks.get(item.chunk_id for item in ranked)
+    out = [item._replace(score=item.score * TEST_PRIOR) if TEST_PATH.search(known.get(item.chunk_id, ("",))[0])
            else item for item in ranked]
     out.sort(key=_best_first)
     return out

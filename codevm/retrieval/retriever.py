@@ -64,10 +64,9 @@ class Retriever:
         ids = {item.chunk_id for ranked in signals.values() for item in ranked.items}
         if not ids:
             return [], {}
-        rows = self.cursor().execute(f"SELECT id, path, kind FROM chunks c {BY_IDS}",
-                                     {"ids": list(ids)}).fetchall()
-        text = {cid for cid, _, kind in rows if kind in TEXT_KINDS}
-        paths = {cid: path for cid, path, _ in rows}
+        known = self.index.chunks.get(ids)
+        text = {cid for cid, (_, kind) in known.items() if kind in TEXT_KINDS}
+        paths = {cid: path for cid, (path, _) in known.items()}
         return fused_ranking(signals, self.weights, text, paths), paths
 
     def _fused(self, query: str, k: int, language: str | None, path_glob: str | None,
