@@ -44,9 +44,8 @@ def _neighbours(con: duckdb.DuckDBPyConnection, ids: list[int]) -> dict[int, lis
                 calls[src].add(name)
     callee_names = set().union(*calls.values()) if calls else set()
     defs: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for cid, name, _, path in definitions(con, callee_names):
-        if name in callee_names:
-            defs[name].append((cid, path))
+    for cid, name, _, path in definitions(con, callee_names, qualified=False):
+        defs[name].append((cid, path))
     paths = {cid: path for cid, path, _, _, _ in nodes}
     for src, names in calls.items():
         for name in names:

@@ -36,16 +36,18 @@ def chunk_filters(language: str | None, path_glob: str | None,
 DEFINITION_KINDS = ("function", "method", "class")
 
 
-def definitions(con: duckdb.DuckDBPyConnection, names: set[str]) -> list[tuple[int, str, str, str]]:
-    """(id, name, qualified name, path) of the functions, methods and classes named or
-    qualified-named one of `names`. Names are inlined and nothing else is in the WHERE
-    clause: then the indexes on chunks.name and chunks.qualified_name answer (a parameter
-    list or another condition makes DuckDB scan the table: 10-15 ms on u-boot's 283k
-    chunks, against 2-3)."""
+def definitions(con: duckdb.DuckDBPyConnection, names: set[str],
+                qualified: bool = True) -> list[tuple[int, str, str, str]]:
+    """(id, name, qualified name, path) of the functions, methods and classes named (or,
+    with `qualified`, qualified-named) one of `names`. Names are inlined and nothing else
+    is in the WHERE clause: then the indexes on chunks.name and chunks.qualified_name
+    answer (a parameter list or another condition makes DuckDB scan the table: 10-15 ms
+    on u-boot's 283k chunks, against 2-3)."""
     if not names:
         return []
     listed = quoted(names)
-    rows = con.execute(
-        f"SELECT id, name, qualified_name, path, kind FROM chunks WHERE qualified_name IN ({listed}) UNION "
-        f"SELECT id, name, qualified_name, path, kind FROM chunks WHERE name IN ({listed})").fetchall()
+    sql = f"SELECT id, name, qualified_name, path, kind FROM chunks WHERE name IN ({listed})"
+    if qualified:
+        sql += f" UNION SELECT id, name, qualified_name, path, kind FROM chunks WHERE qualified_name IN ({listed})"
+    rows = con.execute(sql).fetchall()
     return [(cid, name, qual, path) for cid, name, qual, path, kind in rows if kind in DEFINITION_KINDS]
