@@ -20,6 +20,8 @@ from codevm.db.lexical import REBUILD_BATCH, ChunkPaths, LexicalIndex, Row, chun
 from codevm.errors import IndexBusy, IndexUnreadable
 from codevm.project import owner_only
 
+MEMORY_LIMIT = "512MB"
+
 
 def unreadable(path: Path, error: Exception) -> IndexUnreadable:
     first = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
@@ -41,6 +43,9 @@ class Store:
             # committed batches are safe in the write-ahead log; folding it into the file
             # once per run (see checkpoint) beats doing it every few batches
             self.con.execute("SET checkpoint_threshold = '256MB'")
+            # DuckDB's default (80% of RAM) let a cold index of u-boot reach 1,060 MB of RSS,
+            # against 625 MB under a 400 MB limit at the same CPU time; bigger work spills
+            self.con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
         except duckdb.IOException as e:
             if "lock" in str(e).lower():
                 raise IndexBusy(
