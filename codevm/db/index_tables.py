@@ -86,16 +86,19 @@ class IndexTables:
                 self._load(con, _nonempty(files), chunks, _nonempty(symbols), _nonempty(refs), deleted, skipped)
                 for key, value in (meta or {}).items():
                     store.set_meta(key, value, con)
-                # the batch for tantivy, with its generation (see codevm/db/lexical.py)
-                generation, database = database_state(con)
-                con.execute("DELETE FROM lexical_pending WHERE generation <= ?", [generation])
-                generation += 1
-                store.set_meta("lexical_generation", str(generation), con)
+                # the batch for tantivy, with its generation (see codevm/db/lexical.py); a
+                # batch that changes no file (a run that found nothing new) has none
                 paths = [r[0] for r in con.execute("SELECT path FROM stage_files WHERE changed").fetchall()]
-                con.execute("INSERT INTO lexical_pending SELECT ?, unnest(?::VARCHAR[])", [generation, paths])
+                generation, database = database_state(con)
+                if paths:
+                    con.execute("DELETE FROM lexical_pending WHERE generation <= ?", [generation])
+                    generation += 1
+                    store.set_meta("lexical_generation", str(generation), con)
+                    con.execute("INSERT INTO lexical_pending SELECT ?, unnest(?::VARCHAR[])", [generation, paths])
                 rows = chunk_rows(con, "stage_chunks").fetchall() if chunks else []
             store.generation += 1
-            store.commit_lexical(paths, rows, generation, database)
+            if paths:
+                store.commit_lexical(paths, rows, generation, database)
 
     def _load(self, con: duckdb.DuckDBPyConnection, files: list[str], chunks: list[str],
               symbols: list[str], refs: list[str], deleted: list[str],

@@ -72,6 +72,9 @@ class IgnoreRules:
     def __init__(self, root: str, extra_patterns: list[str]):
         self.root = root
         self._specs: dict[str, pathspec.GitIgnoreSpec | None] = {}
+        # folder -> the .gitignore files that rule its entries, deepest first (with the
+        # length of their folder's prefix): one list per folder, not one search per file
+        self._chains: dict[str, list[tuple[int, pathspec.GitIgnoreSpec]]] = {}
         top: list[str] = list(extra_patterns)
         for name in (os.path.join(".git", "info", "exclude"), ".codevmignore"):
             top.extend(_read_lines(os.path.join(root, name)))
@@ -83,18 +86,22 @@ class IgnoreRules:
             self._specs[rel_dir] = _spec(lines) if lines else None
         return self._specs[rel_dir]
 
+    def _chain(self, rel_dir: str) -> list[tuple[int, pathspec.GitIgnoreSpec]]:
+        chain = self._chains.get(rel_dir)
+        if chain is None:
+            parent, _, _ = rel_dir.rpartition("/")
+            own = self._spec_for(rel_dir)
+            chain = ([(len(rel_dir) + 1 if rel_dir else 0, own)] if own is not None else []) + (
+                self._chain(parent) if rel_dir else [])
+            self._chains[rel_dir] = chain
+        return chain
+
     def ignored(self, rel_path: str, is_dir: bool) -> bool:
         """Whether `rel_path` (relative to the root, '/'-separated) is ignored."""
         probe = rel_path + "/" if is_dir else rel_path
-        parts = rel_path.split("/")
         # deepest .gitignore first: the first one that has an opinion decides
-        for depth in range(len(parts) - 1, -1, -1):
-            rel_dir = "/".join(parts[:depth])
-            spec = self._spec_for(rel_dir)
-            if spec is None:
-                continue
-            sub = probe[len(rel_dir) + 1 :] if rel_dir else probe
-            result = spec.check_file(sub).include
+        for cut, spec in self._chain(rel_path.rpartition("/")[0]):
+            result = spec.check_file(probe[cut:]).include
             if result is not None:
                 return result
         if self._top is not None:
