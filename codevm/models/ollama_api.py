@@ -11,7 +11,6 @@ import re
 from collections.abc import Callable
 
 import httpx
-import ollama
 
 from codevm.errors import ModelMissing, ModelUnavailable
 from codevm.models.base import METADATA_TIMEOUT, Limits, ModelReply, Watchdog, http_failure, stream_chat
@@ -19,6 +18,8 @@ from codevm.models.base import METADATA_TIMEOUT, Limits, ModelReply, Watchdog, h
 
 def ollama_failure(error: Exception, host: str, model: str) -> ModelUnavailable | ModelMissing:
     """What a failed request to Ollama means for the user, in one line."""
+    import ollama
+
     if isinstance(error, ollama.ResponseError) and error.status_code == 404:
         return ModelMissing(f"Ollama at {host} does not have the model {model}: "
                             f"run `ollama pull {model}`")
@@ -32,8 +33,13 @@ def ollama_failure(error: Exception, host: str, model: str) -> ModelUnavailable 
         f"no Ollama server answered at {host}: start it with `ollama serve` (or set OLLAMA_HOST)")
 
 
-# what the ollama client raises when a request fails
-OLLAMA_ERRORS = (ConnectionError, httpx.HTTPError, ollama.ResponseError, ValueError)
+def ollama_errors() -> tuple[type[Exception], ...]:
+    """What the ollama client raises when a request fails. The client is imported when an
+    Ollama embedder is made, not with this module: it took 0.2-0.4 s of every command's
+    start (`codevm index` included), for users who may never run Ollama."""
+    import ollama
+
+    return (ConnectionError, httpx.HTTPError, ollama.ResponseError, ValueError)
 
 
 class OllamaModel:

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import ollama
 
 from codevm.config import Settings
 from codevm.errors import EmbeddingUnavailable, InvalidArgument
-from codevm.models.ollama_api import OLLAMA_ERRORS, ollama_failure
+from codevm.models.ollama_api import ollama_errors, ollama_failure
 
 DEFAULT_MODELS = {"ollama": "nomic-embed-text", "local": "all-MiniLM-L6-v2"}
 EMBEDDERS = ("auto", "ollama", "local", "off")
@@ -68,6 +67,8 @@ class OllamaEmbedder(_Dimension):
         self.host = host
         self.key = f"ollama:{model}"
         self.dimension = None
+        import ollama  # only for those who use it (see ollama_errors)
+
         self.client = ollama.Client(host=host, timeout=timeout)
         self.probe = ollama.Client(host=host, timeout=3.0)  # a hung server must not hang status
         base = model.split(":")[0].rsplit("/", 1)[-1]
@@ -76,7 +77,7 @@ class OllamaEmbedder(_Dimension):
     def _embed(self, texts: list[str]) -> np.ndarray:
         try:
             reply = self.client.embed(self.model, input=texts, truncate=True)
-        except OLLAMA_ERRORS as e:
+        except ollama_errors() as e:
             raise EmbeddingUnavailable(str(ollama_failure(e, self.host, self.model))) from None
         return self._checked(np.asarray(reply.embeddings, dtype=np.float32), len(texts))
 
@@ -90,7 +91,7 @@ class OllamaEmbedder(_Dimension):
         """Why this server cannot embed ("" when it can): for the "auto" embedder."""
         try:
             names = {m.model for m in self.probe.list().models}
-        except OLLAMA_ERRORS:
+        except ollama_errors():
             return (f"no Ollama server answered at {self.host}: start it with `ollama serve`, "
                     "or set `embedder = \"local\"` for the in-process model")
         wanted = self.model if ":" in self.model else self.model + ":latest"
