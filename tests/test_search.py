@@ -192,3 +192,27 @@ def test_test_files_yield_to_the_code_they_test_for_long_questions(engine: Engin
     engine.configure(Settings(weight_file=0.0))
     assert engine.search("which test sums the areas of many shapes", k=1)[0].path == "tests/test_shapes.py"
     assert engine.search("test_total_area_sums_areas_of_many_shapes", k=1)[0].path == "tests/test_shapes.py"
+
+
+def test_literal_code_finds_the_chunks_that_hold_it(project: Path) -> None:
+    (project / "src/py/arith.py").write_text(
+        "def add_numbers(a, b):\n    return a + b\n\n\n"
+        "def subtract_numbers(a, b):\n    return a - b\n\n\n"
+        "def route(registry, name):\n    handler = registry.lookup_handler(name)\n    return handler\n\n\n"
+        "def lookup_handler(name):\n    return HANDLERS[name]\n")
+    with Engine(project) as engine:
+        engine.index()
+        # no word of it is indexed (return is a stopword, a and b too short): the text is read
+        assert engine.search("return a + b", k=1)[0].symbol == "add_numbers"
+        assert engine.search("return a - b", k=1)[0].symbol == "subtract_numbers"
+        # quoted in a question: the call site that holds it, beside the name's definition
+        hits = engine.search("why does `registry.lookup_handler(name)` fail for unknown names", k=3)
+        assert {h.symbol for h in hits[:2]} == {"route", "lookup_handler"}, [h.symbol for h in hits]
+        # an error message quoted from a traceback, found through the index's words
+        (project / "src/py/errors.py").write_text(
+            "def check(value):\n    if value < 0:\n        raise ValueError('the quokka count must not be negative')\n")
+        engine.index()
+        hits = engine.search("I get ValueError: the quokka count must not be negative when I pass -1", k=1)
+        assert hits[0].symbol == "check"
+        assert engine.search("`nothing like this anywhere (`", k=5) == [] or all(
+            "nothing like" not in h.snippet for h in engine.search("`nothing like this anywhere (`", k=5))

@@ -172,10 +172,12 @@ class LexicalIndex:
         return int(doc.get_first("generation") or 0), str(doc.get_first("database") or "")
 
     def search(self, terms: dict[str, float], limit: int, language: str | None = None,
-               kind: str | None = None, paths: list[str] | None = None) -> list[tuple[int, float]]:
+               kind: str | None = None, paths: list[str] | None = None,
+               every: bool = False) -> list[tuple[int, float]]:
         """(chunk id, BM25 score) of the best `limit` chunks for weighted `terms`, best first
-        (ties by id), within the filters."""
-        wanted = [(tantivy.Occur.Should, tantivy.Query.boost_query(
+        (ties by id), within the filters (`every`: only chunks that hold every term)."""
+        occur = tantivy.Occur.Must if every else tantivy.Occur.Should
+        wanted = [(occur, tantivy.Query.boost_query(
             tantivy.Query.term_query(SCHEMA, "body", t, index_option="freq"), float(w)))
             for t, w in terms.items() if t and len(t) <= MAX_TERM_CHARS]
         if not wanted or limit < 1 or paths == []:

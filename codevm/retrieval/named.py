@@ -11,11 +11,11 @@ from collections import defaultdict
 import duckdb
 
 from codevm.db.lexical import LexicalIndex
-from codevm.indexers.identifiers import IDENTIFIER
+from codevm.indexers.identifiers import IDENTIFIER, expand_identifier
 from codevm.indexers.languages import EXTENSIONS
 from codevm.retrieval.fusion import Ranked, Scored
 from codevm.retrieval.lexical import lexical
-from codevm.retrieval.sql import definitions
+from codevm.retrieval.sql import BY_IDS, definitions
 
 _PY_FRAME = re.compile(r'File "([^"]+)", line (\d+)(?:, in ([\w<>.]+))?')
 _JS_FRAME = re.compile(r"at (?:([\w$.<>]+) \()?([^\s()]+?):(\d+)(?::\d+)?\)?")
@@ -38,6 +38,12 @@ MAX_NAMED = 24  # identifiers and paths taken from one question
 MAX_DEFINITIONS = 6  # a name defined more often than this is too generic to resolve
 MAX_MESSAGES = 3  # error message fragments looked up in the code
 MAX_MODULE_DEPTH = 12  # parts of a dotted module path tried as a file path
+MAX_LITERALS = 3  # quoted code fragments looked up in the code
+LITERAL_CANDIDATES = 300  # chunks holding a fragment's every word, read for the fragment itself
+MAX_HOLDERS = 20  # code found in more chunks than this points nowhere in particular
+# code quoted in a question (`x.foo(`, `return a + b`), or a short query that is code
+_QUOTED_CODE = re.compile(r"`([^`\n]{3,200})`")
+_CODE_CHARS = re.compile(r"[()\[\]{}=+*/<>;:!&|%^~-]")
 
 
 def looks_like_path(name: str) -> bool:
@@ -105,7 +111,8 @@ def named_signal(con: duckdb.DuckDBPyConnection, index: LexicalIndex, question: 
     for path in _module_files(con, question):
         if path not in named_files:
             found.extend(_file_chunks(con, index, path, words, 0.7, f"module {path}"))
-    found.extend(_error_messages(con, question))
+    found.extend(_error_messages(con, index, question))
+    found.extend(_literal_code(con, index, question))
     found.extend(_definitions(con, question))
     best: dict[int, Scored] = {}
     for item in found:
@@ -154,7 +161,25 @@ def _module_files(con: duckdb.DuckDBPyConnection, question: str) -> list[str]:
     return list(dict.fromkeys(path for _, (_, path) in sorted(best.items())))
 
 
-def _error_messages(con: duckdb.DuckDBPyConnection, question: str) -> list[Scored]:
+def holding(con: duckdb.DuckDBPyConnection, index: LexicalIndex, fragment: str, limit: int) -> list[int]:
+    """Ids of up to `limit` chunks whose text holds `fragment` (runs of spaces in either
+    count as one). Bounded at any scale when the fragment has a word the index holds: only
+    the LITERAL_CANDIDATES chunks that match all its words best are read; else (`a + b`)
+    every chunk's text is scanned for it as written."""
+    squeezed = " ".join(fragment.split())
+    words = {t[0] for ident in IDENTIFIER.findall(fragment) if (t := expand_identifier(ident))
+             and t[0] == ident.lower()}
+    if not words:
+        return [r[0] for r in con.execute("SELECT id FROM chunks WHERE contains(text, $f) ORDER BY id LIMIT $n",
+                                          {"f": squeezed, "n": limit}).fetchall()]
+    found = index.search(dict.fromkeys(words, 1.0), LITERAL_CANDIDATES, every=True)
+    if not found:
+        return []
+    rows = con.execute(f"SELECT id, text FROM chunks c {BY_IDS}", {"ids": [cid for cid, _ in found]}).fetchall()
+    return sorted(cid for cid, text in rows if squeezed in " ".join(text.split()))[:limit]
+
+
+def _error_messages(con: duckdb.DuckDBPyConnection, index: LexicalIndex, question: str) -> list[Scored]:
     """Chunks holding the constant text of an error message the question quotes
     (`ValueError: Unknown format code 'd' for object`: 'Unknown format code')."""
     fragments: list[str] = []
@@ -165,10 +190,25 @@ def _error_messages(con: duckdb.DuckDBPyConnection, question: str) -> list[Score
                 fragments.append(part)
     found: list[Scored] = []
     for fragment in sorted(dict.fromkeys(fragments), key=len, reverse=True)[:MAX_MESSAGES]:
-        rows = con.execute("SELECT id FROM chunks WHERE contains(text, ?) LIMIT ?",
-                           [fragment, MAX_DEFINITIONS + 1]).fetchall()
-        if 0 < len(rows) <= MAX_DEFINITIONS:  # more: too common a phrase to point anywhere
-            found.extend(Scored(r[0], 0.85 / len(rows) ** 0.5, "holds the error message") for r in rows)
+        ids = holding(con, index, fragment, MAX_DEFINITIONS + 1)
+        if 0 < len(ids) <= MAX_DEFINITIONS:  # more: too common a phrase to point anywhere
+            found.extend(Scored(cid, 0.85 / len(ids) ** 0.5, "holds the error message") for cid in ids)
+    return found
+
+
+def _literal_code(con: duckdb.DuckDBPyConnection, index: LexicalIndex, question: str) -> list[Scored]:
+    """Chunks holding code the question quotes (`x.foo(`, `return a + b`), or that a short
+    query is (return a + b): literal code search, beside the words of BM25."""
+    fragments = [f.strip() for f in _QUOTED_CODE.findall(question) if _CODE_CHARS.search(f) or " " in f.strip()]
+    stripped = question.strip()
+    if not fragments and len(stripped) <= 120 and "\n" not in stripped and _CODE_CHARS.search(stripped) \
+            and len(stripped.split()) <= 12:
+        fragments = [stripped]
+    found: list[Scored] = []
+    for fragment in list(dict.fromkeys(fragments))[:MAX_LITERALS]:
+        ids = holding(con, index, fragment, MAX_HOLDERS + 1)
+        if 0 < len(ids) <= MAX_HOLDERS:
+            found.extend(Scored(cid, 0.9 / len(ids) ** 0.5, f"holds `{fragment[:60]}`") for cid in ids)
     return found
 
 
