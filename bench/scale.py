@@ -13,7 +13,11 @@ Measured, each as a user meets it:
   `codevm symbol` for the identifiers: p50/p95 wall and CPU of the whole command;
 - edit-to-searchable through the service's watcher: a file written on disk until
   `symbol` finds the function it adds;
-- the service's RSS when idle after all that.
+- the service's RSS when idle after all that;
+- the writer (--writer, a second cold index in this process): each batch's time in the
+  main process (DuckDB and tantivy), the first 20 batches against the last 20, the share
+  of the wall time the writer takes, and the CPU time of the main process and of the
+  parsing workers.
 The tree is indexed in place (nothing in it changes but one file the bench adds and
 removes); the index goes to a scratch CODEVM_HOME (or --keep DIR).
 
@@ -102,12 +106,50 @@ def timed_commands(commands: list[list[str]], cwd: Path) -> dict:
             "cpu": latency_summary([r["cpu_s"] * 1000 for r in runs])}
 
 
+def writer_profile(root: Path, home: Path) -> dict:
+    """A cold index in this process with each batch's write timed (see the docstring)."""
+    from codevm.db.index_tables import IndexTables
+    from codevm.engine import Engine
+
+    shutil.rmtree(home, ignore_errors=True)
+    os.environ["CODEVM_HOME"] = str(home)
+    real = IndexTables.load_batch
+    batches: list[float] = []
+
+    def timed(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        try:
+            return real(self, *args, **kwargs)
+        finally:
+            batches.append((time.perf_counter() - started) * 1000)
+
+    IndexTables.load_batch = timed  # type: ignore[method-assign]
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    try:
+        with Engine(root) as engine:
+            started = time.perf_counter()
+            engine.index()
+            wall = time.perf_counter() - started
+    finally:
+        IndexTables.load_batch = real  # type: ignore[method-assign]
+    after, after_children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    n = min(20, len(batches) // 2) or 1
+    first, last = sorted(batches[:n]), sorted(batches[-n:])
+    return {"batches": len(batches), "first_batches_ms_median": round(first[len(first) // 2], 1),
+            "last_batches_ms_median": round(last[len(last) // 2], 1),
+            "writer_share_of_wall": round(sum(batches) / 1000 / wall, 3), "wall_s": round(wall, 1),
+            "main_cpu_s": round(after.ru_utime + after.ru_stime - own.ru_utime - own.ru_stime, 1),
+            "workers_cpu_s": round(after_children.ru_utime + after_children.ru_stime
+                                   - children.ru_utime - children.ru_stime, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", type=Path)
     parser.add_argument("--queries", type=int, default=50, help="identifier queries, and as many questions")
     parser.add_argument("--edits", type=int, default=5)
     parser.add_argument("--keep", type=Path, help="keep the index here (a later run re-indexes cold anyway)")
+    parser.add_argument("--writer", action="store_true", help="also profile the writer in a second cold index")
     args = parser.parse_args()
     root = args.path.resolve()
     work = args.keep or Path(tempfile.mkdtemp(prefix="codevm-scale-"))
@@ -171,6 +213,8 @@ def main() -> None:
             pid = remote.service_info()["pid"]
             out["service_rss_idle_mib"] = rss_mib(pid)
         out["edit_to_searchable_ms"] = latency_summary(watched)
+        if args.writer:
+            out["writer"] = writer_profile(root, work / "home-writer")
         out["load_after"] = round(os.getloadavg()[0], 2)
         out["bench_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         print(json.dumps(out))
