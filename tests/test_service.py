@@ -249,7 +249,9 @@ def test_the_service_keeps_the_index_fresh_without_an_editor(project: Path) -> N
             (project / "src/py/shapes.py").read_text() + "\n\ndef edited_next_to_a_link():\n    pass\n")
         (project / "src/py/link_out.py").symlink_to(outside)
         wait_until(lambda: bool(engine.symbol("edited_next_to_a_link")), "the edit")
-        assert not engine.symbol("outside_function") and engine.status().pending_changes == 0
+        # the link may come in a later batch of the watcher than the edit: none stays pending
+        wait_until(lambda: engine.status().pending_changes == 0, "nothing pending")
+        assert not engine.symbol("outside_function")
     # what changes while no service runs is caught up when the next one starts
     stop_service(project)
     (project / "src/py/late.py").write_text("def written_while_nobody_watched():\n    pass\n")

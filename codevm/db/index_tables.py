@@ -57,14 +57,20 @@ class IndexTables:
     def __init__(self, store: Store):
         self.store = store
 
-    def known_files(self, paths: list[str] | None = None) -> dict[str, tuple[int, int, str, str, str]]:
-        """path -> (size, mtime_ns, hash, extractor, status), of every file or of `paths`."""
+    def known_files(self, paths: list[str] | None = None,
+                    under: list[str] | None = None) -> dict[str, tuple[int, int, str, str, str]]:
+        """path -> (size, mtime_ns, hash, extractor, status), of every file, of `paths`, or of
+        the files that are or lie under one of `under`."""
         sql = "SELECT path, size, mtime_ns, hash, extractor, status FROM files"
-        if paths is None:
-            rows = self.store.cursor().execute(sql).fetchall()
-        else:
+        if paths is not None:
             rows = self.store.cursor().execute(sql + " WHERE path IN (SELECT unnest(?::VARCHAR[]))",
                                                [paths]).fetchall()
+        elif under is not None:
+            rows = self.store.cursor().execute(
+                sql + " f SEMI JOIN (SELECT unnest(?::VARCHAR[]) AS p) q "
+                "ON f.path = q.p OR starts_with(f.path, q.p || '/')", [under]).fetchall()
+        else:
+            rows = self.store.cursor().execute(sql).fetchall()
         return {r[0]: (r[1], r[2], r[3], r[4], r[5]) for r in rows}
 
     # -- loading -----------------------------------------------------------------------
