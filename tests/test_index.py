@@ -209,6 +209,10 @@ def test_kill_9_mid_index_leaves_a_consistent_index_and_the_next_run_finishes(tm
     with_chunks = {r[0] for r in con.execute("SELECT DISTINCT path FROM chunks").fetchall()}
     assert 0 < len(indexed) < 400
     assert indexed == with_chunks  # every committed file whole, nothing half-written
+    # the run commits tantivy every few seconds, not every batch: the batches the database
+    # committed since are listed for it
+    waiting = {r[0] for r in con.execute("SELECT path FROM lexical_pending").fetchall()}
+    assert waiting and waiting <= indexed
     con.close()
     assert list((root / ".codevm/tmp").glob("run-*"))  # the killed run's scratch files
 
@@ -218,6 +222,12 @@ def test_kill_9_mid_index_leaves_a_consistent_index_and_the_next_run_finishes(tm
         assert not list((root / ".codevm/tmp").glob("run-*"))  # cleaned up
         assert engine.status().files == 400
         assert [h.symbol for h in engine.search("function_number_399", k=1)] == ["function_number_399"]
+        # every file the killed run committed is searchable, those tantivy had not committed too
+        for path in sorted(indexed)[:: max(1, len(indexed) // 20)] + sorted(waiting)[:20]:
+            number = int(path.rsplit("_", 1)[-1].split(".")[0])
+            name = f"function_number_{number}"
+            assert [h.symbol for h in engine.search(name, k=1)] == [name], path
+        assert engine.store.lexical.documents() == engine.status().chunks
 
 
 def test_a_failed_batch_changes_neither_store(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -76,12 +76,13 @@ class IndexTables:
     # -- loading -----------------------------------------------------------------------
     def load_batch(self, files: list[str], chunks: list[str], symbols: list[str],
                    refs: list[str], deleted: list[str], skipped: list[tuple[str, str]],
-                   meta: dict[str, str] | None = None) -> None:
+                   meta: dict[str, str] | None = None, defer_lexical: bool = False) -> None:
         """Replace the rows of every file in the batch, in one transaction.
 
         `files`/`chunks` are NDJSON files and `symbols`/`refs` TSV files written by
         workers; `deleted` are paths gone from disk; `skipped` are (path, reason) found by
         the walk without reading the file; `meta` keys are set in the same transaction.
+        `defer_lexical`: tantivy commits the batch later (`Store.flush_lexical`).
         """
         store = self.store
         with store.lock:
@@ -97,14 +98,14 @@ class IndexTables:
                 paths = [r[0] for r in con.execute("SELECT path FROM stage_files WHERE changed").fetchall()]
                 generation, database = database_state(con)
                 if paths:
-                    con.execute("DELETE FROM lexical_pending WHERE generation <= ?", [generation])
+                    con.execute("DELETE FROM lexical_pending WHERE generation <= ?", [store.lexical_committed])
                     generation += 1
                     store.set_meta("lexical_generation", str(generation), con)
                     con.execute("INSERT INTO lexical_pending SELECT ?, unnest(?::VARCHAR[])", [generation, paths])
                 rows = chunk_rows(con, "stage_chunks").fetchall() if chunks else []
             store.generation += 1
             if paths:
-                store.commit_lexical(paths, rows, generation, database)
+                store.commit_lexical(paths, rows, generation, database, defer=defer_lexical)
 
     def _load(self, con: duckdb.DuckDBPyConnection, files: list[str], chunks: list[str],
               symbols: list[str], refs: list[str], deleted: list[str],

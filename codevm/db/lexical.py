@@ -215,9 +215,11 @@ class LexicalIndex:
         return self._writer
 
     def apply(self, paths: Iterable[str] | None, batches: Iterable[Iterable[Row]], generation: int,
-              database: str) -> None:
+              database: str, commit: bool = True) -> None:
         """Replace the documents of `paths` (None: every document) with the rows of
-        `batches`, and commit them with the database's generation."""
+        `batches`, and commit them with the database's generation (`commit` False: later,
+        with `commit`; searches see them from then on, and a failure before it loses every
+        change since the last commit)."""
         with self.lock:
             writer = self.writer()
             try:
@@ -231,6 +233,19 @@ class LexicalIndex:
                     rows = list(rows)
                     self._add(writer, rows)
                     self.chunks.add((r[0], r[1], r[3]) for r in rows)
+                if commit:
+                    self._commit(writer, generation, database)
+            except BaseException:
+                writer.rollback()
+                raise
+        if commit:
+            self.index.reload()
+
+    def commit(self, generation: int, database: str) -> None:
+        """Commit what `apply(..., commit=False)` added, as of the database's `generation`."""
+        with self.lock:
+            writer = self.writer()
+            try:
                 self._commit(writer, generation, database)
             except BaseException:
                 writer.rollback()

@@ -65,6 +65,8 @@ class Store:
         self.lexical = LexicalIndex(lexical_directory(path), ChunkPaths(
             lambda: self.cursor().execute("SELECT id, path, kind FROM chunks").fetchall()))
         self.lexical_behind = True
+        self.lexical_committed = 0  # the generation tantivy has committed
+        self.lexical_uncommitted: tuple[int, str] | None = None  # added, to commit
         try:
             self.reconcile_lexical()
         except BaseException:
@@ -105,14 +107,32 @@ class Store:
             with self.transaction() as tx:
                 tx.execute("DELETE FROM lexical_pending WHERE generation <= ?", [generation])
             self.lexical_behind = False
+            self.lexical_committed, self.lexical_uncommitted = generation, None
 
-    def commit_lexical(self, paths: list[str], rows: list[Row],
-                       generation: int, database: str) -> None:
+    def commit_lexical(self, paths: list[str], rows: list[Row], generation: int, database: str,
+                       defer: bool = False) -> None:
         """After the database committed batch `generation`: the same change in tantivy
-        (on failure, the next batch or the next process catches up)."""
+        (on failure, the next batch or the next process catches up). `defer`: added now,
+        committed by `flush_lexical` (a bulk run's batches; a crash in between loses
+        nothing: the database lists their paths until tantivy commits them)."""
         self.lexical_behind = True
-        self.lexical.apply(paths, [rows], generation, database)
+        self.lexical.apply(paths, [rows], generation, database, commit=not defer)
         self.lexical_behind = False
+        if defer:
+            self.lexical_uncommitted = (generation, database)
+        else:
+            self.lexical_committed, self.lexical_uncommitted = generation, None
+
+    def flush_lexical(self) -> None:
+        """Commit the deferred batches to tantivy (nothing when a failure dropped them:
+        the next batch or process catches up)."""
+        with self.lock:
+            if self.lexical_uncommitted is not None and not self.lexical_behind:
+                generation, database = self.lexical_uncommitted
+                self.lexical_behind = True
+                self.lexical.commit(generation, database)
+                self.lexical_behind = False
+                self.lexical_committed, self.lexical_uncommitted = generation, None
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         return self.con.cursor()

@@ -24,6 +24,7 @@ from codevm.indexers.worker import Limits, TaskFile, TaskResult, run_task
 
 TASK_FILES = 24  # files per worker task: small enough to balance the cores
 IN_PROCESS_MAX = 8  # fewer changed files than this are parsed without worker processes
+LEXICAL_COMMIT_SECONDS = 10.0  # how stale tantivy may be for searches during a long run
 
 
 
@@ -143,6 +144,10 @@ class Indexer:
             pending_files = 0
             first = True
             done = 0
+            # a long run commits tantivy every LEXICAL_COMMIT_SECONDS, not every batch (a
+            # commit cost ~100 ms a batch on u-boot); searches meanwhile see the last one
+            bulk = len(todo) >= self.settings.batch_files
+            committed_at = time.monotonic()
             for result in self._results(todo, tmp):
                 done += result.n_files
                 report.parsed += result.n_files - result.n_unchanged - result.n_skipped - result.n_errors
@@ -156,25 +161,29 @@ class Indexer:
                 notify(Progress("indexing", done, len(todo), report.chunks, report.skipped,
                                 report.errors))
                 if pending_files >= self.settings.batch_files:
-                    self._commit(pending, deleted if first else [], skipped if first else [])
+                    self._commit(pending, deleted if first else [], skipped if first else [], defer=bulk)
                     first = False
                     pending, pending_files = [], 0
+                    if time.monotonic() - committed_at >= LEXICAL_COMMIT_SECONDS:
+                        self.store.flush_lexical()
+                        committed_at = time.monotonic()
             if pending or first:
-                self._commit(pending, deleted if first else [], skipped if first else [])
-            if len(todo) >= self.settings.batch_files:
+                self._commit(pending, deleted if first else [], skipped if first else [], defer=bulk)
+            self.store.flush_lexical()
+            if bulk:
                 self.store.checkpoint()
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _commit(self, results: list[TaskResult], deleted: list[str],
-                skipped: list[tuple[str, str]]) -> None:
+                skipped: list[tuple[str, str]], defer: bool = False) -> None:
         # a batch that changes what the index holds says when (in its own transaction: an
         # edit does not pay for a second commit)
         changed = bool(deleted) or any(r.n_files > r.n_unchanged + r.n_skipped for r in results)
         meta = {"last_updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")} if changed else None
         self.tables.load_batch([r.files for r in results], [r.chunks for r in results],
                               [r.symbols for r in results], [r.refs for r in results],
-                              deleted, skipped, meta)
+                              deleted, skipped, meta, defer_lexical=defer)
         for r in results:
             for name in (r.files, r.chunks, r.symbols, r.refs):
                 try:
