@@ -129,3 +129,22 @@ def test_the_paths_in_memory_follow_every_change(project: Path) -> None:
     with Engine(project) as engine:  # rebuilt, and the map with it
         chunks = engine.store.lexical.chunks
         assert chunks.loaded and chunks.get(now) == now
+
+
+def test_a_lexical_index_deleted_under_a_running_engine_is_made_again(project: Path) -> None:
+    shapes = project / "src/py/shapes.py"
+    with Engine(project) as engine:
+        engine.index()
+        shutil.rmtree(lexical_directory(engine.store.path))
+        failed = 0
+        for i in range(3):  # the first batch may fail (tantivy's files are gone); the next rebuilds
+            shapes.write_text(shapes.read_text() + f"\ndef after_the_loss_{i}():\n    return {i}\n")
+            try:
+                engine.update_file("src/py/shapes.py")
+            except Exception:  # noqa: BLE001 - what matters is what follows
+                failed += 1
+        assert failed <= 1
+        assert [h.symbol for h in engine.search("after_the_loss_2", k=1)] == ["after_the_loss_2"]
+        assert [h.symbol for h in engine.search("total area of shapes", k=1)]
+        con = engine.store.cursor()
+        assert engine.store.lexical.documents() == con.execute("SELECT count(*) FROM chunks").fetchone()[0]

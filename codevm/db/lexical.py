@@ -154,6 +154,14 @@ class LexicalIndex:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         return self._register(tantivy.Index(SCHEMA, path=str(self.directory)))
 
+    def reopen_if_gone(self) -> None:
+        """A fresh, empty index when its folder was deleted under this process (its
+        commits fail from then on): the reconcile that follows rebuilds it."""
+        if not self.directory.is_dir():
+            with self.lock:
+                self._writer = None
+                self.index = self._open()
+
     @staticmethod
     def _register(index: tantivy.Index) -> tantivy.Index:
         index.register_tokenizer(TOKENIZER, tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.whitespace())
@@ -235,8 +243,8 @@ class LexicalIndex:
                     self.chunks.add((r[0], r[1], r[3]) for r in rows)
                 if commit:
                     self._commit(writer, generation, database)
-            except BaseException:
-                writer.rollback()
+            except BaseException as e:
+                self._failed(writer, e)
                 raise
         if commit:
             self.index.reload()
@@ -247,10 +255,25 @@ class LexicalIndex:
             writer = self.writer()
             try:
                 self._commit(writer, generation, database)
-            except BaseException:
-                writer.rollback()
+            except BaseException as e:
+                self._failed(writer, e)
                 raise
         self.index.reload()
+
+    def _failed(self, writer: tantivy.IndexWriter, error: BaseException) -> None:
+        """Drop what a failed write added since the last commit, and the writer with it (a
+        fresh one takes tantivy's lock next time). A panic inside tantivy (pyo3's
+        PanicException, a BaseException that `except Exception` lets through, e.g. when its
+        folder was deleted) becomes an error that says what happens next."""
+        self._writer = None
+        try:
+            writer.rollback()
+        except BaseException:  # noqa: BLE001 - a broken writer may fail its rollback too
+            pass
+        if type(error).__name__ == "PanicException":
+            first = (str(error).strip().splitlines() or ["panic"])[0][:160]
+            raise RuntimeError(f"the search index {self.directory} failed ({first}); it is made again "
+                               "from the database with the next change or start") from None
 
     @staticmethod
     def _add(writer: tantivy.IndexWriter, rows: Iterable[Row]) -> None:

@@ -82,6 +82,7 @@ class Store:
         """Bring tantivy's index up to the database's last committed batch: the paths of
         the batches it missed, or everything when it is not this database's index."""
         with self.lock:
+            self.lexical.reopen_if_gone()
             con = self.cursor()
             generation, database = database_state(con)
             if not database:
