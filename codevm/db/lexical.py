@@ -197,11 +197,17 @@ class LexicalIndex:
         if must:
             query = tantivy.Query.boolean_query([(tantivy.Occur.Must, query)]
                                                 + [(tantivy.Occur.Must, q) for q in must])
-        searcher = self.index.searcher()
-        hits = searcher.search(query, limit, count=False).hits
+        try:
+            searcher = self.index.searcher()
+            hits = searcher.search(query, limit, count=False).hits
+            ids = searcher.fast_field_values("id", [address for _, address in hits]) if hits else []
+        except BaseException as e:
+            if type(e).__name__ != "PanicException":
+                raise
+            raise RuntimeError(f"the search index {self.directory} cannot be read ({_first_line(e)}): "
+                               "restart codevm (`codevm stop`) to make it again") from None
         if not hits:
             return []
-        ids = searcher.fast_field_values("id", [address for _, address in hits])
         out = [(int(cid), round(float(score), 5)) for (score, _), cid in zip(hits, ids, strict=True)
                if cid is not None]
         out.sort(key=lambda r: (-r[1], r[0]))
@@ -271,8 +277,7 @@ class LexicalIndex:
         except BaseException:  # noqa: BLE001 - a broken writer may fail its rollback too
             pass
         if type(error).__name__ == "PanicException":
-            first = (str(error).strip().splitlines() or ["panic"])[0][:160]
-            raise RuntimeError(f"the search index {self.directory} failed ({first}); it is made again "
+            raise RuntimeError(f"the search index {self.directory} failed ({_first_line(error)}); it is made again "
                                "from the database with the next change or start") from None
 
     @staticmethod
@@ -292,6 +297,10 @@ class LexicalIndex:
     def close(self) -> None:
         with self.lock:
             self._writer = None  # dropping the writer releases tantivy's lock file
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
 
 
 # -- the database's side ---------------------------------------------------------------------
