@@ -5,6 +5,7 @@ dimension is learnt from the first vectors and checked on every later batch.
 
 from __future__ import annotations
 
+import functools
 import threading
 from pathlib import Path
 from typing import Any, Protocol
@@ -67,12 +68,25 @@ class OllamaEmbedder(_Dimension):
         self.host = host
         self.key = f"ollama:{model}"
         self.dimension = None
-        import ollama  # only for those who use it (see ollama_errors)
-
-        self.client = ollama.Client(host=host, timeout=timeout)
-        self.probe = ollama.Client(host=host, timeout=3.0)  # a hung server must not hang status
+        self.timeout = timeout
         base = model.split(":")[0].rsplit("/", 1)[-1]
         self.query_prefix, self.document_prefix = PREFIXES.get(base, ("", ""))
+
+    @functools.cached_property
+    def client(self) -> Any:
+        """The ollama client, made (and the package imported) when first used, not with the
+        engine: the default embedder ("auto") is this one, and importing ollama took 0.2-0.4
+        s of every command's start, `codevm index` included (see ollama_errors)."""
+        import ollama
+
+        return ollama.Client(host=self.host, timeout=self.timeout)
+
+    @functools.cached_property
+    def probe(self) -> Any:
+        """A client with a short timeout: a hung server must not hang status."""
+        import ollama
+
+        return ollama.Client(host=self.host, timeout=3.0)
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         try:
