@@ -76,8 +76,9 @@ class ChunkPaths:
 
     def _clear(self) -> None:
         self.loaded = False
-        self._path = np.zeros(0, dtype=np.int32)  # id -> path number + 1 (0: unknown)
-        self._kind = np.zeros(0, dtype=np.int16)  # id -> kind number
+        # id -> path number + 1 (0: unknown), id -> kind number: replaced together, in one
+        # assignment, so that a search in another thread never holds one without the other
+        self._arrays = (np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int16))
         self._paths: list[str] = []
         self._path_ids: dict[str, int] = {}
         self._kinds: list[str] = []
@@ -90,7 +91,7 @@ class ChunkPaths:
                 if not self.loaded:
                     self._add(self._load())
                     self.loaded = True
-        path, kind, paths, kinds = self._path, self._kind, self._paths, self._kinds
+        (path, kind), paths, kinds = self._arrays, self._paths, self._kinds
         out = {}
         for cid in ids:
             if 0 <= cid < len(path) and (p := int(path[cid])):
@@ -111,13 +112,14 @@ class ChunkPaths:
         rows = list(rows)
         if not rows:
             return
+        old_path, old_kind = self._arrays
         top = max(r[0] for r in rows)
-        if top >= len(self._path):
-            size = max(top + 1, int(len(self._path) * 1.5))
+        if top >= len(old_path):
+            size = max(top + 1, int(len(old_path) * 1.5))
             path, kind = np.zeros(size, dtype=np.int32), np.zeros(size, dtype=np.int16)
-            path[: len(self._path)], kind[: len(self._kind)] = self._path, self._kind
+            path[: len(old_path)], kind[: len(old_kind)] = old_path, old_kind
         else:
-            path, kind = self._path.copy(), self._kind.copy()  # readers keep the arrays they hold
+            path, kind = old_path.copy(), old_kind.copy()  # readers keep the arrays they hold
         for cid, p, k in rows:
             if (pid := self._path_ids.get(p)) is None:
                 pid = self._path_ids[p] = len(self._paths)
@@ -126,7 +128,7 @@ class ChunkPaths:
                 kid = self._kind_ids[k or ""] = len(self._kinds)
                 self._kinds.append(k or "")
             path[cid], kind[cid] = pid + 1, kid
-        self._path, self._kind = path, kind
+        self._arrays = (path, kind)
 
 
 class LexicalIndex:
@@ -170,10 +172,15 @@ class LexicalIndex:
         return index
 
     # -- reading -------------------------------------------------------------------------
+    @staticmethod
+    def _meta(searcher: tantivy.Searcher) -> list:
+        """The hit of the meta document (none in an empty index)."""
+        return searcher.search(tantivy.Query.term_query(SCHEMA, "meta", META), 1).hits
+
     def state(self) -> tuple[int, str]:
         """(generation, database id) of the last commit; (0, '') for an empty index."""
         searcher = self.index.searcher()
-        hits = searcher.search(tantivy.Query.term_query(SCHEMA, "meta", META), 1).hits
+        hits = self._meta(searcher)
         if not hits:
             return 0, ""
         doc = searcher.doc(hits[0][1])
@@ -216,8 +223,7 @@ class LexicalIndex:
     def documents(self) -> int:
         """How many chunks the index holds (its meta document aside)."""
         searcher = self.index.searcher()
-        meta = searcher.search(tantivy.Query.term_query(SCHEMA, "meta", META), 1).hits
-        return int(searcher.num_docs) - len(meta)
+        return int(searcher.num_docs) - len(self._meta(searcher))
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file()) if self.directory.is_dir() else 0
@@ -239,10 +245,9 @@ class LexicalIndex:
             try:
                 if paths is None:
                     writer.delete_all_documents()
+                    self.chunks.add([], reset=True)
                 for path in paths or ():
                     writer.delete_documents_by_term("path", path)
-                if paths is None:
-                    self.chunks.add([], reset=True)
                 for rows in batches:
                     rows = list(rows)
                     self._add(writer, rows)

@@ -105,8 +105,9 @@ class Store:
                           f"({n[0]:,} chunks) from the database", file=sys.stderr)
                 cursor = chunk_rows(con, "chunks")
                 self.lexical.apply(None, iter(lambda: cursor.fetchmany(REBUILD_BATCH), []), generation, database)
-            with self.transaction() as tx:
-                tx.execute("DELETE FROM lexical_pending WHERE generation <= ?", [generation])
+            if first_row(con, "SELECT count(*) FROM lexical_pending")[0]:  # no write on a clean open
+                with self.transaction() as tx:
+                    tx.execute("DELETE FROM lexical_pending WHERE generation <= ?", [generation])
             self.lexical_behind = False
             self.lexical_committed, self.lexical_uncommitted = generation, None
 
