@@ -30,12 +30,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from bench.index_speed import latency_summary  # noqa: E402
-from codevm.retrieval.ann import key_of  # noqa: E402
+from codevm.retrieval.ann import CONNECTIVITY, EXPANSION_ADD, EXPANSION_SEARCH  # noqa: E402
 
 SHARED = HERE.parent.parent / "shared" / "bench"
 
 
-def stored_vectors(db: Path) -> tuple[np.ndarray, np.ndarray, str]:
+def stored_vectors(db: Path) -> tuple[np.ndarray, str]:
     con = duckdb.connect(str(db), read_only=True)
     try:
         model, dimension = con.execute("SELECT model, dimension FROM embedding_models").fetchone()
@@ -43,8 +43,7 @@ def stored_vectors(db: Path) -> tuple[np.ndarray, np.ndarray, str]:
                            [model]).fetchnumpy()
     finally:
         con.close()
-    keys = np.array([key_of(h) for h in data["hash"]], dtype=np.uint64)
-    return keys, np.stack(list(data["vec"])).astype(np.float32), model
+    return np.stack(list(data["vec"])).astype(np.float32), model
 
 
 def questions(limit: int) -> list[str]:
@@ -81,7 +80,8 @@ def exact_top(data: np.ndarray, queries: np.ndarray, k: int) -> tuple[list[set[i
 def measure(data: np.ndarray, queries: np.ndarray, dtype: str, widths: list[int],
             k: int, truth: list[set[int]]) -> dict:
     from usearch.index import Index
-    index = Index(ndim=data.shape[1], metric="cos", dtype=dtype)
+    index = Index(ndim=data.shape[1], metric="cos", dtype=dtype, connectivity=CONNECTIVITY,
+                  expansion_add=EXPANSION_ADD)
     wall, cpu = time.perf_counter(), time.process_time()
     index.add(np.arange(len(data), dtype=np.uint64), data, threads=os.cpu_count() or 1)
     out = {"build_s": round(time.perf_counter() - wall, 2),
@@ -125,11 +125,13 @@ def main() -> None:
     parser.add_argument("--dtypes", default="f32,f16,i8")
     parser.add_argument("--widths", default="32,64,128")
     args = parser.parse_args()
-    keys, data, model = stored_vectors(args.db)
+    data, model = stored_vectors(args.db)
     queries = embed_queries(model, questions(args.queries))
     dtypes, widths = args.dtypes.split(","), [int(w) for w in args.widths.split(",")]
     load = os.getloadavg()[0]
     out = {"model": model, "queries": len(queries), "load_1min": round(load, 2),
+           "connectivity": CONNECTIVITY, "expansion_add": EXPANSION_ADD,
+           "codevm_expansion_search": EXPANSION_SEARCH,
            "real": run(data, queries, dtypes, widths, 10)}
     if args.scale:
         out["spread"] = run(spread(data, args.scale), queries, dtypes, widths, 10)

@@ -292,6 +292,14 @@ def test_an_older_database_is_migrated_in_place(tmp_path: Path) -> None:
     con.execute("INSERT INTO chunks (id, path, ord, language, kind, name, qualified_name, start_line, "
                 "end_line, text, n_terms) VALUES (7, 'a.py', 0, 'python', 'function', 'grüße_quokka', "
                 "'grüße_quokka', 1, 2, 'def grüße_quokka(): pass', 5)")
+    # main (lines 4-9) calls the quokka on line 5; inner (6-7, inside main) calls it and sleep
+    for cid, name, start, end in ((8, "main", 4, 9), (9, "inner", 6, 7)):
+        con.execute("INSERT INTO chunks (id, path, ord, language, kind, name, qualified_name, start_line, "
+                    "end_line, text, n_terms) VALUES (?, 'a.py', ?, 'python', 'function', ?, ?, ?, ?, '', 0)",
+                    [cid, cid - 7, name, name, start, end])
+    con.execute("INSERT INTO refs VALUES ('a.py', 'python', 'grüße_quokka', 'call', 5, 'main'), "
+                "('a.py', 'python', 'grüße_quokka', 'call', 6, 'main.inner'), "
+                "('a.py', 'python', 'time.sleep', 'call', 7, 'main.inner')")
     con.execute("INSERT INTO terms VALUES (1, 'grüße_quokka'), (2, 'quokka')")
     con.execute("INSERT INTO postings VALUES (1, 7, 3, 5), (2, 7, 2, 5)")
     con.close()
@@ -300,7 +308,11 @@ def test_an_older_database_is_migrated_in_place(tmp_path: Path) -> None:
         applied = current.con.execute("SELECT id, name FROM migrations ORDER BY id").fetchall()
         assert [i for i, _ in applied] == list(range(1, len(migrations.MIGRATIONS) + 1))
         assert applied[6][1] == "m007_empty_strings_in_references"
-        assert current.con.execute("SELECT caller FROM refs").fetchall() == [("",)]
+        assert current.con.execute("SELECT caller FROM refs WHERE kind = 'import'").fetchall() == [("",)]
+        # each chunk's calls, from the refs on its own lines, and tantivy's index of them
+        calls = dict(current.con.execute("SELECT id, calls FROM chunks").fetchall())
+        assert (calls[7], calls[8], sorted(calls[9].split())) == ("", "grüße_quokka", ["grüße_quokka", "time.sleep"])
+        assert current.lexical.holders("calls", ["grüße_quokka", "nobody"], 5) == {"grüße_quokka": [8, 9]}
         # the postings became each chunk's terms, and tantivy's index was built from them
         terms = current.con.execute("SELECT terms FROM chunks").fetchone()[0]
         assert sorted(terms.split()) == ["grüße_quokka:3", "quokka:2"]

@@ -42,14 +42,18 @@ def test_named_signal_resolves_frames_dotted_names_and_paths(engine: Engine) -> 
 def test_graph_signal_walks_calls_callers_and_the_class(engine: Engine) -> None:
     con = engine.store.cursor()
     # from main: what it calls (total_area, Circle) ranks above what it does not reach
-    ranked = graph_signal(con, {_chunk(engine, "main"): 1.0})
+    ranked = graph_signal(con, engine.store.lexical, {_chunk(engine, "main"): 1.0})
     names = _names(engine, [cid for cid, _, _ in ranked.items])
     assert names[0] == "main" and {"total_area", "Circle"} <= set(names[1:4])
     # from a method: its class and its sibling
     names = _names(engine, [cid for cid, _, _ in graph_signal(
-        con, {_chunk(engine, "Circle.scale"): 1.0}).items])
+        con, engine.store.lexical, {_chunk(engine, "Circle.scale"): 1.0}).items])
     assert {"Circle", "Circle.area"} <= set(names)
-    assert graph_signal(con, {}).items == []
+    # from a function: the chunk that calls it
+    names = _names(engine, [cid for cid, _, _ in graph_signal(
+        con, engine.store.lexical, {_chunk(engine, "total_area"): 1.0}).items])
+    assert names[0] == "total_area" and "main" in names
+    assert graph_signal(con, engine.store.lexical, {}).items == []
 
 
 def test_fusion_rewards_agreement_and_honours_weights() -> None:

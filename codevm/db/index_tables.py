@@ -26,6 +26,7 @@ _CHUNK_COLUMNS = {
     "name": "VARCHAR", "qualified_name": "VARCHAR", "start_line": "INTEGER",
     "end_line": "INTEGER", "signature": "VARCHAR", "docstring": "VARCHAR", "text": "VARCHAR",
     "hash": "VARCHAR", "tokens": "INTEGER", "terms": "VARCHAR", "n_terms": "INTEGER",
+    "calls": "VARCHAR",
 }
 _SYMBOL_COLUMNS = {
     "path": "VARCHAR", "language": "VARCHAR", "name": "VARCHAR", "qualified_name": "VARCHAR",
@@ -154,7 +155,7 @@ class IndexTables:
         con.execute("""
             INSERT INTO chunks
             SELECT id, path, ord, language, kind, name, qualified_name, start_line, end_line,
-                   signature, docstring, text, hash, tokens, n_terms, terms
+                   signature, docstring, text, hash, tokens, n_terms, terms, calls
             FROM stage_chunks""")
 
     # -- what the index holds ------------------------------------------------------------

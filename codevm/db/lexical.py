@@ -23,7 +23,8 @@ import shutil
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -43,7 +44,10 @@ LEX_SQL = ("array_to_string(list_transform(string_split({col}, ' '), lambda p: r
            "coalesce(TRY_CAST(split_part(p, ':', 2) AS INTEGER), 0))), '')")
 
 
-Row = tuple[int, str, str, str, str]  # a chunk's id, path, language, kind and indexed text
+# a chunk's id, path, language, kind, text, the names it calls, the name it defines and
+# (a method's) the top-level class it belongs to
+Row = tuple[int, str, str, str, str, str, str, str]
+DEFINITION_KINDS = ("function", "method", "class")  # chunks that define their name
 
 
 def _schema() -> tantivy.Schema:
@@ -53,6 +57,9 @@ def _schema() -> tantivy.Schema:
     b.add_text_field("language", stored=False, tokenizer_name="raw", index_option="basic")
     b.add_text_field("kind", stored=False, tokenizer_name="raw", index_option="basic")
     b.add_text_field("body", stored=False, tokenizer_name=TOKENIZER, index_option="freq")
+    b.add_text_field("calls", stored=False, tokenizer_name=TOKENIZER, index_option="basic")
+    b.add_text_field("defines", stored=False, tokenizer_name="raw", index_option="basic")
+    b.add_text_field("owner", stored=False, tokenizer_name="raw", index_option="basic")
     b.add_text_field("meta", stored=False, tokenizer_name="raw", index_option="basic")
     b.add_unsigned_field("generation", stored=True)
     b.add_text_field("database", stored=True, tokenizer_name="raw", index_option="basic")
@@ -204,21 +211,60 @@ class LexicalIndex:
         if must:
             query = tantivy.Query.boolean_query([(tantivy.Occur.Must, query)]
                                                 + [(tantivy.Occur.Must, q) for q in must])
-        try:
+        with self._reading():
             searcher = self.index.searcher()
             hits = searcher.search(query, limit, count=False).hits
             ids = searcher.fast_field_values("id", [address for _, address in hits]) if hits else []
-        except BaseException as e:
-            if type(e).__name__ != "PanicException":
-                raise
-            raise RuntimeError(f"the search index {self.directory} cannot be read ({_first_line(e)}): "
-                               "restart codevm (`codevm stop`) to make it again") from None
         if not hits:
             return []
         out = [(int(cid), round(float(score), 5)) for (score, _), cid in zip(hits, ids, strict=True)
                if cid is not None]
         out.sort(key=lambda r: (-r[1], r[0]))
         return out
+
+    def holders(self, field: str, values: Iterable[str], most: int) -> dict[str, list[int]]:
+        """value -> ids of the chunks whose `field` ("calls", "defines", "path") holds it,
+        for the values that at most `most` chunks hold (one held more widely says little,
+        and is not read): each is a term lookup, whatever the size of the index."""
+        out: dict[str, list[int]] = {}
+        with self._reading():
+            searcher = self.index.searcher()
+            for value in values:
+                if not value or len(value) > MAX_TERM_CHARS or not searcher.doc_freq(field, value):
+                    continue
+                hits = searcher.search(tantivy.Query.term_query(SCHEMA, field, value), most + 1,
+                                       count=False).hits  # unlike doc_freq, without deleted chunks
+                if 0 < len(hits) <= most:
+                    out[value] = self._ids(searcher, hits)
+        return out
+
+    def in_file(self, path: str, field: str, values: Iterable[str], most: int) -> list[int]:
+        """Ids of up to `most` chunks of the file `path` whose `field` holds any of `values`."""
+        values = [v for v in values if v and len(v) <= MAX_TERM_CHARS]
+        if not values:
+            return []
+        query = tantivy.Query.boolean_query([
+            (tantivy.Occur.Must, tantivy.Query.term_query(SCHEMA, "path", path)),
+            (tantivy.Occur.Must, tantivy.Query.term_set_query(SCHEMA, field, values))])
+        with self._reading():
+            searcher = self.index.searcher()
+            return self._ids(searcher, searcher.search(query, most, count=False).hits)
+
+    @staticmethod
+    def _ids(searcher: tantivy.Searcher, hits: list) -> list[int]:
+        ids = searcher.fast_field_values("id", [address for _, address in hits]) if hits else []
+        return sorted(int(cid) for cid in ids if cid is not None)
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """A panic inside tantivy while reading becomes an error that says what to do."""
+        try:
+            yield
+        except BaseException as e:
+            if type(e).__name__ != "PanicException":
+                raise
+            raise RuntimeError(f"the search index {self.directory} cannot be read ({_first_line(e)}): "
+                               "restart codevm (`codevm stop`) to make it again") from None
 
     def documents(self) -> int:
         """How many chunks the index holds (its meta document aside)."""
@@ -288,9 +334,10 @@ class LexicalIndex:
     @staticmethod
     def _add(writer: tantivy.IndexWriter, rows: Iterable[Row]) -> None:
         add, from_dict = writer.add_document, tantivy.Document.from_dict
-        for cid, path, language, kind, text in rows:
+        for cid, path, language, kind, text, calls, defines, owner in rows:
             add(from_dict({"id": cid, "path": path, "language": language or "", "kind": kind or "",
-                           "body": text}, SCHEMA))
+                           "body": text, "calls": calls or "", "defines": defines or "",
+                           "owner": owner or ""}, SCHEMA))
 
     @staticmethod
     def _commit(writer: tantivy.IndexWriter, generation: int, database: str) -> None:
@@ -322,8 +369,12 @@ def new_database_id() -> str:
 
 def chunk_rows(con: duckdb.DuckDBPyConnection, source: str, where: str = "TRUE",
                params: object = None) -> duckdb.DuckDBPyConnection:
-    """A cursor over (id, path, language, kind, text) of the chunks in `source`."""
-    return con.execute(f"SELECT id, path, language, kind, {LEX_SQL.format(col='terms')} FROM {source} "
+    """A cursor over the lexical index's rows (Row) of the chunks in `source`."""
+    kinds = ", ".join(f"'{k}'" for k in DEFINITION_KINDS)
+    return con.execute(f"SELECT id, path, language, kind, {LEX_SQL.format(col='terms')}, calls, "
+                       f"CASE WHEN kind IN ({kinds}) THEN name ELSE '' END, "
+                       f"CASE WHEN kind = 'method' THEN split_part(qualified_name, '.', 1) ELSE '' END "
+                       f"FROM {source} "
                        f"WHERE {where}", params)
 
 

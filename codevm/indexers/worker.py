@@ -98,6 +98,22 @@ def process_file(root: str, t: TaskFile, limits: Limits) -> tuple[dict, Extracti
     return _file_row(t, "indexed", reason, language, digest, len(ex.chunks)), ex
 
 
+def chunk_calls(chunks: list, refs: list[tuple[str, str, int, str]]) -> list[str]:
+    """The names each chunk calls (space-separated, first call first): the calls on its
+    lines that no smaller chunk holds. The graph signal follows them both ways."""
+    out: list[dict[str, None]] = [{} for _ in chunks]
+    calls = [(n, line) for n, k, line, _ in refs if k == "call"]
+    if calls and chunks:
+        owner = [-1] * (max(c.end_line for c in chunks) + 2)
+        for i in sorted(range(len(chunks)), key=lambda i: chunks[i].start_line - chunks[i].end_line):
+            c = chunks[i]  # largest first: a smaller chunk inside it takes its own lines
+            owner[c.start_line : c.end_line + 1] = [i] * (c.end_line - c.start_line + 1)
+        for name, line in calls:
+            if 0 <= line < len(owner) and (i := owner[line]) >= 0:
+                out[i]["_".join(name.split())] = None
+    return [" ".join(names) for names in out]
+
+
 def _term_counts(terms: dict[str, int]) -> str:
     return " ".join([f"{t}:{c}" for t, c in terms.items()])
 
@@ -130,6 +146,7 @@ def run_task(root: str, files: list[TaskFile], limits: Limits, out_prefix: str) 
             language = row["language"]
             path_words = t.path.rsplit(".", 1)[0].replace("/", " ")
             lines = []
+            calls = chunk_calls(ex.chunks, ex.refs)
             for ordinal, c in enumerate(ex.chunks):
                 terms = chunk_terms_counts(path_words, c)
                 lines.append(dumps({
@@ -139,6 +156,7 @@ def run_task(root: str, files: list[TaskFile], limits: Limits, out_prefix: str) 
                     "signature": c.signature, "docstring": c.docstring, "text": c.text,
                     "hash": content_hash(c.text.encode("utf-8")), "tokens": c.tokens,
                     "terms": _term_counts(terms), "n_terms": sum(terms.values()),
+                    "calls": calls[ordinal],
                 }))
             if lines:
                 f_chunks.write("\n".join(lines) + "\n")

@@ -7,11 +7,14 @@ from collections import defaultdict
 
 import duckdb
 
+from codevm.db.lexical import LexicalIndex
 from codevm.retrieval.fusion import Ranked, Scored
-from codevm.retrieval.sql import definitions, quoted
+from codevm.retrieval.sql import by_ids
 
 GRAPH_SEEDS = 12
-MAX_FANOUT = 8  # callees of one name / callers of one chunk followed
+MAX_FANOUT = 8  # definitions of one callee / sibling methods of one chunk followed
+MAX_CALLERS = 32  # a name called from more chunks is not followed to its callers
+MAX_FILE_CHUNKS = 2000  # a file with more chunks is not read for a method's class and siblings
 RESTART = 0.5  # personalised PageRank: the chance to jump back to a seed
 ITERATIONS = 12
 HOP_FRONTIER = 60  # nodes the second hop expands
@@ -19,89 +22,87 @@ GRAPH_MIN_WORDS = 8  # shorter queries are searches: the graph costs more than i
 EDGE_WEIGHTS = {"callee": 1.0, "caller": 0.7, "class": 0.6, "sibling": 0.3}
 
 
-def _neighbours(con: duckdb.DuckDBPyConnection, ids: list[int]) -> dict[int, list[tuple[int, str]]]:
+Node = tuple[str, str, str, str, str]  # a chunk's path, name, qualified name, kind, calls
+
+
+def _describe(con: duckdb.DuckDBPyConnection, ids: set[int], known: dict[int, Node]) -> None:
+    """Read the chunks of `ids` that `known` lacks into it, in one query."""
+    missing = sorted(i for i in ids if i not in known)
+    if missing:
+        where, params = by_ids(missing)
+        for cid, *node in con.execute(
+                f"SELECT id, path, name, qualified_name, kind, calls FROM chunks c {where}", params).fetchall():
+            known[cid] = tuple(v or "" for v in node)  # type: ignore[assignment]
+
+
+def _neighbours(con: duckdb.DuckDBPyConnection, lexical: LexicalIndex, ids: list[int],
+                known: dict[int, Node]) -> dict[int, list[tuple[int, str]]]:
     """Edges from each chunk of `ids`: its callees' definitions, its callers, its class
-    and its sibling methods (in the same file). Each lookup scans `refs` once (a few ms
-    on the standard library): the signal is for questions, not for every keystroke."""
+    and its sibling methods (in the same file). The chunks of `ids` are read by id (`known`
+    keeps them for the next hop); the names they call, their own names and their classes
+    are terms looked up in the lexical index (capped), and where a chunk found is comes
+    from memory: a hop costs the same on a 300k-chunk index as on a small one."""
     edges: dict[int, list[tuple[int, str]]] = defaultdict(list)
     if not ids:
         return edges
-    nodes = con.execute(
-        "SELECT id, path, name, qualified_name, kind FROM chunks WHERE id IN ("
-        + ", ".join(str(int(i)) for i in ids) + ")").fetchall()
-    by_def = {(path, qual): cid for cid, path, _, qual, _ in nodes if qual}
-    by_name: dict[str, list[int]] = defaultdict(list)
-    for cid, _, name, _, _ in nodes:
-        if name:
-            by_name[name].append(cid)
-    # callees: calls made inside each chunk's definition, resolved by name (same file first)
-    calls: dict[int, set[str]] = defaultdict(set)
-    if by_def:
-        for path, caller, name in con.execute(
-                "SELECT path, caller, name FROM refs WHERE caller IN ("
-                + quoted({q for _, q in by_def}) + ") AND kind = 'call'").fetchall():
-            if (src := by_def.get((path, caller))) is not None:
-                calls[src].add(name)
-    callee_names = set().union(*calls.values()) if calls else set()
+    _describe(con, set(ids), known)
+    nodes = {cid: known[cid] for cid in ids if cid in known}
+    paths = {cid: node[0] for cid, node in nodes.items()}
+    # callees: the names each chunk calls, resolved to their definitions: all of them for a
+    # name defined in few places, else only those in the caller's own file
+    calls = {cid: set(node[4].split()) for cid, node in nodes.items() if node[4]}
+    everywhere = lexical.holders("defines", sorted(set().union(*calls.values())) if calls else [],
+                                 MAX_FANOUT)
+    local: set[int] = set()
+    for path in sorted({paths[src] for src in calls}):
+        common = {n for src, names in calls.items() if paths[src] == path for n in names} - set(everywhere)
+        local.update(lexical.in_file(path, "defines", sorted(common), MAX_FILE_CHUNKS))
+    _describe(con, local, known)  # their names (few: definitions in the callers' own files)
+    where = lexical.chunks.get({cid for found in everywhere.values() for cid in found})
     defs: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for cid, name, _, path in definitions(con, callee_names, qualified=False):
-        defs[name].append((cid, path))
-    paths = {cid: path for cid, path, _, _, _ in nodes}
+    for name, ids_ in everywhere.items():
+        defs[name].extend((cid, where[cid][0]) for cid in ids_ if cid in where)
+    for cid in sorted(local):
+        if cid in known:
+            defs[known[cid][1]].append((cid, known[cid][0]))
     for src, names in calls.items():
-        for name in names:
+        for name in sorted(names):
             found = defs.get(name, [])
-            local = [d for d, p in found if p == paths[src]]
-            chosen = local or ([d for d, _ in found] if len(found) <= MAX_FANOUT else [])
-            edges[src].extend((d, "callee") for d in chosen if d != src)
-    # callers: the chunks that hold calls to each chunk's name (not too common a name)
-    sites: dict[str, list[tuple[str, int]]] = defaultdict(list)
-    if by_name:
-        for name, path, line in con.execute(
-                "SELECT name, path, line FROM refs WHERE name IN (" + quoted(set(by_name))
-                + ") AND kind = 'call'").fetchall():
-            sites[name].append((path, line))
-    sites = {n: s for n, s in sites.items() if len(s) <= MAX_FANOUT * 4}
-    owners = {cid: qual.split(".")[0] for cid, _, _, qual, kind in nodes if kind == "method"}
-    files = {p for s in sites.values() for p, _ in s} | {paths[c] for c in owners}
-    spans: dict[str, list[tuple[int, int, int, str, str]]] = defaultdict(list)
-    if files:
-        for cid, path, start, end, qual, kind in con.execute(
-                "SELECT id, path, start_line, end_line, qualified_name, kind FROM chunks WHERE path IN ("
-                + quoted(files) + ")").fetchall():
-            spans[path].append((start, end, cid, qual or "", kind))
-    for name, where in sites.items():
-        for path, line in where:
-            inner = [s for s in spans.get(path, []) if s[0] <= line <= s[1]]
-            if not inner:
-                continue
-            caller = min(inner, key=lambda s: s[1] - s[0])[2]
-            for dst in by_name[name]:
-                if caller != dst:
-                    edges[dst].append((caller, "caller"))
-    # the enclosing class and sibling methods, in the same file
-    for src, owner in owners.items():
-        siblings = 0
-        for _, _, cid, qual, kind in spans.get(paths[src], []):
-            if cid == src:
-                continue
-            if qual == owner and kind == "class":
-                edges[src].append((cid, "class"))
-            elif qual.startswith(owner + ".") and siblings < MAX_FANOUT:
-                siblings += 1
-                edges[src].append((cid, "sibling"))
+            mine = [d for d, p in found if p == paths[src]]
+            chosen = mine or ([d for d, _ in found] if name in everywhere else [])
+            edges[src].extend((d, "callee") for d in dict.fromkeys(chosen) if d != src)
+    # callers: the chunks that call each chunk's name (not too common a name)
+    by_name: dict[str, list[int]] = defaultdict(list)
+    for cid, node in nodes.items():
+        if node[1]:
+            by_name[node[1]].append(cid)
+    for name, calling in lexical.holders("calls", sorted(by_name), MAX_CALLERS).items():
+        for dst in by_name[name]:
+            edges[dst].extend((caller, "caller") for caller in calling if caller != dst)
+    # a method's class and sibling methods, in its file
+    for src, node in nodes.items():
+        if node[3] != "method" or not node[2]:
+            continue
+        owner, path = node[2].split(".")[0], node[0]
+        classes = lexical.in_file(path, "defines", [owner], MAX_FANOUT)
+        edges[src].extend((cid, "class") for cid, (_, kind) in sorted(lexical.chunks.get(classes).items())
+                          if kind == "class" and cid != src)
+        siblings = [cid for cid in lexical.in_file(path, "owner", [owner], MAX_FANOUT + 1) if cid != src]
+        edges[src].extend((cid, "sibling") for cid in siblings[:MAX_FANOUT])
     return edges
 
 
-def graph_signal(con: duckdb.DuckDBPyConnection, seeds: dict[int, float]) -> Ranked:
+def graph_signal(con: duckdb.DuckDBPyConnection, lexical: LexicalIndex, seeds: dict[int, float]) -> Ranked:
     """Personalised PageRank over the two-hop reference graph around `seeds` (id -> weight)."""
     if not seeds:
         return Ranked([])
     graph: dict[int, dict[int, float]] = defaultdict(dict)
     frontier = list(seeds)
     seen = set(frontier)
+    known: dict[int, Node] = {}
     for _hop in range(2):
         reach: dict[int, float] = defaultdict(float)
-        for src, outs in _neighbours(con, frontier).items():
+        for src, outs in _neighbours(con, lexical, frontier, known).items():
             for dst, kind in outs:
                 w = EDGE_WEIGHTS[kind]
                 # a walk goes both ways along a reference

@@ -54,7 +54,7 @@ class Retriever:
         # a question or an issue (not a few words typed in a search box) gets the graph
         wanted = self.weights.get("graph", 0) > 0 and q.n_idents >= GRAPH_MIN_WORDS
         # like every signal, the graph ranks `depth` chunks (the offline tuner sees the same)
-        out["graph"] = Ranked(graph_signal(con, seeds).items[:depth]) if wanted else Ranked([])
+        out["graph"] = Ranked(graph_signal(con, self.index, seeds).items[:depth]) if wanted else Ranked([])
         out["vector"] = (vector_signal(self.vectors, con, query, depth, language, path_glob, kind)
                          if self.weights.get("vector", 0) > 0 else Ranked([]))
         return q, out
