@@ -109,24 +109,30 @@ def m007_empty_strings_in_references(con: duckdb.DuckDBPyConnection) -> None:
             con.execute(f"UPDATE {table} SET {column} = '' WHERE {column} IS NULL")
 
 
+def _add_chunk_column(con: duckdb.DuckDBPyConnection, column: str, source: str) -> None:
+    """Add `column` to chunks from the temp table `source` (id, column), '' where it has no
+    row. DuckDB cannot add a column to a table with indexes: the table is copied."""
+    con.execute(f"""
+        CREATE TABLE chunks_new AS
+        SELECT c.*, coalesce(s.{column}, '') AS {column} FROM chunks c LEFT JOIN {source} s USING (id)
+        ORDER BY c.id""")
+    con.execute("DROP TABLE chunks")
+    con.execute("ALTER TABLE chunks_new RENAME TO chunks")
+    con.execute(f"DROP TABLE {source}")
+    con.execute("CREATE INDEX chunks_id ON chunks (id)")
+    con.execute("CREATE INDEX chunks_name ON chunks (name)")
+    con.execute("CREATE INDEX chunks_qualified_name ON chunks (qualified_name)")
+
+
 def m008_lexical_index_in_tantivy(con: duckdb.DuckDBPyConnection) -> None:
     # BM25 moves to tantivy (codevm/db/lexical.py); the database keeps each chunk's weighted
     # terms, from which that index is made (again, when it is lost), rebuilt here from the
-    # postings. DuckDB cannot add a column to a table with indexes: the table is copied.
+    # postings.
     con.execute("""
         CREATE TEMP TABLE chunk_terms AS
         SELECT p.chunk_id AS id, string_agg(t.term || ':' || p.tf, ' ') AS terms
         FROM postings p JOIN terms t ON t.id = p.term_id GROUP BY 1""")
-    con.execute("""
-        CREATE TABLE chunks_new AS
-        SELECT c.*, coalesce(ct.terms, '') AS terms FROM chunks c LEFT JOIN chunk_terms ct USING (id)
-        ORDER BY c.id""")
-    con.execute("DROP TABLE chunks")
-    con.execute("ALTER TABLE chunks_new RENAME TO chunks")
-    con.execute("DROP TABLE chunk_terms")
-    con.execute("CREATE INDEX chunks_id ON chunks (id)")
-    con.execute("CREATE INDEX chunks_name ON chunks (name)")
-    con.execute("CREATE INDEX chunks_qualified_name ON chunks (qualified_name)")
+    _add_chunk_column(con, "terms", "chunk_terms")
     for table in ("postings", "terms", "dead_chunks"):
         con.execute(f"DROP TABLE {table}")
     con.execute("DROP SEQUENCE term_ids")
@@ -148,16 +154,7 @@ def m009_calls_of_each_chunk(con: duckdb.DuckDBPyConnection) -> None:
         owner AS (SELECT path, line, name, arg_min(id, span) AS id FROM hit GROUP BY ALL)
         SELECT id, string_agg(DISTINCT regexp_replace(name, '\s+', '_', 'g'), ' ') AS calls
         FROM owner GROUP BY id""")
-    con.execute("""
-        CREATE TABLE chunks_new AS
-        SELECT c.*, coalesce(cc.calls, '') AS calls FROM chunks c LEFT JOIN chunk_calls cc USING (id)
-        ORDER BY c.id""")
-    con.execute("DROP TABLE chunks")
-    con.execute("ALTER TABLE chunks_new RENAME TO chunks")
-    con.execute("DROP TABLE chunk_calls")
-    con.execute("CREATE INDEX chunks_id ON chunks (id)")
-    con.execute("CREATE INDEX chunks_name ON chunks (name)")
-    con.execute("CREATE INDEX chunks_qualified_name ON chunks (qualified_name)")
+    _add_chunk_column(con, "calls", "chunk_calls")
 
 
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
