@@ -39,6 +39,23 @@ def test_named_signal_resolves_frames_dotted_names_and_paths(engine: Engine) -> 
     assert named_signal(con, engine.store.lexical, "nothing here is written like code").items == []
 
 
+def test_exact_names_in_a_long_question_and_the_filters(engine: Engine) -> None:
+    index = engine.store.lexical
+    # every word of a long question is looked up: the name and the qualified name both hit
+    words = [f"word{i}" for i in range(60)]
+    scale = _chunk(engine, "Circle.scale")
+    assert index.named([*words, "scale"], 50) == [scale]
+    assert index.named([*words, "Circle.scale"], 50) == [scale]
+    found = index.named(["Circle", "main", "total_area"] + words, 50)
+    assert set(_names(engine, found)) >= {"Circle", "main", "total_area"}
+    assert index.named(["Circle", "main", "total_area"], 2) == sorted(found)[:2]  # lowest ids kept
+    # the search filters
+    assert index.named(["scale"], 50, kind="class") == []
+    assert index.named(["scale"], 50, language="python") == [scale]
+    assert index.named(["scale"], 50, paths=["docs/guide.md"]) == []
+    assert index.named(["scale"], 50, paths=[]) == [] and index.named([], 50) == []
+
+
 def test_graph_signal_walks_calls_callers_and_the_class(engine: Engine) -> None:
     con = engine.store.cursor()
     # from main: what it calls (total_area, Circle) ranks above what it does not reach

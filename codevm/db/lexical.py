@@ -37,6 +37,7 @@ HEAP_BYTES = 64 << 20
 WRITER_THREADS = 2
 META = "generation"
 REBUILD_BATCH = 5_000
+NAMED_READ = 2_000  # chunks read for an exact-name lookup (sorted by id, then cut)
 
 # each chunk's terms ("term:count term:count") as the text tantivy indexes: every term
 # repeated its count (DuckDB does this in parallel, in C++)
@@ -44,8 +45,7 @@ LEX_SQL = ("array_to_string(list_transform(string_split({col}, ' '), lambda p: r
            "coalesce(TRY_CAST(split_part(p, ':', 2) AS INTEGER), 0))), '')")
 
 
-# a chunk's id, path, language, kind, text, the names it calls, the name it defines and
-# (a method's) the top-level class it belongs to
+# a chunk's id, path, language, kind, text, the names it calls, name and qualified name
 Row = tuple[int, str, str, str, str, str, str, str]
 DEFINITION_KINDS = ("function", "method", "class")  # chunks that define their name
 
@@ -60,6 +60,7 @@ def _schema() -> tantivy.Schema:
     b.add_text_field("calls", stored=False, tokenizer_name=TOKENIZER, index_option="basic")
     b.add_text_field("defines", stored=False, tokenizer_name="raw", index_option="basic")
     b.add_text_field("owner", stored=False, tokenizer_name="raw", index_option="basic")
+    b.add_text_field("names", stored=False, tokenizer_name="raw", index_option="basic")
     b.add_text_field("meta", stored=False, tokenizer_name="raw", index_option="basic")
     b.add_unsigned_field("generation", stored=True)
     b.add_text_field("database", stored=True, tokenizer_name="raw", index_option="basic")
@@ -238,6 +239,22 @@ class LexicalIndex:
                     out[value] = self._ids(searcher, hits)
         return out
 
+    def named(self, names: Iterable[str], most: int, language: str | None = None,
+              kind: str | None = None, paths: list[str] | None = None) -> list[int]:
+        """Ids of the chunks named or qualified-named one of `names` (within the filters),
+        up to `most`, the lowest ids first."""
+        names = [n for n in names if n and len(n) <= MAX_TERM_CHARS]
+        if not names or paths == []:
+            return []
+        must = [tantivy.Query.term_set_query(SCHEMA, "names", names)]
+        must += [tantivy.Query.term_query(SCHEMA, f, v) for f, v in (("language", language), ("kind", kind)) if v]
+        if paths is not None:
+            must.append(tantivy.Query.term_set_query(SCHEMA, "path", paths))
+        query = tantivy.Query.boolean_query([(tantivy.Occur.Must, q) for q in must])
+        with self._reading():
+            searcher = self.index.searcher()
+            return self._ids(searcher, searcher.search(query, NAMED_READ, count=False).hits)[:most]
+
     def in_file(self, path: str, field: str, values: Iterable[str], most: int) -> list[int]:
         """Ids of up to `most` chunks of the file `path` whose `field` holds any of `values`."""
         values = [v for v in values if v and len(v) <= MAX_TERM_CHARS]
@@ -334,10 +351,14 @@ class LexicalIndex:
     @staticmethod
     def _add(writer: tantivy.IndexWriter, rows: Iterable[Row]) -> None:
         add, from_dict = writer.add_document, tantivy.Document.from_dict
-        for cid, path, language, kind, text, calls, defines, owner in rows:
-            add(from_dict({"id": cid, "path": path, "language": language or "", "kind": kind or "",
-                           "body": text, "calls": calls or "", "defines": defines or "",
-                           "owner": owner or ""}, SCHEMA))
+        for cid, path, language, kind, text, calls, name, qualified in rows:
+            add(from_dict({
+                "id": cid, "path": path, "language": language or "", "kind": kind or "", "body": text,
+                "calls": calls or "",
+                # the name a function, method or class defines; a method's top-level class
+                "defines": name if kind in DEFINITION_KINDS and name else "",
+                "owner": qualified.split(".")[0] if kind == "method" and qualified else "",
+                "names": [n for n in dict.fromkeys((name, qualified)) if n]}, SCHEMA))
 
     @staticmethod
     def _commit(writer: tantivy.IndexWriter, generation: int, database: str) -> None:
@@ -370,11 +391,8 @@ def new_database_id() -> str:
 def chunk_rows(con: duckdb.DuckDBPyConnection, source: str, where: str = "TRUE",
                params: object = None) -> duckdb.DuckDBPyConnection:
     """A cursor over the lexical index's rows (Row) of the chunks in `source`."""
-    kinds = ", ".join(f"'{k}'" for k in DEFINITION_KINDS)
     return con.execute(f"SELECT id, path, language, kind, {LEX_SQL.format(col='terms')}, calls, "
-                       f"CASE WHEN kind IN ({kinds}) THEN name ELSE '' END, "
-                       f"CASE WHEN kind = 'method' THEN split_part(qualified_name, '.', 1) ELSE '' END "
-                       f"FROM {source} "
+                       f"coalesce(name, ''), coalesce(qualified_name, '') FROM {source} "
                        f"WHERE {where}", params)
 
 

@@ -18,7 +18,7 @@ from codevm.db.lexical import LexicalIndex
 from codevm.errors import InvalidArgument
 from codevm.indexers.identifiers import IDENTIFIER, IDENTIFIER_PATTERN, expand_identifier
 from codevm.retrieval.fusion import Scored
-from codevm.retrieval.sql import BY_IDS, chunk_filters, quoted
+from codevm.retrieval.sql import BY_IDS, chunk_filters
 
 MAX_QUERY_TERMS = 256
 # Test code matches a question's words as well as the code under test does (it calls the
@@ -63,13 +63,10 @@ def analyse_query(query: str) -> QueryTerms:
                       n_idents=len(idents))
 
 
-# Names are inlined (they are identifiers, quoted below) so that the indexes on
-# chunks.name and chunks.qualified_name answer instead of a scan: with nothing else in the
-# query (a filter, an ORDER BY ... LIMIT) DuckDB scans the table instead (10-15 ms on
-# u-boot's 283k chunks, against 2-3). A name defined more than MAX_EXACT times keeps the
+# Exact names are looked up in the lexical index's `names` field (each chunk's name and
+# qualified name): a term each, where a DuckDB IN-list of a question's words scanned the
+# table once it held more than a few. A name defined more than MAX_EXACT times keeps the
 # same ones every time (the lowest ids).
-_EXACT_SQL = ("SELECT id FROM chunks WHERE name IN ({names}) "
-              "UNION SELECT id FROM chunks WHERE qualified_name IN ({names})")
 MAX_EXACT = 200
 
 _ROWS_SQL = f"""
@@ -103,11 +100,7 @@ def lexical(con: duckdb.DuckDBPyConnection, index: LexicalIndex, query: str, k: 
     scored = index.search(q.terms, limit, language, kind, paths)
     exact: set[int] = set()
     if q.names:
-        found = sorted(r[0] for r in con.execute(_EXACT_SQL.format(names=quoted(q.names))).fetchall())
-        if params:  # the search filters, on the few chunks found
-            found = sorted(r[0] for r in con.execute(f"SELECT id FROM chunks c {BY_IDS} WHERE {where}",
-                                                     {**params, "ids": found}).fetchall())
-        exact = set(found[:MAX_EXACT])
+        exact = set(index.named(q.names, MAX_EXACT, language, kind, paths))
     if not scored and not exact:
         return q, []
     top = max((r[1] for r in scored), default=1.0) or 1.0

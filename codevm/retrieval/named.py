@@ -10,12 +10,12 @@ from collections import defaultdict
 
 import duckdb
 
-from codevm.db.lexical import LexicalIndex
+from codevm.db.lexical import DEFINITION_KINDS, LexicalIndex
 from codevm.indexers.identifiers import IDENTIFIER, expand_identifier
 from codevm.indexers.languages import EXTENSIONS
 from codevm.retrieval.fusion import Ranked, Scored
 from codevm.retrieval.lexical import lexical
-from codevm.retrieval.sql import BY_IDS, definitions
+from codevm.retrieval.sql import BY_IDS, by_ids
 
 _PY_FRAME = re.compile(r'File "([^"]+)", line (\d+)(?:, in ([\w<>.]+))?')
 _JS_FRAME = re.compile(r"at (?:([\w$.<>]+) \()?([^\s()]+?):(\d+)(?::\d+)?\)?")
@@ -36,6 +36,7 @@ _TEXT_EXTENSIONS = {".md", ".rst", ".txt", ".toml", ".yaml", ".yml", ".json", ".
 
 MAX_NAMED = 24  # identifiers and paths taken from one question
 MAX_DEFINITIONS = 6  # a name defined more often than this is too generic to resolve
+MAX_PARTS = 8  # chunks of one definition (a long function is split) counted as one
 MAX_MESSAGES = 3  # error message fragments looked up in the code
 MAX_MODULE_DEPTH = 12  # parts of a dotted module path tried as a file path
 MAX_LITERALS = 3  # quoted code fragments looked up in the code
@@ -113,7 +114,7 @@ def named_signal(con: duckdb.DuckDBPyConnection, index: LexicalIndex, question: 
             found.extend(_file_chunks(con, index, path, words, 0.7, f"module {path}"))
     found.extend(_error_messages(con, index, question))
     found.extend(_literal_code(con, index, question))
-    found.extend(_definitions(con, question))
+    found.extend(_definitions(con, index, question))
     best: dict[int, Scored] = {}
     for item in found:
         if item.chunk_id not in best or item.score > best[item.chunk_id].score:
@@ -212,7 +213,7 @@ def _literal_code(con: duckdb.DuckDBPyConnection, index: LexicalIndex, question:
     return found
 
 
-def _definitions(con: duckdb.DuckDBPyConnection, question: str) -> list[Scored]:
+def _definitions(con: duckdb.DuckDBPyConnection, index: LexicalIndex, question: str) -> list[Scored]:
     """Chunks defining the identifiers a question writes like code; a rare name (one
     definition) ranks above a common one, a dotted name above a bare one."""
     names: list[str] = []
@@ -229,10 +230,18 @@ def _definitions(con: duckdb.DuckDBPyConnection, question: str) -> list[Scored]:
         parts = name.split(".")
         keys.setdefault(".".join(parts[-2:]), name)  # Class.method, module.func
         keys.setdefault(parts[-1], name)
+    # each name's chunks from the lexical index (a name on too many of them is left out
+    # there), then those that define it, read by id
+    held = index.holders("names", sorted(keys), MAX_DEFINITIONS * MAX_PARTS)
+    ids = sorted({cid for found in held.values() for cid in found})
     by_key: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
-    for cid, name, qualified, path in definitions(con, set(keys)):
-        key = qualified if qualified in keys else name
-        by_key[key].append((cid, qualified, path))
+    if ids:
+        where, params = by_ids(ids)
+        for cid, name, qualified, path, kind in con.execute(
+                f"SELECT id, name, qualified_name, path, kind FROM chunks c {where}", params).fetchall():
+            if kind in DEFINITION_KINDS:
+                key = qualified if qualified in keys else name
+                by_key[key].append((cid, qualified, path))
     found: list[Scored] = []
     for key, defs in by_key.items():
         distinct = {(q, p) for _, q, p in defs}

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import duckdb
-
-from codevm.db.lexical import DEFINITION_KINDS
-
 # Chunks by id: `FROM chunks c {BY_IDS}` with the ids as the list parameter $ids. An
 # inlined IN list of literals took 2-4x as long (800 ids of django: 7.3 ms against 1.6).
 BY_IDS = "SEMI JOIN (SELECT unnest($ids::BIGINT[]) AS id) wanted ON c.id = wanted.id"
@@ -19,12 +15,6 @@ def by_ids(ids: list[int]) -> tuple[str, dict[str, object] | None]:
     if len(ids) <= INLINE_IDS:
         return "WHERE c.id IN (" + ", ".join(str(int(i)) for i in ids) + ")", None
     return BY_IDS, {"ids": ids}
-
-
-def quoted(values: set[str] | list[str]) -> str:
-    """Names as an inlined SQL list: the indexes on chunks.name and chunks.qualified_name
-    answer it (a list parameter would scan the table)."""
-    return ", ".join("'" + v.replace("'", "''") + "'" for v in sorted(values)) or "NULL"
 
 
 def chunk_filters(language: str | None, path_glob: str | None,
@@ -43,20 +33,3 @@ def chunk_filters(language: str | None, path_glob: str | None,
         filters.append("c.kind = $kind")
         params["kind"] = kind
     return " AND ".join(filters), params
-
-
-def definitions(con: duckdb.DuckDBPyConnection, names: set[str],
-                qualified: bool = True) -> list[tuple[int, str, str, str]]:
-    """(id, name, qualified name, path) of the functions, methods and classes named (or,
-    with `qualified`, qualified-named) one of `names`. Names are inlined and nothing else
-    is in the WHERE clause: then the indexes on chunks.name and chunks.qualified_name
-    answer (a parameter list or another condition makes DuckDB scan the table: 10-15 ms
-    on u-boot's 283k chunks, against 2-3)."""
-    if not names:
-        return []
-    listed = quoted(names)
-    sql = f"SELECT id, name, qualified_name, path, kind FROM chunks WHERE name IN ({listed})"
-    if qualified:
-        sql += f" UNION SELECT id, name, qualified_name, path, kind FROM chunks WHERE qualified_name IN ({listed})"
-    rows = con.execute(sql).fetchall()
-    return [(cid, name, qual, path) for cid, name, qual, path, kind in rows if kind in DEFINITION_KINDS]

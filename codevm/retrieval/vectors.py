@@ -284,7 +284,7 @@ class Vectors:
         self._usable()  # "auto": whether Ollama has the model, asked once
         dimension = self.embedder.dimension if self.embedder else None
         embedded, total = self._counts(dimension)
-        running = self._run_lock.locked()
+        running = self.running  # a run under way, or the thread about to start one
         state = self.state
         if state == "done" and embedded < total and not running:
             state = "waiting"
