@@ -12,7 +12,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from codevm.api import (
     API_METHODS,
@@ -42,7 +42,6 @@ from codevm.db.store import Store
 from codevm.errors import InvalidArgument, NotIndexed, PathOutsideProject
 from codevm.indexers.discovery import hidden_reason
 from codevm.indexers.pipeline import Indexer
-from codevm.memory import ask
 from codevm.memory.budget import TokenEstimator
 from codevm.memory.core import CoreMemory
 from codevm.memory.notes import Notes
@@ -371,6 +370,7 @@ class Engine:
         if not question or not question.strip():
             raise InvalidArgument("the question is empty")
         self._require_index()
+        ask = _ask()
         memory = ask.Memory(self.root, self.read, self.store, self.retriever, self.pager, self.notes,
                             self.recall, self.core)
         return ask.ask(memory, settings or self.settings, question, session, budget, on_text,
@@ -378,7 +378,7 @@ class Engine:
 
     def check_model(self, settings: Settings | None = None) -> ModelCheck:
         """Probe the model once; record which mode of asking it can use."""
-        return ask.check_model(self.store, settings or self.settings)
+        return _ask().check_model(self.store, settings or self.settings)
 
     def context_for(self, question: str, max_tokens: int = 4000) -> list[PageInfo]:
         if not question.strip():
@@ -389,7 +389,14 @@ class Engine:
         # the host chose the budget: fill it, most relevant first (the floor that keeps weak
         # pages from a small local model is for `ask`)
         pages = self.pager.prefetch(question, max_tokens, floor=0.0)
-        return [ask.page_info(p) for p in sorted(pages, key=lambda p: -p.relevance)]
+        return [_ask().page_info(p) for p in sorted(pages, key=lambda p: -p.relevance)]
+
+
+def _ask() -> Any:
+    """codevm.memory.ask, imported when a question is asked: it brings the model clients
+    and httpx (~150 ms that `codevm index` need not pay)."""
+    from codevm.memory import ask
+    return ask
 
 
 def _ranker(settings: Settings) -> Model | None:

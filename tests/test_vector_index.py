@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from codevm.config import Settings
+from codevm.db.store import vectors_directory as directory_of
 from codevm.engine import Engine
 from codevm.retrieval import ann
-from codevm.retrieval.ann import AnnIndex, directory_of
+from codevm.retrieval.ann import AnnIndex
 from tests.fake_ollama import FakeOllama
 from tests.test_embeddings import MODEL, WORK, ollama_engine
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 
 from codevm.db.lexical import chunk_rows, database_state
-from codevm.db.store import Store, first_row
+from codevm.db.store import Store, first_row, vectors_directory
 
 _FILE_COLUMNS = {
     "path": "VARCHAR", "language": "VARCHAR", "size": "BIGINT", "mtime_ns": "BIGINT",
@@ -44,6 +45,13 @@ _TSV = "delim='\t', header=false, quote='', escape='', nullstr='\\N'"
 
 def _columns_sql(columns: dict[str, str]) -> str:
     return "{" + ", ".join(f"'{k}': '{v}'" for k, v in columns.items()) + "}"
+
+
+def _folder_bytes(folder: Path) -> int:
+    try:
+        return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    except OSError:
+        return 0
 
 
 def _nonempty(paths: Iterable[str]) -> list[str]:
@@ -177,7 +185,7 @@ class IndexTables:
         db = self.store.path
         return IndexCounts(
             database_bytes=sum(p.stat().st_size for p in db.parent.glob(db.name + "*") if p.is_file())
-            + self.store.lexical.size_bytes(),
+            + self.store.lexical.size_bytes() + _folder_bytes(vectors_directory(db)),
             files=one("SELECT count(*) FROM files WHERE status = 'indexed'"),
             chunks=one("SELECT count(*) FROM chunks"),
             symbols=one("SELECT count(*) FROM symbols"),

@@ -174,6 +174,11 @@ def lexical_directory(database: Path) -> Path:
     return database.with_name(database.name + ".lexical")
 
 
+def vectors_directory(database: Path) -> Path:
+    """Where the vector index (retrieval/ann.py) is kept."""
+    return database.with_name(database.name + ".vectors")
+
+
 def first_row(con: duckdb.DuckDBPyConnection, sql: str, params: object = None) -> tuple[Any, ...]:
     """The row of a query that always returns one (an aggregate, INSERT ... RETURNING)."""
     row = con.execute(sql, params).fetchone()

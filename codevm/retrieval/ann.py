@@ -37,10 +37,6 @@ EXACT_ALLOWED = 20_000  # a filtered search compares its allowed vectors exactly
 HASH_BYTES = 32
 
 
-def directory_of(database: Path) -> Path:
-    return database.with_name(database.name + ".vectors")
-
-
 class AnnIndex:
     """The vectors of one embedder: add, remove, nearest, save and load."""
 

@@ -14,7 +14,6 @@ import numpy as np
 
 from codevm.config import Settings
 from codevm.errors import EmbeddingUnavailable, InvalidArgument
-from codevm.models.ollama_api import ollama_errors, ollama_failure
 
 DEFAULT_MODELS = {"ollama": "nomic-embed-text", "local": "all-MiniLM-L6-v2"}
 EMBEDDERS = ("auto", "ollama", "local", "off")
@@ -36,6 +35,13 @@ class Embedder(Protocol):
     def documents(self, texts: list[str]) -> np.ndarray: ...
 
     def query(self, text: str) -> np.ndarray: ...
+
+
+def _ollama() -> Any:
+    """codevm.models.ollama_api, imported when an Ollama embedder is used (it imports httpx:
+    ~100 ms that `codevm index` and search without Ollama need not pay)."""
+    from codevm.models import ollama_api
+    return ollama_api
 
 
 def _normalised(vectors: np.ndarray) -> np.ndarray:
@@ -91,8 +97,8 @@ class OllamaEmbedder(_Dimension):
     def _embed(self, texts: list[str]) -> np.ndarray:
         try:
             reply = self.client.embed(self.model, input=texts, truncate=True)
-        except ollama_errors() as e:
-            raise EmbeddingUnavailable(str(ollama_failure(e, self.host, self.model))) from None
+        except _ollama().ollama_errors() as e:
+            raise EmbeddingUnavailable(str(_ollama().ollama_failure(e, self.host, self.model))) from None
         return self._checked(np.asarray(reply.embeddings, dtype=np.float32), len(texts))
 
     def documents(self, texts: list[str]) -> np.ndarray:
@@ -105,7 +111,7 @@ class OllamaEmbedder(_Dimension):
         """Why this server cannot embed ("" when it can): for the "auto" embedder."""
         try:
             names = {m.model for m in self.probe.list().models}
-        except ollama_errors():
+        except _ollama().ollama_errors():
             return (f"no Ollama server answered at {self.host}: start it with `ollama serve`, "
                     "or set `embedder = \"local\"` for the in-process model")
         wanted = self.model if ":" in self.model else self.model + ":latest"

@@ -28,9 +28,9 @@ import numpy as np
 
 from codevm.api import EmbeddingProgress
 from codevm.config import Settings
-from codevm.db.store import Store, first_row
+from codevm.db.store import Store, first_row, vectors_directory
 from codevm.errors import EmbeddingUnavailable
-from codevm.retrieval.ann import AnnIndex, directory_of
+from codevm.retrieval.ann import AnnIndex
 from codevm.retrieval.embedders import Embedder, LocalEmbedder, make_embedder
 from codevm.retrieval.sql import chunk_filters
 
@@ -361,7 +361,7 @@ class Vectors:
             return self._ann
 
     def _loaded(self, con: duckdb.DuckDBPyConnection, dimension: int) -> AnnIndex:
-        index = AnnIndex(dimension, self.key, directory_of(self.store.path))
+        index = AnnIndex(dimension, self.key, vectors_directory(self.store.path))
         index.load()
         try:
             stored = con.execute(f"SELECT hash FROM {_table(dimension)} WHERE model = ?",
