@@ -157,10 +157,17 @@ def m009_calls_of_each_chunk(con: duckdb.DuckDBPyConnection) -> None:
     _add_chunk_column(con, "calls", "chunk_calls")
 
 
+def m010_no_name_indexes_on_chunks(con: duckdb.DuckDBPyConnection) -> None:
+    # exact names, definitions and the graph look names up in the lexical index now: these
+    # two indexes only cost every write (an ART insert per chunk, growing with the index)
+    con.execute("DROP INDEX IF EXISTS chunks_name")
+    con.execute("DROP INDEX IF EXISTS chunks_qualified_name")
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     m001_initial, m002_search_indexes, m003_terms_from_workers, m004_postings_carry_lengths,
     m005_memory, m006_embeddings, m007_empty_strings_in_references, m008_lexical_index_in_tantivy,
-    m009_calls_of_each_chunk]
+    m009_calls_of_each_chunk, m010_no_name_indexes_on_chunks]
 
 
 def apply(con: duckdb.DuckDBPyConnection,
