@@ -80,6 +80,11 @@ class IgnoreRules:
             top.extend(_read_lines(os.path.join(root, name)))
         self._top = _spec(top) if top else None
 
+    def no_gitignore(self, rel_dir: str) -> None:
+        """The walk saw that this folder has no .gitignore: no need to try to open one
+        (u-boot: 3k folders, 0.2 s of a re-index that finds nothing to do)."""
+        self._specs.setdefault(rel_dir, None)
+
     def _spec_for(self, rel_dir: str) -> pathspec.GitIgnoreSpec | None:
         if rel_dir not in self._specs:
             lines = _read_lines(os.path.join(self.root, rel_dir, ".gitignore"))
@@ -186,6 +191,8 @@ def walk_project(root: str, extra_ignores: list[str] | None = None,
         except OSError as e:
             yield Skipped(rel_dir or ".", f"unreadable folder: {e.strerror or e}")
             continue
+        if not any(e.name == ".gitignore" for e in entries):
+            rules.no_gitignore(rel_dir)
         subdirs: list[str] = []
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
