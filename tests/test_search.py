@@ -216,3 +216,25 @@ def test_literal_code_finds_the_chunks_that_hold_it(project: Path) -> None:
         assert hits[0].symbol == "check"
         assert engine.search("`nothing like this anywhere (`", k=5) == [] or all(
             "nothing like" not in h.snippet for h in engine.search("`nothing like this anywhere (`", k=5))
+
+
+def test_one_hit_per_definition_with_its_best_part(tmp_path: Path) -> None:
+    # a function too long for one chunk: its parts all hold the words searched for
+    body = "\n".join(f"    upload_{i} = upload_file_part(stream, {i}, upload_{i - 1 if i else 0})"
+                     for i in range(300))
+    (tmp_path / "big.py").write_text(
+        f"def upload_everything(stream):\n{body}\n    return upload_299\n\n\n"
+        "def upload_file_part(stream, n, previous):\n    return stream.send(n, previous)\n")
+    (tmp_path / "other.py").write_text("def upload_avatar(user):\n    return user.avatar\n")
+    with Engine(tmp_path, Settings(embedder="off", service=False)) as engine:
+        engine.index()
+        parts = engine.store.cursor().execute(
+            "SELECT count(*) FROM chunks WHERE qualified_name = 'upload_everything'").fetchone()[0]
+        assert parts > 3
+        hits = engine.search("upload file part stream", k=10)
+        names = [h.symbol for h in hits]
+        assert names.count("upload_everything") == 1  # one hit for all its parts
+        assert {"upload_file_part", "upload_avatar"} <= set(names)
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+        # k counts definitions: asking for 2 gives two different ones
+        assert len({h.symbol for h in engine.search("upload file part stream", k=2)}) == 2

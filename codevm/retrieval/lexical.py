@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import duckdb
 
 from codevm.api import SearchHit
-from codevm.db.lexical import LexicalIndex
+from codevm.db.lexical import DEFINITION_KINDS, LexicalIndex
 from codevm.errors import InvalidArgument
 from codevm.indexers.identifiers import IDENTIFIER, IDENTIFIER_PATTERN, expand_identifier
 from codevm.retrieval.fusion import Scored
@@ -120,22 +120,26 @@ def lexical(con: duckdb.DuckDBPyConnection, index: LexicalIndex, query: str, k: 
 
 def make_hits(con: duckdb.DuckDBPyConnection, ranked: list[Scored], q: QueryTerms,
               k: int) -> list[SearchHit]:
-    """The top `k` of a ranking, best first, as hits with snippets."""
+    """The top `k` of a ranking, best first, as hits with snippets: one hit per definition
+    (a long function is split into parts; its best-ranked part stands for it)."""
     if not ranked:
         return []
-    # ties are broken by path and line below, so read a few more rows than needed
-    cut = ranked[k - 1].score if len(ranked) >= k else None
-    keep = {cid: score for cid, score, _ in ranked[: k + 50] if cut is None or score >= cut}
-    rows = con.execute(_ROWS_SQL, {"ids": list(keep)}).fetchall()
-    hits = []
+    # ties are broken by path and line below, and parts of one definition fold into one:
+    # read more rows than needed
+    keep = {cid: score for cid, score, _ in ranked[: 3 * k + 50]}
+    rows = sorted(con.execute(_ROWS_SQL, {"ids": list(keep)}).fetchall(),
+                  key=lambda r: (-keep[r[0]], r[1], r[2]))
+    seen: set[tuple[str, str]] = set()
+    result = []
     for cid, path, start, end, qual, knd, lang, text, sig in rows:
-        score = keep[cid]
-        hits.append((score, SearchHit(cid, path, start, end, qual or "", knd, lang, score,
-                                      _snippet(text, start, end, q.terms), sig or "")))
-    hits.sort(key=lambda h: (-h[0], h[1].path, h[1].start_line))
-    result = [h for _, h in hits[:k]]
-    for hit in result:
-        hit.score = round(hit.score, 4)
+        if qual and knd in DEFINITION_KINDS:
+            if (path, qual) in seen:
+                continue
+            seen.add((path, qual))
+        result.append(SearchHit(cid, path, start, end, qual or "", knd, lang, round(keep[cid], 4),
+                                _snippet(text, start, end, q.terms), sig or ""))
+        if len(result) == k:
+            break
     return result
 
 
