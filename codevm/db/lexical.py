@@ -356,9 +356,11 @@ class LexicalIndex:
                 "id": cid, "path": path, "language": language or "", "kind": kind or "", "body": text,
                 "calls": calls or "",
                 # the name a function, method or class defines; a method's top-level class
-                "defines": name if kind in DEFINITION_KINDS and name else "",
-                "owner": qualified.split(".")[0] if kind == "method" and qualified else "",
-                "names": [n for n in dict.fromkeys((name, qualified)) if n]}, SCHEMA))
+                # names longer than a term can be are not indexed (nor can a lookup ask for them)
+                "defines": name if kind in DEFINITION_KINDS and 0 < len(name) <= MAX_TERM_CHARS else "",
+                "owner": owner if kind == "method" and 0 < len(owner := qualified.split(".")[0]) <= MAX_TERM_CHARS
+                else "",
+                "names": [n for n in dict.fromkeys((name, qualified)) if 0 < len(n) <= MAX_TERM_CHARS]}, SCHEMA))
 
     @staticmethod
     def _commit(writer: tantivy.IndexWriter, generation: int, database: str) -> None:
