@@ -18,7 +18,7 @@ from codevm.db.lexical import DEFINITION_KINDS, LexicalIndex
 from codevm.errors import InvalidArgument
 from codevm.indexers.identifiers import IDENTIFIER, IDENTIFIER_PATTERN, expand_identifier
 from codevm.retrieval.fusion import Scored
-from codevm.retrieval.sql import BY_IDS, chunk_filters
+from codevm.retrieval.sql import by_ids, chunk_filters
 
 MAX_QUERY_TERMS = 256
 # Test code matches a question's words as well as the code under test does (it calls the
@@ -69,10 +69,7 @@ def analyse_query(query: str) -> QueryTerms:
 # same ones every time (the lowest ids).
 MAX_EXACT = 200
 
-_ROWS_SQL = f"""
-SELECT id, path, start_line, end_line, qualified_name, kind, language, text, signature
-FROM chunks c {BY_IDS}
-"""
+_ROWS = "SELECT id, path, start_line, end_line, qualified_name, kind, language, signature FROM chunks c "
 
 
 def check_query(query: str, k: int) -> None:
@@ -127,20 +124,25 @@ def make_hits(con: duckdb.DuckDBPyConnection, ranked: list[Scored], q: QueryTerm
     # ties are broken by path and line below, and parts of one definition fold into one:
     # read more rows than needed
     keep = {cid: score for cid, score, _ in ranked[: 3 * k + 50]}
-    rows = sorted(con.execute(_ROWS_SQL, {"ids": list(keep)}).fetchall(),
-                  key=lambda r: (-keep[r[0]], r[1], r[2]))
+    where, params = by_ids(list(keep))
+    rows = sorted(con.execute(_ROWS + where, params).fetchall(), key=lambda r: (-keep[r[0]], r[1], r[2]))
     seen: set[tuple[str, str]] = set()
-    result = []
-    for cid, path, start, end, qual, knd, lang, text, sig in rows:
+    chosen = []
+    for row in rows:
+        path, qual, knd = row[1], row[4], row[5]
         if qual and knd in DEFINITION_KINDS:
             if (path, qual) in seen:
                 continue
             seen.add((path, qual))
-        result.append(SearchHit(cid, path, start, end, qual or "", knd, lang, round(keep[cid], 4),
-                                _snippet(text, start, end, q.terms), sig or ""))
-        if len(result) == k:
+        chosen.append(row)
+        if len(chosen) == k:
             break
-    return result
+    # the text (for the snippets) of the hits kept only
+    where, params = by_ids([row[0] for row in chosen])
+    texts = dict(con.execute("SELECT id, text FROM chunks c " + where, params).fetchall()) if chosen else {}
+    return [SearchHit(cid, path, start, end, qual or "", knd, lang, round(keep[cid], 4),
+                      _snippet(texts.get(cid, ""), start, end, q.terms), sig or "")
+            for cid, path, start, end, qual, knd, lang, sig in chosen]
 
 
 def _best_first(item: Scored) -> tuple[float, int]:
