@@ -69,7 +69,7 @@ def analyse_query(query: str) -> QueryTerms:
 # same ones every time (the lowest ids).
 MAX_EXACT = 200
 
-_ROWS = "SELECT id, path, start_line, end_line, qualified_name, kind, language, signature FROM chunks c "
+_ROWS = "SELECT id, path, start_line, end_line, qualified_name, kind, language, signature, text FROM chunks c "
 
 
 def check_query(query: str, k: int) -> None:
@@ -121,11 +121,42 @@ def make_hits(con: duckdb.DuckDBPyConnection, ranked: list[Scored], q: QueryTerm
     (a long function is split into parts; its best-ranked part stands for it)."""
     if not ranked:
         return []
-    # ties are broken by path and line below, and parts of one definition fold into one:
-    # read more rows than needed
-    keep = {cid: score for cid, score, _ in ranked[: 3 * k + 50]}
-    where, params = by_ids(list(keep))
-    rows = sorted(con.execute(_ROWS + where, params).fetchall(), key=lambda r: (-keep[r[0]], r[1], r[2]))
+    rows: dict[int, tuple] = {}
+    window = 0
+    while True:
+        # a window of the ranking, widened to whole ties (they are broken by path and line);
+        # wider when parts of one definition folded and left fewer than k
+        window = _through_ties(ranked, max(window * 2, k + 5))
+        wanted = [item.chunk_id for item in ranked[:window] if item.chunk_id not in rows]
+        if wanted:
+            where, params = by_ids(wanted)
+            rows.update((r[0], r) for r in con.execute(_ROWS + where, params).fetchall())
+        score = {item.chunk_id: item.score for item in ranked[:window]}
+        chosen = _one_per_definition(sorted((r for cid, r in rows.items() if cid in score),
+                                            key=lambda r: (-score[r[0]], r[1], r[2])), k)
+        if len(chosen) >= k or window >= len(ranked) or window >= MAX_HIT_WINDOW:
+            break
+    return [SearchHit(cid, path, start, end, qual or "", knd, lang, round(score[cid], 4),
+                      _snippet(text or "", start, end, q.terms), sig or "")
+            for cid, path, start, end, qual, knd, lang, sig, text in chosen]
+
+
+MAX_HIT_WINDOW = 1000  # chunks of a ranking read at most to find k distinct hits
+
+
+def _through_ties(ranked: list[Scored], n: int) -> int:
+    """`n`, or more so as not to cut a run of equal scores."""
+    if n >= len(ranked):
+        return len(ranked)
+    edge = ranked[n - 1].score
+    while n < len(ranked) and ranked[n].score >= edge:
+        n += 1
+    return n
+
+
+def _one_per_definition(rows: list[tuple], k: int) -> list[tuple]:
+    """The first `k` rows, a definition's later parts left out (rows: id, path, start,
+    end, qualified name, kind, ...)."""
     seen: set[tuple[str, str]] = set()
     chosen = []
     for row in rows:
@@ -137,12 +168,7 @@ def make_hits(con: duckdb.DuckDBPyConnection, ranked: list[Scored], q: QueryTerm
         chosen.append(row)
         if len(chosen) == k:
             break
-    # the text (for the snippets) of the hits kept only
-    where, params = by_ids([row[0] for row in chosen])
-    texts = dict(con.execute("SELECT id, text FROM chunks c " + where, params).fetchall()) if chosen else {}
-    return [SearchHit(cid, path, start, end, qual or "", knd, lang, round(keep[cid], 4),
-                      _snippet(texts.get(cid, ""), start, end, q.terms), sig or "")
-            for cid, path, start, end, qual, knd, lang, sig in chosen]
+    return chosen
 
 
 def _best_first(item: Scored) -> tuple[float, int]:
