@@ -285,9 +285,9 @@ class Engine:
         path, start, end = self.symbols.chunk_location(chunk_id)
         try:
             return self.read(path, start, end)
-        except InvalidArgument:
-            text = self.symbols.chunk_text(chunk_id)
-            return CodeText(path, start, end, end, text)
+        except InvalidArgument:  # the chunk's own lines, as the index holds them
+            path, start, end = self.symbols.chunk_location(chunk_id, whole=False)
+            return CodeText(path, start, end, end, self.symbols.chunk_text(chunk_id))
 
     def refs(self, name: str, limit: int = 200) -> list[RefInfo]:
         """Who calls or imports `name` (the last part of a qualified name counts)."""

@@ -234,6 +234,10 @@ def test_one_hit_per_definition_with_its_best_part(tmp_path: Path) -> None:
         hits = engine.search("upload file part stream", k=10)
         names = [h.symbol for h in hits]
         assert names.count("upload_everything") == 1  # one hit for all its parts
+        # reading the hit reads the whole function, whichever part ranked best
+        whole = engine.read_chunk(hits[names.index("upload_everything")].id)
+        assert (whole.start_line, whole.end_line) == (1, 302)
+        assert whole.text.startswith("def upload_everything") and whole.text.rstrip().endswith("return upload_299")
         assert {"upload_file_part", "upload_avatar"} <= set(names)
         assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
         # k counts definitions: asking for 2 gives two different ones

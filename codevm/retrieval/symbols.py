@@ -8,6 +8,7 @@ from pathlib import Path
 import duckdb
 
 from codevm.api import RefInfo, SymbolInfo
+from codevm.db.lexical import DEFINITION_KINDS
 from codevm.errors import InvalidArgument
 
 _COLUMNS = "name, qualified_name, kind, path, start_line, end_line, signature, language"
@@ -67,13 +68,27 @@ class Symbols:
             [d.path, d.start_line, d.start_line, d.name, d.qualified_name]).fetchone()
         return (row[0] if row else "") or d.signature, (row[1] if row else "") or ""
 
-    def chunk_location(self, chunk_id: int) -> tuple[str, int, int]:
-        """(path, start line, end line) of a chunk (a search hit's id)."""
-        row = self.cursor().execute(
-            "SELECT path, start_line, end_line FROM chunks WHERE id = ?", [chunk_id]).fetchone()
+    def chunk_location(self, chunk_id: int, whole: bool = True) -> tuple[str, int, int]:
+        """(path, start line, end line) of a chunk (a search hit's id); of the whole
+        definition when the chunk is one part of a long one (search shows one hit for all
+        its parts, so reading it reads them all)."""
+        con = self.cursor()
+        row = con.execute("SELECT path, start_line, end_line, qualified_name, kind, ord FROM chunks "
+                          "WHERE id = ?", [chunk_id]).fetchone()
         if row is None:
             raise InvalidArgument(f"no chunk with id {chunk_id}; ids come from search")
-        return row[0], row[1], row[2]
+        path, start, end, qual, kind, ord_ = row
+        if whole and qual and kind in DEFINITION_KINDS:
+            parts = {o: (s, e) for o, s, e in con.execute(
+                "SELECT ord, start_line, end_line FROM chunks WHERE path = ? AND qualified_name = ? AND kind = ?",
+                [path, qual, kind]).fetchall()}
+            first = last = ord_
+            while first - 1 in parts:  # the parts next to it: one definition split in order
+                first -= 1
+            while last + 1 in parts:
+                last += 1
+            start, end = parts[first][0], parts[last][1]
+        return path, start, end
 
     def chunk_text(self, chunk_id: int) -> str:
         """The text the index holds for a chunk (an editor's unsaved buffer's, if it sent one)."""
