@@ -90,6 +90,9 @@ def test_removed_vectors_are_never_returned_and_files_round_trip(vectors, tmp_pa
     assert all(h not in hashes[:5] for h, _ in index.nearest(data[2], 20))
     index.save()
     index.add(hashes[3000:3100], data[3000:3100])
+    index.add(hashes[3050:3060] + hashes[3100:3101], data[3050:3061])  # held ones skipped, found by the merged order
+    assert index.count == 3096
+    index.remove(hashes[3100:3101])
     index.save()
     names = sorted(p.name for p in (tmp_path / "db.vectors").iterdir())
     # one generation kept: the second (the first was removed once the pointer moved)

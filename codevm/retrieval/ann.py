@@ -72,11 +72,18 @@ class AnnIndex:
                                  dtype=self.hashes.dtype)
                 grown[: self.n] = self.hashes[: self.n]
                 self.hashes = grown
-            self.hashes[self.n : self.n + len(fresh)] = [hashes[i].encode() for i in fresh]
+            added = np.array([hashes[i].encode() for i in fresh], dtype=self.hashes.dtype)
+            self.hashes[self.n : self.n + len(fresh)] = added
             self.index.add(rows, np.ascontiguousarray(vectors[fresh], dtype=np.float32),
                            threads=_threads())
             self.n += len(fresh)
-            self._sorted, self.changed = None, True
+            self.changed = True
+            if self._sorted is not None:  # merged in: sorting all again cost 90 ms a batch at 283k
+                keys, order = self._sorted
+                by_hash = np.argsort(added, kind="stable")
+                at = np.searchsorted(keys, added[by_hash])
+                self._sorted = (np.insert(keys, at, added[by_hash]),
+                                np.insert(order, at, rows.astype(np.int64)[by_hash]))
 
     def remove(self, hashes: list[str]) -> int:
         with self.lock:
