@@ -224,7 +224,7 @@ class LexicalIndex:
         return out
 
     def holders(self, field: str, values: Iterable[str], most: int) -> dict[str, list[int]]:
-        """value -> ids of the chunks whose `field` ("calls", "defines", "path") holds it,
+        """value -> ids of the chunks whose `field` ("calls", "defines", "names") holds it,
         for the values that at most `most` chunks hold (one held more widely says little,
         and is not read): each is a term lookup, whatever the size of the index."""
         out: dict[str, list[int]] = {}

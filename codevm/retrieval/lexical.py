@@ -87,13 +87,12 @@ def lexical(con: duckdb.DuckDBPyConnection, index: LexicalIndex, query: str, k: 
     q = analyse_query(query)
     if not q.terms:
         return q, []
-    where, params = chunk_filters(language, path_glob, kind)
     limit = max(k * 4, 50)
     paths = None
     if path_glob:  # the files it matches (fewer than their chunks), for tantivy's filter
+        where, params = chunk_filters(None, path_glob, None)
         paths = [r[0] for r in con.execute(
-            "SELECT path FROM files c WHERE status = 'indexed' AND (c.path GLOB $glob OR c.path GLOB $glob_any)",
-            {"glob": params["glob"], "glob_any": params["glob_any"]}).fetchall()]
+            f"SELECT path FROM files c WHERE status = 'indexed' AND {where}", params).fetchall()]
     scored = index.search(q.terms, limit, language, kind, paths)
     exact: set[int] = set()
     if q.names:
