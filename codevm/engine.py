@@ -112,7 +112,7 @@ class Engine:
         self.store = Store(database_path(self.root))
         self.index_tables = IndexTables(self.store)
         self.indexer = Indexer(self.root, self.index_tables, self.settings)
-        self.symbols = Symbols(self.store.cursor)
+        self.symbols = Symbols(self.store.cursor, self.store.lexical)
         self.notes = Notes(self.store)
         self.core = CoreMemory(self.store)
         self.recall = Recall(self.store)
