@@ -14,7 +14,8 @@ the fix edits, at the base commit) has reached the host:
   grep_lines    the same ranking, but each file's matching lines with 20 lines of context
 
 A function counts as reached when the returned text holds min(its lines, 40) of its
-lines; an instance when all its gold functions are reached (`any`: one of them). What is
+lines (a page of a whole definition holds all its lines; a class's outline, the lines it
+shows as the file has them); an instance when all its gold functions are reached (`any`: one of them). What is
 counted is the text a tool returns (the rendering a host reads), with codevm's token
 estimate (characters / 3.6) for every strategy alike; tool listings of ripgrep count too.
 Each strategy stops at 64k tokens; a median past it is reported as over the cap (and
@@ -51,7 +52,10 @@ CAP = 64_000
 NEED_LINES = 40
 CONTEXT_LINES = 20
 ESTIMATE = TokenEstimator()
-VERSION = 2  # of the row format and the strategies (2: the learned ranker orders context_for)
+VERSION = 3  # of the row format and the strategies (2: the learned ranker orders context_for;
+# 3: context_for pages in the whole of a long definition for a part, and the lines an
+# outline or a part shows as they are count as shown)
+GREP_SINCE = 2  # the grep baselines have not changed since this version: their rows are reused
 
 STOP = set("""a an the and or but if then else when while for to of in on at by with from into
 onto is are was were be been being this that these those it its as not no can could should would
@@ -78,6 +82,9 @@ class Gold:
     def show(self, path: str, start: int, end: int) -> None:
         self.seen.setdefault(path, set()).update(range(start, end + 1))
 
+    def show_lines(self, path: str, lines: set[int]) -> None:
+        self.seen.setdefault(path, set()).update(lines)
+
     def reached(self) -> list[bool]:
         out = []
         for path, start, end in self.spans:
@@ -85,6 +92,30 @@ class Gold:
             have = len(self.seen.get(path, set()) & set(range(start, end + 1)))
             out.append(have >= need)
         return out
+
+
+def verbatim_lines(root: Path, path: str, start: int, end: int, text: str) -> set[int]:
+    """The lines of `path` start..end that `text` (a class's outline, or a part of a long
+    definition under its signature) shows as they are: its lines matched in order against
+    the file's, and the blank lines that follow one."""
+    try:
+        lines = (root / path).read_text(encoding="utf-8", errors="replace").split("\n")[start - 1: end]
+    except OSError:
+        return set()
+    shown = [line.rstrip() for line in text.split("\n") if line.strip()]
+    matched: list[int] = []
+    at = 0
+    for line in shown:  # each at the next file line equal to it (a member's signature line is none)
+        found = next((i for i in range(at, len(lines)) if lines[i].rstrip() == line), None)
+        if found is not None:
+            matched.append(start + found)
+            at = found + 1
+    out = set(matched)
+    for number in matched:  # the blank lines after a shown one (an outline leaves them out)
+        while number + 1 < start + len(lines) and not lines[number + 1 - start].strip():
+            number += 1
+            out.add(number)
+    return out
 
 
 def gold_spans(engine: Engine, functions: list[str]) -> list[tuple[str, int, int]]:
@@ -106,10 +137,14 @@ class Run:
         self.all_at: int | None = None
         self.any_at: int | None = None
 
-    def returned(self, text: str, shown: list[tuple[str, int, int]]) -> None:
+    def returned(self, text: str, shown: list[tuple[str, int, int]],
+                 lines: list[tuple[str, set[int]]] = ()) -> None:
+        """`text` returned, showing the whole of each range in `shown` and each file's `lines`."""
         self.spent += tokens(text)
         for path, start, end in shown:
             self.gold.show(path, start, end)
+        for path, numbers in lines:
+            self.gold.show_lines(path, numbers)
         reached = self.gold.reached()
         if reached and all(reached) and self.all_at is None:
             self.all_at = self.spent
@@ -130,7 +165,9 @@ def context_for(engine: Engine, query: str, spans: list[tuple[str, int, int]]) -
     for budget in BUDGETS:
         run = Run(spans)
         result, text = tools.context_for(engine, query, budget)
-        run.returned(text, [(p["path"], p["start_line"], p["end_line"]) for p in result["pages"] if p["whole"]])
+        run.returned(text, [(p["path"], p["start_line"], p["end_line"]) for p in result["pages"] if p["whole"]],
+                     [(p["path"], verbatim_lines(engine.root, p["path"], p["start_line"], p["end_line"], p["code"]))
+                      for p in result["pages"] if not p["whole"]])
         if best.all_at is None and run.all_at is not None:
             best.all_at = run.all_at
         if best.any_at is None and run.any_at is not None:
@@ -144,17 +181,22 @@ def search_read(engine: Engine, query: str, spans: list[tuple[str, int, int]]) -
     offset = 0
     while not run.done and offset < 100:
         result, text = tools.search_code(engine, query, k=10, offset=offset)
-        shown = [(h["path"], h["start_line"], h["end_line"]) for h in result["items"] if "code" in h
+        whole = [h for h in result["items"] if "code" in h
                  and h["code"].count("\n") + 1 >= h["end_line"] - h["start_line"] + 1]
-        run.returned(text, shown)
+        run.returned(text, [(h["path"], h["start_line"], h["end_line"]) for h in whole],
+                     [(h["path"], verbatim_lines(engine.root, h["path"], h["start_line"], h["end_line"], h["code"]))
+                      for h in result["items"] if "code" in h and h not in whole])
         for hit in result["items"]:
             if run.done:
                 break
             if "code" in hit:
                 continue
             code, read = tools.read_code(engine, chunk_id=hit["id"])
-            whole = code["text"].count("\n") + 1 >= code["end_line"] - code["start_line"] + 1
-            run.returned(read, [(code["path"], code["start_line"], code["end_line"])] if whole else [])
+            span = (code["path"], code["start_line"], code["end_line"])
+            if code["text"].count("\n") + 1 >= code["end_line"] - code["start_line"] + 1:
+                run.returned(read, [span])
+            else:
+                run.returned(read, [], [(span[0], verbatim_lines(engine.root, *span, code["text"]))])
         if not result["has_more"]:
             break
         offset = result["next_offset"] or offset + 10
@@ -217,6 +259,9 @@ def grep_strategies(root: Path, issue: str, spans: list[tuple[str, int, int]], f
     return {"grep_files": whole.row(), "grep_lines": lines.row(), "terms": len(terms), "files_matched": len(ranked)}
 
 
+GREP_DONE: dict[str, dict] = {}  # instance id -> the grep baselines' figures of an earlier row
+
+
 def evaluate(instance: dict, engine: Engine) -> dict:
     spans = gold_spans(engine, instance["edited_functions"] or instance["gold_functions"])
     query = instance["query"][: 32_000]
@@ -225,7 +270,8 @@ def evaluate(instance: dict, engine: Engine) -> dict:
         return row
     row["context_for"] = context_for(engine, query, spans)
     row["search_read"] = search_read(engine, query, spans)
-    row.update(grep_strategies(engine.root, instance["query"], spans, engine.status().files))
+    row.update(GREP_DONE.get(instance["id"]) or
+               grep_strategies(engine.root, instance["query"], spans, engine.status().files))
     return row
 
 
@@ -251,6 +297,12 @@ def summarize(rows: list[dict], which: str) -> dict:
 
 def main() -> None:
     args = bench_arguments(__doc__ or "")
+    earlier = args.cache / "mcp-tokens.jsonl"
+    if earlier.exists() and not args.fresh:
+        for line in earlier.read_text().splitlines():
+            row = json.loads(line)
+            if row.get("version", 0) >= GREP_SINCE and "grep_files" in row:
+                GREP_DONE[row["id"]] = {k: row[k] for k in ("grep_files", "grep_lines", "terms", "files_matched")}
     bench = Bench("mcp-tokens", evaluate,
                   lambda r: " ".join(f"{k}={r[k]['all']}" for k in STRATEGIES if k in r) or "no gold in the index",
                   current=lambda r: r.get("version") == VERSION)

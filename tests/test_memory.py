@@ -220,6 +220,29 @@ def test_a_class_outline_does_not_hide_its_methods_from_the_pager() -> None:
                                 have={"chunk:2"})] == ["chunk:1", "chunk:3"]
 
 
+def test_a_part_of_a_long_function_pages_in_the_whole_function_when_it_fits(tmp_path: Path) -> None:
+    # indexed in parts (each after the first headed by the signature); the question matches
+    # only a middle part, and the pager shows the function as the file has it
+    body = [f"    total_{i} = measure(shapes[{i}], scale={i}, unit='millimetre', rounding=ROUND_HALF)"
+            for i in range(60)]
+    body[30] = "    quokka_weight = weigh_the_quokka(shapes, precise=True)  # the one quokka line"
+    lines = ["def summarise_every_shape(shapes):", *body, "    return total_59", ""]
+    (tmp_path / "long.py").write_text("\n".join(lines) + "\ndef unrelated():\n    return 1\n")
+    with Engine(tmp_path, Settings(embedder="off", service=False)) as engine:
+        engine.index()
+        parts = engine.store.cursor().execute(
+            "SELECT count(*) FROM chunks WHERE qualified_name = 'summarise_every_shape'").fetchone()[0]
+        assert parts >= 3
+        question = "where is the quokka weighed?"
+        pages = engine.context_for(question, 8000)
+        assert (pages[0].path, pages[0].start_line, pages[0].end_line) == ("long.py", 1, 62)
+        assert pages[0].text == "\n".join(lines[:62])  # no part's header repeated inside it
+        assert not [p for p in pages[1:] if p.path == "long.py" and p.end_line <= 62]  # no part twice
+        # a budget the whole function would take most of: the part that matched, alone
+        small = engine.context_for(question, 1000)
+        assert small[0].end_line - small[0].start_line < 61 and "quokka" in small[0].text
+
+
 def test_the_margin_is_wider_until_the_server_has_counted_a_prompt(project: Path, fake: FakeOllama) -> None:
     from codevm.memory.budget import ESTIMATE_MARGIN, UNCALIBRATED_MARGIN, Budget, TokenEstimator
 

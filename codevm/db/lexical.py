@@ -267,6 +267,19 @@ class LexicalIndex:
             searcher = self.index.searcher()
             return self._ids(searcher, searcher.search(query, most, count=False).hits)
 
+    def in_files(self, field: str, pairs: Iterable[tuple[str, str]], most: int) -> list[int]:
+        """Ids of the chunks of each (path, value) pair whose `field` holds the value, up to
+        `most` a pair: one search for them all."""
+        pairs = [(p, v) for p, v in pairs if v and len(v) <= MAX_TERM_CHARS]
+        if not pairs:
+            return []
+        query = tantivy.Query.boolean_query([(tantivy.Occur.Should, tantivy.Query.boolean_query([
+            (tantivy.Occur.Must, tantivy.Query.term_query(SCHEMA, "path", path)),
+            (tantivy.Occur.Must, tantivy.Query.term_query(SCHEMA, field, value))])) for path, value in pairs])
+        with self._reading():
+            searcher = self.index.searcher()
+            return self._ids(searcher, searcher.search(query, most * len(pairs), count=False).hits)
+
     @staticmethod
     def _ids(searcher: tantivy.Searcher, hits: list) -> list[int]:
         ids = searcher.fast_field_values("id", [address for _, address in hits]) if hits else []

@@ -21,6 +21,7 @@ from codevm.retrieval.fusion import Scored
 from codevm.retrieval.ranker import ChunkInfo, Model, feature_names, features
 from codevm.retrieval.retriever import Retriever, signal_depth
 from codevm.retrieval.sql import BY_IDS
+from codevm.retrieval.symbols import definition_parts
 
 FILE_PRIOR = 0.3  # share of its file's best score that a candidate adds to its own
 # a candidate scoring under this share of the best one is not paged in before the model asks:
@@ -29,6 +30,10 @@ FILE_PRIOR = 0.3  # share of its file's best score that a candidate adds to its 
 # model spends reading it)
 RELEVANCE_FLOOR = 0.3
 FEATURES = feature_names()
+# the whole of a long definition (split into parts when indexed) is paged in for any of its
+# parts if it takes at most this share of the budget: on SWE-bench Lite a part (often 10-20
+# lines) was what the 8k working set held of the function the fix edits in about 1 question in 14
+WHOLE_SHARE = 0.3
 BLEND_SCALE = 10.0  # ranks (summed) below the best at which the learned order's relevance halves
 
 
@@ -55,16 +60,25 @@ def with_file_prior(fused: list[Scored], paths: dict[int, str],
 
 
 def fill(candidates: list[Candidate], pages: dict[int, Page], budget: int,
-         have: set[str] | None = None) -> list[Page]:
+         have: set[str] | None = None, wholes: dict[int, Page] | None = None) -> list[Page]:
     """The pages of the most relevant candidates that fit in `budget` tokens (a smaller
     page further down may still fit), skipping what is in `have` or whose lines a chosen
-    page already holds."""
+    page already holds. A candidate that is one part of a long definition brings the whole
+    definition (its page in `wholes`) when that takes at most WHOLE_SHARE of the budget and
+    fits."""
     chosen: list[Page] = []
     used = 0
     have = have or set()
+    wholes = wholes or {}
     for c in candidates:
         page = pages.get(c.chunk_id)
-        if page is None or page.key in have or used + page.tokens > budget:
+        if page is None:
+            continue
+        whole = wholes.get(c.chunk_id)
+        if whole is not None and whole.key not in have and used + whole.tokens <= budget and \
+                whole.tokens <= max(page.tokens, WHOLE_SHARE * budget):
+            page = whole
+        if page.key in have or used + page.tokens > budget:
             continue
         if any(p.path == page.path and p.start_line <= page.start_line and page.end_line <= p.end_line
                and p.verbatim for p in chosen):
@@ -169,9 +183,34 @@ class HeuristicPager:
         ranked, read = self._ranked(question, candidates_for(budget))
         candidates = [c for c in ranked if c.relevance >= floor]
         if not read:
-            return self.pages(candidates, budget, have, estimator)
-        # the pages the learned ranker read: counted again only for another estimator
-        pages = {c.chunk_id: read[c.chunk_id] for c in candidates if c.chunk_id in read}
-        if estimator is not None:
-            pages = {cid: replace(p, tokens=estimator.count(p.render())) for cid, p in pages.items()}
-        return fill(candidates, pages, budget, have)
+            pages = self.page_map([c.chunk_id for c in candidates], estimator)
+        else:  # the pages the learned ranker read: counted again only for another estimator
+            pages = {c.chunk_id: read[c.chunk_id] for c in candidates if c.chunk_id in read}
+            if estimator is not None:
+                pages = {cid: replace(p, tokens=estimator.count(p.render())) for cid, p in pages.items()}
+        # the whole definitions of the parts that would be paged in without them
+        first = {int(p.key.partition(":")[2]) for p in fill(candidates, pages, budget, have)}
+        return fill(candidates, pages, budget, have,
+                    self.whole_pages({cid: p for cid, p in pages.items() if cid in first}, estimator))
+
+    def whole_pages(self, pages: dict[int, Page], estimator: TokenEstimator | None = None) -> dict[int, Page]:
+        """chunk id -> the page of the whole definition it is one part of (for the chunks
+        that are parts of a long one), its lines as the file has them (each part after the
+        first carries the definition's signature as a header, left out here)."""
+        count = (estimator or self.estimator).count
+        out: dict[int, Page] = {}
+        for cid, parts in definition_parts(self.store.cursor(), self.store.lexical, list(pages)).items():
+            lines: list[str] = []
+            for part in parts:
+                own = part.text.split("\n")
+                header = len(own) - (part.end_line - part.start_line + 1)
+                if header < 0:  # a part cut to the size cap: the whole cannot be shown
+                    break
+                lines.extend(own[header:])
+            else:
+                page = pages[cid]
+                whole = Page(f"chunk:{parts[0].chunk_id}", page.path, parts[0].start_line, parts[-1].end_line,
+                             "\n".join(lines), 0, page.symbol)
+                whole.tokens = count(whole.render())
+                out[cid] = whole
+        return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import duckdb
 
@@ -16,6 +17,50 @@ _COLUMNS = "name, qualified_name, kind, path, start_line, end_line, signature, l
 
 
 MAX_PARTS = 200  # chunks of one file sharing a definition's name, read to find its parts
+
+
+class Part(NamedTuple):
+    """One chunk of a definition: a long one is split into parts, in order (`ord`)."""
+    chunk_id: int
+    start_line: int
+    end_line: int
+    text: str
+
+
+def definition_parts(con: duckdb.DuckDBPyConnection, lexical: LexicalIndex,
+                     chunk_ids: list[int]) -> dict[int, list[Part]]:
+    """chunk id -> every part, in order, of the definition that chunk is one part of (for
+    the chunks that are parts of a split definition: a function, method or class). The
+    file's chunks of each name come from a term lookup (a scan of chunks by path cost 4 ms
+    a chunk on u-boot), then are read by id."""
+    if not chunk_ids:
+        return {}
+    where, params = by_ids(chunk_ids)
+    asked = {cid: (path, qual, kind, ord_) for cid, path, qual, kind, ord_ in con.execute(
+        f"SELECT id, path, qualified_name, kind, ord FROM chunks c {where}", params).fetchall()
+        if qual and kind in DEFINITION_KINDS}
+    same = lexical.in_files("names", sorted({(p, q) for p, q, _, _ in asked.values()}), MAX_PARTS)
+    if not same:
+        return {}
+    where, params = by_ids(same)
+    runs: dict[tuple[str, str, str], dict[int, Part]] = {}
+    for cid, path, qual, kind, ord_, start, end, text in con.execute(
+            f"SELECT id, path, qualified_name, kind, ord, start_line, end_line, text FROM chunks c {where}",
+            params).fetchall():
+        runs.setdefault((path, qual, kind), {})[ord_] = Part(cid, start, end, text)
+    out = {}
+    for cid, (path, qual, kind, ord_) in asked.items():
+        parts = runs.get((path, qual, kind), {})
+        if ord_ not in parts:
+            continue
+        first = last = ord_
+        while first - 1 in parts:  # the parts next to it: one definition split in order
+            first -= 1
+        while last + 1 in parts:
+            last += 1
+        if last > first:
+            out[cid] = [parts[o] for o in range(first, last + 1)]
+    return out
 
 
 class Symbols:
@@ -78,26 +123,14 @@ class Symbols:
         definition when the chunk is one part of a long one (search shows one hit for all
         its parts, so reading it reads them all)."""
         con = self.cursor()
-        row = con.execute("SELECT path, start_line, end_line, qualified_name, kind, ord FROM chunks "
-                          "WHERE id = ?", [chunk_id]).fetchone()
+        row = con.execute("SELECT path, start_line, end_line FROM chunks WHERE id = ?", [chunk_id]).fetchone()
         if row is None:
             raise InvalidArgument(f"no chunk with id {chunk_id}; ids come from search")
-        path, start, end, qual, kind, ord_ = row
-        if whole and qual and kind in DEFINITION_KINDS:
-            # the file's chunks of that name, by a term lookup (a scan of chunks by path cost
-            # 4 ms a read on u-boot), then read by id
-            same = self.lexical.in_file(path, "names", [qual], MAX_PARTS)
-            where, params = by_ids(same or [chunk_id])
-            parts = {o: (s, e) for o, s, e, q, k in con.execute(
-                f"SELECT ord, start_line, end_line, qualified_name, kind FROM chunks c {where}", params).fetchall()
-                if q == qual and k == kind}
-            parts[ord_] = (start, end)
-            first = last = ord_
-            while first - 1 in parts:  # the parts next to it: one definition split in order
-                first -= 1
-            while last + 1 in parts:
-                last += 1
-            start, end = parts[first][0], parts[last][1]
+        path, start, end = row[:3]
+        if whole:
+            parts = definition_parts(con, self.lexical, [chunk_id]).get(chunk_id)
+            if parts:
+                start, end = parts[0].start_line, parts[-1].end_line
         return path, start, end
 
     def chunk_text(self, chunk_id: int) -> str:
