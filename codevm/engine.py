@@ -119,7 +119,8 @@ class Engine:
         self.vectors = Vectors(self.store, self.settings)
         self.retriever = Retriever(self.store.cursor, self.store.lexical, weights(self.settings),
                                    self.vectors)
-        self.pager = HeuristicPager(self.store, self.retriever, TokenEstimator(), ranker)
+        self.pager = HeuristicPager(self.store, self.retriever, TokenEstimator(), ranker,
+                                    lambda path, start, end: read_lines(self.root, path, start, end).text)
         self.changes: ChangeMonitor | None = None
         self._indexed = False  # once indexed, a project stays indexed
         self._index_lock = threading.Lock()

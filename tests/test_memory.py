@@ -243,6 +243,24 @@ def test_a_part_of_a_long_function_pages_in_the_whole_function_when_it_fits(tmp_
         assert small[0].end_line - small[0].start_line < 61 and "quokka" in small[0].text
 
 
+def test_a_small_class_is_paged_in_whole_in_place_of_its_outline_and_methods(tmp_path: Path) -> None:
+    methods = "\n\n".join(f"    def weigh_{i}(self, quokka):\n        return quokka.mass * {i} + self.offset"
+                           for i in range(6))
+    source = f"class QuokkaScale:\n    \"\"\"Weighs quokkas.\"\"\"\n    offset = 3\n\n{methods}\n"
+    (tmp_path / "scale.py").write_text(source + "\n\ndef elsewhere():\n    return 2\n")
+    with Engine(tmp_path, Settings(embedder="off", service=False)) as engine:
+        engine.index()
+        pages = engine.context_for("QuokkaScale weighs each quokka by its mass", 4000)
+        mine = [p for p in pages if p.path == "scale.py" and p.start_line < 24]
+        assert [(p.start_line, p.end_line) for p in mine] == [(1, 21)]  # one page, not outline + methods
+        assert mine[0].text == source.rstrip("\n") and mine[0].verbatim
+        # the file changed on disk since it was indexed: the outline, as the index holds it
+        (tmp_path / "scale.py").write_text("# moved\n" + source)
+        pages = engine.context_for("QuokkaScale weighs each quokka by its mass", 4000)
+        outline = [p for p in pages if p.symbol == "QuokkaScale"]
+        assert outline and not outline[0].verbatim
+
+
 def test_the_margin_is_wider_until_the_server_has_counted_a_prompt(project: Path, fake: FakeOllama) -> None:
     from codevm.memory.budget import ESTIMATE_MARGIN, UNCALIBRATED_MARGIN, Budget, TokenEstimator
 

@@ -11,10 +11,11 @@ candidates far below the best one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from codevm.db.store import Store
+from codevm.errors import CodevmError
 from codevm.memory.budget import TokenEstimator, candidates_for
 from codevm.memory.context import Page
 from codevm.retrieval.fusion import Scored
@@ -31,8 +32,9 @@ FILE_PRIOR = 0.3  # share of its file's best score that a candidate adds to its 
 RELEVANCE_FLOOR = 0.3
 FEATURES = feature_names()
 # the whole of a long definition (split into parts when indexed) is paged in for any of its
-# parts if it takes at most this share of the budget: on SWE-bench Lite a part (often 10-20
-# lines) was what the 8k working set held of the function the fix edits in about 1 question in 14
+# parts, and a class whole for its outline, if it takes at most this share of the budget: on
+# SWE-bench Lite a part (often 10-20 lines) was what the 8k working set held of the function
+# the fix edits in about 1 question in 14, and an outline and some methods of the class
 WHOLE_SHARE = 0.3
 BLEND_SCALE = 10.0  # ranks (summed) below the best at which the learned order's relevance halves
 
@@ -63,9 +65,9 @@ def fill(candidates: list[Candidate], pages: dict[int, Page], budget: int,
          have: set[str] | None = None, wholes: dict[int, Page] | None = None) -> list[Page]:
     """The pages of the most relevant candidates that fit in `budget` tokens (a smaller
     page further down may still fit), skipping what is in `have` or whose lines a chosen
-    page already holds. A candidate that is one part of a long definition brings the whole
-    definition (its page in `wholes`) when that takes at most WHOLE_SHARE of the budget and
-    fits."""
+    page already holds. A candidate with a page in `wholes` (one part of a long definition,
+    or a small class's outline) brings the whole definition instead, in place of what of
+    it was chosen before, when that takes at most WHOLE_SHARE of the budget and fits."""
     chosen: list[Page] = []
     used = 0
     have = have or set()
@@ -75,9 +77,16 @@ def fill(candidates: list[Candidate], pages: dict[int, Page], budget: int,
         if page is None:
             continue
         whole = wholes.get(c.chunk_id)
-        if whole is not None and whole.key not in have and used + whole.tokens <= budget and \
-                whole.tokens <= max(page.tokens, WHOLE_SHARE * budget):
-            page = whole
+        if whole is not None and whole.key not in have and whole.tokens <= max(page.tokens, WHOLE_SHARE * budget):
+            inside = [p for p in chosen if p.path == whole.path and whole.start_line <= p.start_line
+                      and p.end_line <= whole.end_line]
+            freed = sum(p.tokens for p in inside)
+            if used - freed + whole.tokens <= budget:
+                chosen = [p for p in chosen if not any(p is q for q in inside)]
+                relevance = max([c.relevance] + [p.relevance for p in inside])
+                chosen.append(replace(whole, relevance=round(relevance, 3), reason=c.reason))
+                used += whole.tokens - freed
+                continue
         if page.key in have or used + page.tokens > budget:
             continue
         if any(p.path == page.path and p.start_line <= page.start_line and page.end_line <= p.end_line
@@ -102,11 +111,12 @@ def blend(cids: list[int], rows: list[list[float]], scores: list[float],
 
 class HeuristicPager:
     def __init__(self, store: Store, retriever: Retriever, estimator: TokenEstimator,
-                 model: Model | None = None):
+                 model: Model | None = None, read: Callable[[str, int, int], str] | None = None):
         self.store = store
         self.retriever = retriever
         self.estimator = estimator
         self.model = model  # the learned ranker; None: the hand-weighted fusion
+        self.read = read  # (path, start line, end line) -> the file's lines on disk
 
     def candidates(self, question: str, k_search: int = 30) -> list[Candidate]:
         """Candidate pages, most relevant first: every retrieval signal's ranking (search
@@ -153,6 +163,28 @@ class HeuristicPager:
         return [Candidate(cid, round(1.0 / (1.0 + (total - best) / BLEND_SCALE), 4), reasons[cid])
                 for cid, total in order], pages
 
+    def _on_disk(self, outline: Page) -> str | None:
+        """The lines an outline page spans, from the file, if the outline's first line is
+        the file's there and its other lines (bar its members' signatures) follow in order."""
+        if self.read is None:
+            return None
+        try:
+            lines = self.read(outline.path, outline.start_line, outline.end_line).split("\n")
+        except (CodevmError, OSError):
+            return None
+        own = [line.rstrip() for line in outline.text.split("\n") if line.strip()]
+        if len(lines) != outline.end_line - outline.start_line + 1 or not own or lines[0].rstrip() != own[0]:
+            return None
+        at = 0
+        for line in own:
+            if line.endswith(" ..."):  # a member's signature, shown in full in the file
+                continue
+            found = next((i for i in range(at, len(lines)) if lines[i].rstrip() == line), None)
+            if found is None:
+                return None
+            at = found + 1
+        return "\n".join(lines)
+
     def page_map(self, chunk_ids: Iterable[int], estimator: TokenEstimator | None = None) -> dict[int, Page]:
         """A page for each chunk, its tokens counted by `estimator` (the asking context's
         calibrated one; by default the pager's)."""
@@ -196,9 +228,16 @@ class HeuristicPager:
     def whole_pages(self, pages: dict[int, Page], estimator: TokenEstimator | None = None) -> dict[int, Page]:
         """chunk id -> the page of the whole definition it is one part of (for the chunks
         that are parts of a long one), its lines as the file has them (each part after the
-        first carries the definition's signature as a header, left out here)."""
+        first carries the definition's signature as a header, left out here); for a class's
+        outline, the class as the file on disk has it, if the file still holds the outline's
+        lines there (the fill keeps it for small classes)."""
         count = (estimator or self.estimator).count
         out: dict[int, Page] = {}
+        for cid, page in pages.items():
+            if not page.verbatim and (text := self._on_disk(page)) is not None:
+                whole = replace(page, text=text)
+                whole.tokens = count(whole.render())
+                out[cid] = whole
         for cid, parts in definition_parts(self.store.cursor(), self.store.lexical, list(pages)).items():
             lines: list[str] = []
             for part in parts:
