@@ -70,11 +70,19 @@ class Symbols:
 
     def defined(self, name: str, limit: int = 50) -> list[SymbolInfo]:
         """Where `name` (a name or a qualified name like Class.method) is defined."""
-        rows = self.cursor().execute(
-            f"""SELECT {_COLUMNS} FROM symbols WHERE name = $n OR qualified_name = $n
-                  OR qualified_name LIKE '%.' || $n
-               ORDER BY qualified_name = $n DESC, path LIKE '%test%', path, start_line
-               LIMIT $limit""", {"n": name, "limit": limit}).fetchall()
+        # a match's name is the last part of `name`, and filtering on it first halves the scan
+        # of u-boot's 123k symbols (20 -> 10 ms; an OR with the LIKE reads them all); a name
+        # with dots of its own (a document's heading "1.2 Setup") is found by the whole test
+        match = "name = $n OR qualified_name = $n OR qualified_name LIKE '%.' || $n"
+        rows: list = []
+        for where, last in ((f"name = $last AND ({match})", {"last": name.rsplit(".", 1)[-1]}),
+                            (match, {}))[: 2 if "." in name else 1]:
+            rows = self.cursor().execute(
+                f"""SELECT {_COLUMNS} FROM symbols WHERE {where}
+                   ORDER BY qualified_name = $n DESC, path LIKE '%test%', path, start_line
+                   LIMIT $limit""", {"n": name, "limit": limit, **last}).fetchall()
+            if rows:
+                break
         return [SymbolInfo(*r) for r in rows]
 
     def matching(self, query: str, limit: int = 200) -> list[SymbolInfo]:
