@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.index_speed import bench_queries, copy_corpus, latency_summary  # noqa: E402
+from bench.index_speed import as_installed, bench_queries, copy_corpus, latency_summary  # noqa: E402
 from codevm.engine import Engine  # noqa: E402
 from codevm.service import stop_service  # noqa: E402
 
@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=40, help="commands of each kind and path")
     parser.add_argument("--keep", type=Path, help="keep the copy and its index here")
     args = parser.parse_args()
+    as_installed()
     work, root = copy_corpus(args.corpus, args.keep)
     try:
         with Engine(root) as engine:

@@ -43,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.index_speed import latency_summary  # noqa: E402
+from bench.index_speed import as_installed, latency_summary  # noqa: E402
 
 QUESTIONS = [
     "how is the configuration file parsed", "where are command line arguments handled",
@@ -172,6 +172,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="keep the index here (a later run re-indexes cold anyway)")
     parser.add_argument("--writer", action="store_true", help="also profile the writer in a second cold index")
     args = parser.parse_args()
+    as_installed()
     root = args.path.resolve()
     work = args.keep or Path(tempfile.mkdtemp(prefix="codevm-scale-"))
     work.mkdir(parents=True, exist_ok=True)

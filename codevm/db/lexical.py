@@ -26,10 +26,15 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
-import numpy as np
 import tantivy
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    from codevm.lazy import numpy as np
 
 TOKENIZER = "codevm_terms"
 MAX_TERM_CHARS = 255  # a longer term is not indexed (nor can a query find it)

@@ -23,8 +23,13 @@ import os
 import re
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    from codevm.lazy import numpy as np
+
 
 log = logging.getLogger("codevm.embeddings")
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 import functools
 import threading
 from pathlib import Path
-from typing import Any, Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Protocol
 
 from codevm.config import Settings
 from codevm.errors import EmbeddingUnavailable, InvalidArgument
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    from codevm.lazy import numpy as np
 
 DEFAULT_MODELS = {"ollama": "nomic-embed-text", "local": "all-MiniLM-L6-v2"}
 EMBEDDERS = ("auto", "ollama", "local", "off")

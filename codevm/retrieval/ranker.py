@@ -20,11 +20,15 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from codevm.retrieval.fusion import SIGNALS, TEXT_KINDS, Ranked, fused_ranking
 from codevm.retrieval.lexical import TEST_PATH
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    from codevm.lazy import numpy as np
 
 KINDS = ("function", "method", "class", "module", "window", "section")
 DOC_PATH = re.compile(r"(^|/)(docs?|examples?)/|\.(md|rst|txt)$")

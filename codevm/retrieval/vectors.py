@@ -22,9 +22,9 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import duckdb
-import numpy as np
 
 from codevm.api import EmbeddingProgress
 from codevm.config import Settings
@@ -33,6 +33,11 @@ from codevm.errors import EmbeddingUnavailable
 from codevm.retrieval.ann import AnnIndex
 from codevm.retrieval.embedders import Embedder, LocalEmbedder, make_embedder
 from codevm.retrieval.sql import chunk_filters
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    from codevm.lazy import numpy as np
 
 log = logging.getLogger("codevm.embeddings")
 
