@@ -261,6 +261,18 @@ def test_a_small_class_is_paged_in_whole_in_place_of_its_outline_and_methods(tmp
         assert outline and not outline[0].verbatim
 
 
+def test_parts_of_one_function_paged_in_apart_are_joined_in_file_order() -> None:
+    first = Page("chunk:1", "m.py", 1, 3, "def long(x):\n    a = 1\n    b = 2", 20, "long")
+    second = Page("chunk:2", "m.py", 4, 5, "def long(x): ...\n    c = 3\n    return a + b + c", 20, "long")
+    other = Page("chunk:3", "n.py", 1, 2, "def short():\n    return 1", 10, "short")
+    far = Page("chunk:4", "m.py", 9, 9, "def long(x): ...\n    z = 9", 10, "long")  # not next to them
+    candidates = [Candidate(2, 1.0, "hit"), Candidate(3, 0.8, "hit"), Candidate(1, 0.5, "hit"), Candidate(4, 0.4, "hit")]
+    chosen = fill(candidates, {1: first, 2: second, 3: other, 4: far}, budget=1000)
+    assert [(p.path, p.start_line, p.end_line) for p in chosen] == [("m.py", 1, 5), ("n.py", 1, 2), ("m.py", 9, 9)]
+    assert chosen[0].text == "def long(x):\n    a = 1\n    b = 2\n    c = 3\n    return a + b + c"
+    assert chosen[0].relevance == 1.0 and chosen[0].verbatim
+
+
 def test_the_margin_is_wider_until_the_server_has_counted_a_prompt(project: Path, fake: FakeOllama) -> None:
     from codevm.memory.budget import ESTIMATE_MARGIN, UNCALIBRATED_MARGIN, Budget, TokenEstimator
 

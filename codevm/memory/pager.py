@@ -32,7 +32,8 @@ FILE_PRIOR = 0.3  # share of its file's best score that a candidate adds to its 
 RELEVANCE_FLOOR = 0.3
 FEATURES = feature_names()
 # the whole of a long definition (split into parts when indexed) is paged in for any of its
-# parts, and a class whole for its outline, if it takes at most this share of the budget: on
+# parts, and a class whole for its outline, if it takes at most this share of the budget
+# (times the candidate's relevance: less relevant wholes crowded out other pages): on
 # SWE-bench Lite a part (often 10-20 lines) was what the 8k working set held of the function
 # the fix edits in about 1 question in 14, and an outline and some methods of the class
 WHOLE_SHARE = 0.3
@@ -67,7 +68,9 @@ def fill(candidates: list[Candidate], pages: dict[int, Page], budget: int,
     page further down may still fit), skipping what is in `have` or whose lines a chosen
     page already holds. A candidate with a page in `wholes` (one part of a long definition,
     or a small class's outline) brings the whole definition instead, in place of what of
-    it was chosen before, when that takes at most WHOLE_SHARE of the budget and fits."""
+    it was chosen before, when that fits and takes at most WHOLE_SHARE of the budget times
+    the candidate's relevance (the best candidate may take 30% whole; one a third as
+    relevant, 10%)."""
     chosen: list[Page] = []
     used = 0
     have = have or set()
@@ -77,7 +80,8 @@ def fill(candidates: list[Candidate], pages: dict[int, Page], budget: int,
         if page is None:
             continue
         whole = wholes.get(c.chunk_id)
-        if whole is not None and whole.key not in have and whole.tokens <= max(page.tokens, WHOLE_SHARE * budget):
+        if whole is not None and whole.key not in have and \
+                whole.tokens <= max(page.tokens, WHOLE_SHARE * c.relevance * budget):
             inside = [p for p in chosen if p.path == whole.path and whole.start_line <= p.start_line
                       and p.end_line <= whole.end_line]
             freed = sum(p.tokens for p in inside)
@@ -94,7 +98,27 @@ def fill(candidates: list[Candidate], pages: dict[int, Page], budget: int,
             continue
         chosen.append(replace(page, relevance=round(c.relevance, 3), reason=c.reason))
         used += page.tokens
-    return chosen
+    return joined(chosen)
+
+
+def joined(pages: list[Page]) -> list[Page]:
+    """`pages` with the parts of one definition that follow each other in its file made one
+    page (at the place of the first, as relevant as the best): the function reads in one
+    piece, without the signature repeated over each part after the first."""
+    out: list[tuple[int, Page]] = []  # (place of its first part in `pages`, page)
+    for place, page in sorted(enumerate(pages), key=lambda p: (p[1].path, p[1].start_line)):
+        if out:
+            first, last = out[-1]
+            if last.path == page.path and last.symbol == page.symbol and page.symbol and \
+                    last.end_line + 1 == page.start_line and last.verbatim and page.verbatim:
+                own = page.text.split("\n")
+                header = len(own) - (page.end_line - page.start_line + 1)
+                out[-1] = (min(first, place), replace(
+                    last, end_line=page.end_line, text=last.text + "\n" + "\n".join(own[header:]),
+                    tokens=last.tokens + page.tokens, relevance=max(last.relevance, page.relevance)))
+                continue
+        out.append((place, page))
+    return pages if len(out) == len(pages) else [p for _, p in sorted(out, key=lambda p: p[0])]
 
 
 def blend(cids: list[int], rows: list[list[float]], scores: list[float],
