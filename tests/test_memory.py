@@ -266,7 +266,7 @@ def test_parts_of_one_function_paged_in_apart_are_joined_in_file_order() -> None
     second = Page("chunk:2", "m.py", 4, 5, "def long(x): ...\n    c = 3\n    return a + b + c", 20, "long")
     other = Page("chunk:3", "n.py", 1, 2, "def short():\n    return 1", 10, "short")
     far = Page("chunk:4", "m.py", 9, 9, "def long(x): ...\n    z = 9", 10, "long")  # not next to them
-    candidates = [Candidate(2, 1.0, "hit"), Candidate(3, 0.8, "hit"), Candidate(1, 0.5, "hit"), Candidate(4, 0.4, "hit")]
+    candidates = [Candidate(cid, relevance, "hit") for cid, relevance in ((2, 1.0), (3, 0.8), (1, 0.5), (4, 0.4))]
     chosen = fill(candidates, {1: first, 2: second, 3: other, 4: far}, budget=1000)
     assert [(p.path, p.start_line, p.end_line) for p in chosen] == [("m.py", 1, 5), ("n.py", 1, 2), ("m.py", 9, 9)]
     assert chosen[0].text == "def long(x):\n    a = 1\n    b = 2\n    c = 3\n    return a + b + c"
