@@ -12,7 +12,7 @@ PACKAGE = Path(codevm.__file__).parent
 
 # bottom to top; a part may import its own modules and those of any part below it
 LAYERS = [
-    {"codevm", "codevm.api", "codevm.errors", "codevm.config", "codevm.project"},
+    {"codevm", "codevm.api", "codevm.errors", "codevm.config", "codevm.project", "codevm.lazy"},
     {"codevm.models", "codevm.db"},
     {"codevm.indexers"},
     {"codevm.retrieval"},
