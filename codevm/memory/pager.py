@@ -22,7 +22,7 @@ from codevm.retrieval.fusion import Scored
 from codevm.retrieval.ranker import ChunkInfo, Model, feature_names, features
 from codevm.retrieval.retriever import Retriever, signal_depth
 from codevm.retrieval.sql import BY_IDS
-from codevm.retrieval.symbols import definition_parts
+from codevm.retrieval.symbols import definition_parts, file_lines
 
 FILE_PRIOR = 0.3  # share of its file's best score that a candidate adds to its own
 # a candidate scoring under this share of the best one is not paged in before the model asks:
@@ -111,10 +111,9 @@ def joined(pages: list[Page]) -> list[Page]:
             first, last = out[-1]
             if last.path == page.path and last.symbol == page.symbol and page.symbol and \
                     last.end_line + 1 == page.start_line and last.verbatim and page.verbatim:
-                own = page.text.split("\n")
-                header = len(own) - (page.end_line - page.start_line + 1)
                 out[-1] = (min(first, place), replace(
-                    last, end_line=page.end_line, text=last.text + "\n" + "\n".join(own[header:]),
+                    last, end_line=page.end_line,
+                    text="\n".join([last.text, *(file_lines(page.text, page.start_line, page.end_line) or [])]),
                     tokens=last.tokens + page.tokens, relevance=max(last.relevance, page.relevance)))
                 continue
         out.append((place, page))
@@ -263,17 +262,12 @@ class HeuristicPager:
                 whole.tokens = count(whole.render())
                 out[cid] = whole
         for cid, parts in definition_parts(self.store.cursor(), self.store.lexical, list(pages)).items():
-            lines: list[str] = []
-            for part in parts:
-                own = part.text.split("\n")
-                header = len(own) - (part.end_line - part.start_line + 1)
-                if header < 0:  # a part cut to the size cap: the whole cannot be shown
-                    break
-                lines.extend(own[header:])
-            else:
-                page = pages[cid]
-                whole = Page(f"chunk:{parts[0].chunk_id}", page.path, parts[0].start_line, parts[-1].end_line,
-                             "\n".join(lines), 0, page.symbol)
-                whole.tokens = count(whole.render())
-                out[cid] = whole
+            own = [file_lines(part.text, part.start_line, part.end_line) for part in parts]
+            if any(lines is None for lines in own):  # a part cut to the size cap: no whole to show
+                continue
+            page = pages[cid]
+            whole = Page(f"chunk:{parts[0].chunk_id}", page.path, parts[0].start_line, parts[-1].end_line,
+                         "\n".join(line for lines in own for line in lines or []), 0, page.symbol)
+            whole.tokens = count(whole.render())
+            out[cid] = whole
         return out

@@ -27,12 +27,21 @@ class Part(NamedTuple):
     text: str
 
 
+def file_lines(text: str, start: int, end: int) -> list[str] | None:
+    """The lines start..end of a chunk's `text` as the file has them: without the header a
+    part of a long definition after the first carries (its signature); None for a chunk
+    cut to the size cap, which lacks some of them."""
+    lines = text.split("\n")
+    header = len(lines) - (end - start + 1)
+    return lines[header:] if header >= 0 else None
+
+
 def definition_parts(con: duckdb.DuckDBPyConnection, lexical: LexicalIndex,
-                     chunk_ids: list[int]) -> dict[int, list[Part]]:
+                     chunk_ids: list[int], with_text: bool = True) -> dict[int, list[Part]]:
     """chunk id -> every part, in order, of the definition that chunk is one part of (for
     the chunks that are parts of a split definition: a function, method or class). The
     file's chunks of each name come from a term lookup (a scan of chunks by path cost 4 ms
-    a chunk on u-boot), then are read by id."""
+    a chunk on u-boot), then are read by id (their text too when `with_text`)."""
     if not chunk_ids:
         return {}
     where, params = by_ids(chunk_ids)
@@ -43,9 +52,10 @@ def definition_parts(con: duckdb.DuckDBPyConnection, lexical: LexicalIndex,
     if not same:
         return {}
     where, params = by_ids(same)
+    column = "text" if with_text else "''"
     runs: dict[tuple[str, str, str], dict[int, Part]] = {}
     for cid, path, qual, kind, ord_, start, end, text in con.execute(
-            f"SELECT id, path, qualified_name, kind, ord, start_line, end_line, text FROM chunks c {where}",
+            f"SELECT id, path, qualified_name, kind, ord, start_line, end_line, {column} FROM chunks c {where}",
             params).fetchall():
         runs.setdefault((path, qual, kind), {})[ord_] = Part(cid, start, end, text)
     out = {}
@@ -70,20 +80,20 @@ class Symbols:
 
     def defined(self, name: str, limit: int = 50) -> list[SymbolInfo]:
         """Where `name` (a name or a qualified name like Class.method) is defined."""
-        # a match's name is the last part of `name`, and filtering on it first halves the scan
-        # of u-boot's 123k symbols (20 -> 10 ms; an OR with the LIKE reads them all); a name
-        # with dots of its own (a document's heading "1.2 Setup") is found by the whole test
         match = "name = $n OR qualified_name = $n OR qualified_name LIKE '%.' || $n"
-        rows: list = []
-        for where, last in ((f"name = $last AND ({match})", {"last": name.rsplit(".", 1)[-1]}),
-                            (match, {}))[: 2 if "." in name else 1]:
-            rows = self.cursor().execute(
+
+        def rows(where: str, **extra: str) -> list[SymbolInfo]:
+            return [SymbolInfo(*r) for r in self.cursor().execute(
                 f"""SELECT {_COLUMNS} FROM symbols WHERE {where}
                    ORDER BY qualified_name = $n DESC, path LIKE '%test%', path, start_line
-                   LIMIT $limit""", {"n": name, "limit": limit, **last}).fetchall()
-            if rows:
-                break
-        return [SymbolInfo(*r) for r in rows]
+                   LIMIT $limit""", {"n": name, "limit": limit, **extra}).fetchall()]
+
+        # a match's name is the last part of `name`, and filtering on it first halves the scan
+        # of u-boot's 123k symbols (20 -> 10 ms; an OR with the LIKE reads them all)
+        found = rows(f"name = $last AND ({match})", last=name.rsplit(".", 1)[-1])
+        if not found and "." in name:  # a name with dots of its own (a heading "1.2 Setup")
+            found = rows(match)
+        return found
 
     def matching(self, query: str, limit: int = 200) -> list[SymbolInfo]:
         """Symbols whose name holds `query` (with a dot in it, whose qualified name does:
@@ -136,7 +146,7 @@ class Symbols:
             raise InvalidArgument(f"no chunk with id {chunk_id}; ids come from search")
         path, start, end = row[:3]
         if whole:
-            parts = definition_parts(con, self.lexical, [chunk_id]).get(chunk_id)
+            parts = definition_parts(con, self.lexical, [chunk_id], with_text=False).get(chunk_id)
             if parts:
                 start, end = parts[0].start_line, parts[-1].end_line
         return path, start, end
