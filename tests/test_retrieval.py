@@ -108,6 +108,34 @@ def test_search_fuses_the_signals_and_keeps_its_filters(project) -> None:
         assert {h.symbol for h in named_only} <= {"total_area", "Circle.area", "main"}
 
 
+def test_named_ties_follow_the_question_and_the_code_not_the_index_history(tmp_path) -> None:
+    # two frames of a pytest trace score alike: they rank as the question lists them, and two
+    # definitions of one name in file order, whichever file the index happened to take first
+    root = tmp_path / "trace"
+    (root / "pkg").mkdir(parents=True)
+    (root / ".git").mkdir()
+    files = {"pkg/alpha.py": "def first():\n    return compute_alpha()\n\n\ndef shared_name():\n    return 1\n",
+             "pkg/beta.py": "def second():\n    return compute_beta()\n\n\ndef shared_name():\n    return 2\n"}
+    for path, text in files.items():
+        (root / path).write_text(text)
+    question = ("pkg/beta.py:2: in second\n    return compute_beta()\npkg/alpha.py:2: in first\n"
+                "    return compute_alpha()\nand `shared_name` is involved")
+    with Engine(root, Settings(service=False, embedder="off", min_chunk_tokens=1)) as engine:
+        orders = []
+        for rewritten in (None, "pkg/beta.py", "pkg/alpha.py"):  # new chunk ids for one file, then the other
+            if rewritten:
+                (root / rewritten).write_text("# moved away\n")
+                engine.index()
+                (root / rewritten).write_text(files[rewritten])
+            engine.index()
+            ranked = named_signal(engine.store.cursor(), engine.store.lexical, question)
+            located = dict(engine.store.cursor().execute("SELECT id, path || ':' || start_line FROM chunks").fetchall())
+            orders.append([(located[cid], reason.split(" ")[0]) for cid, _, reason in ranked.items])
+        assert orders[0][:2] == [("pkg/beta.py:1", "named"), ("pkg/alpha.py:1", "named")]
+        assert [where for where, why in orders[0] if why == "definition"] == ["pkg/alpha.py:5", "pkg/beta.py:5"]
+        assert orders[1] == orders[0] and orders[2] == orders[0]
+
+
 def test_named_signal_resolves_modules_error_messages_and_quoted_names(tmp_path) -> None:
     root = tmp_path / "solids"
     (root / "src/pkg/geometry").mkdir(parents=True)

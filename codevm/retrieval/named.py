@@ -119,7 +119,11 @@ def named_signal(con: duckdb.DuckDBPyConnection, index: LexicalIndex, question: 
     for item in found:
         if item.chunk_id not in best or item.score > best[item.chunk_id].score:
             best[item.chunk_id] = item
-    return Ranked(sorted(best.values(), key=lambda r: (-r.score, r.chunk_id)))
+    # equal scores in the order found (frames and paths as the question lists them, the
+    # rest in file order), never by chunk id: ids follow the index's history, and the same
+    # question on the same code must rank the same however the index came to hold it
+    order = {cid: i for i, cid in enumerate(best)}
+    return Ranked(sorted(best.values(), key=lambda r: (-r.score, order[r.chunk_id])))
 
 
 def _file_chunks(con: duckdb.DuckDBPyConnection, index: LexicalIndex, path: str, words: str,
@@ -171,13 +175,15 @@ def holding(con: duckdb.DuckDBPyConnection, index: LexicalIndex, fragment: str, 
     words = {t[0] for ident in IDENTIFIER.findall(fragment) if (t := expand_identifier(ident))
              and t[0] == ident.lower()}
     if not words:
-        return [r[0] for r in con.execute("SELECT id FROM chunks WHERE contains(text, $f) ORDER BY id LIMIT $n",
-                                          {"f": squeezed, "n": limit}).fetchall()]
+        return [r[0] for r in con.execute("SELECT id FROM chunks WHERE contains(text, $f) "
+                                          "ORDER BY path, start_line LIMIT $n", {"f": squeezed, "n": limit}).fetchall()]
     found = index.search(dict.fromkeys(words, 1.0), LITERAL_CANDIDATES, every=True)
     if not found:
         return []
-    rows = con.execute(f"SELECT id, text FROM chunks c {BY_IDS}", {"ids": [cid for cid, _ in found]}).fetchall()
-    return sorted(cid for cid, text in rows if squeezed in " ".join(text.split()))[:limit]
+    rows = con.execute(f"SELECT id, text, path, start_line FROM chunks c {BY_IDS}",
+                       {"ids": [cid for cid, _ in found]}).fetchall()
+    return [cid for cid, _, _, _ in sorted((r for r in rows if squeezed in " ".join(r[1].split())),
+                                           key=lambda r: (r[2], r[3]))][:limit]
 
 
 def _error_messages(con: duckdb.DuckDBPyConnection, index: LexicalIndex, question: str) -> list[Scored]:
@@ -238,7 +244,8 @@ def _definitions(con: duckdb.DuckDBPyConnection, index: LexicalIndex, question: 
     if ids:
         where, params = by_ids(ids)
         for cid, name, qualified, path, kind in con.execute(
-                f"SELECT id, name, qualified_name, path, kind FROM chunks c {where}", params).fetchall():
+                f"SELECT id, name, qualified_name, path, kind FROM chunks c {where} ORDER BY path, start_line",
+                params).fetchall():
             if kind in DEFINITION_KINDS:
                 key = qualified if qualified in keys else name
                 by_key[key].append((cid, qualified, path))
