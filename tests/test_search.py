@@ -19,6 +19,15 @@ def test_identifiers_are_kept_whole_and_split() -> None:
     assert q.terms["read_chunk_size"] > q.terms["call"]  # code-like identifiers weigh more
 
 
+def test_the_tails_of_number_literals_are_not_identifiers() -> None:
+    from codevm.indexers.identifiers import IDENTIFIER
+
+    code = "mask = 0xFFFFFFFFU | 10UL; rate = 1e5 * x2; größe = 0xFFé + 3ème"
+    assert IDENTIFIER.findall(code) == ["mask", "rate", "x2", "größe"]
+    assert IDENTIFIER.findall(code.encode("ascii", "ignore").decode()) == ["mask", "rate", "x2", "gre"]
+    assert "xffffffffu" not in analyse_query("why is 0xFFFFFFFFU written to the mask register?").terms
+
+
 UNICODE_SOURCES = {
     "données.py": "def données_brutes(valeur):\n    return valeur\n\n\nclass 数据处理:\n"
                   "    def 处理(self, x):\n        return données_brutes(x)\n",
