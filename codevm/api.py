@@ -303,6 +303,9 @@ class AskResult:
     malformed: int = 0  # replies that were no answer (an echoed schema, a stray call)
     streamed: bool = False  # the answer's text reached on_text as it came
     calls: list[ModelCall] = field(default_factory=list)
+    # citations of the answer given a page's path ("src/app.py:55-71 is a/b.py:55-71"): the
+    # model named a file the project does not have for lines of a page it was given
+    corrected: list[str] = field(default_factory=list)
 
 
 # -- the API ------------------------------------------------------------------------------

@@ -358,6 +358,8 @@ def _print_answer(result: Any, show_context: bool) -> None:
     if result.answer:
         if result.streamed:
             out.print()
+            if result.corrected:  # printed as the model wrote it: say what it meant
+                out.print(dim(f"Cited: {'; '.join(result.corrected)}"))
         else:
             out.print(result.answer)
         if not result.cites_code and result.citations:

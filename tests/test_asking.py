@@ -72,6 +72,40 @@ def test_pager_first_is_one_call_with_the_pages_after_a_stable_prefix(
     assert limit == Settings().answer_reserve
 
 
+def test_a_cited_path_the_project_lacks_is_given_the_path_of_the_page_it_means(
+        project: Path, fake: FakeOllama) -> None:
+    # Qwen2.5-Coder-1.5B, asked how identifiers are split, answered "In [src/app.py:55-71], the
+    # `unicode_parts` function splits ..." for codevm/indexers/identifiers.py:55-71
+    fake.script = [{"content": "In [shapes.py:21-23], total_area adds up the areas; it is called in "
+                               "src/py/app.py:1 and tested in [tests/nowhere.py:1-2]."}]
+    with _engine(project, ollama_host=fake.host) as engine:
+        streamed: list[str] = []
+        result = engine.ask("How is the total area of the shapes computed?", on_text=streamed.append)
+    assert result.answer.startswith("In [src/py/shapes.py:21-23], total_area")
+    assert "src/py/app.py:1 " in result.answer  # a file of the project: as cited
+    assert "[tests/nowhere.py:1-2]" in result.answer  # no page it could mean: as cited
+    assert result.corrected == ["shapes.py:21-23 is src/py/shapes.py:21-23"]
+    assert "".join(streamed).startswith("In [shapes.py:21-23]")  # streamed as written
+    assert result.cites_code and any(c.startswith("src/py/shapes.py:") for c in result.citations)
+
+
+def test_citations_are_repaired_only_towards_one_page() -> None:
+    from codevm.memory.ask import repair_citations
+    from codevm.memory.context import Page
+
+    pages = [Page("chunk:1", "codevm/indexers/identifiers.py", 55, 71, "def unicode_parts(...): ...", 90, "f"),
+             Page("chunk:2", "codevm/indexers/chunker.py", 526, 551, "def chunk_terms_counts(...): ...", 90, "x"),
+             Page("chunk:3", "a/util.py", 1, 9, "x", 5, "f"), Page("chunk:4", "b/util.py", 1, 9, "y", 5, "g")]
+    never = lambda path: False  # noqa: E731
+    text, fixed = repair_citations("In [src/app.py:55-71], see identifiers.py:60 and chunker.py:530-540.", pages, never)
+    assert text == ("In [codevm/indexers/identifiers.py:55-71], see codevm/indexers/identifiers.py:60 and "
+                    "codevm/indexers/chunker.py:530-540.")
+    assert len(fixed) == 3
+    # two pages it could mean, a range no page has, a file that exists: left as written
+    for cited in ("util.py:3", "src/other.py:100-120", "codevm/cli.py:5"):
+        assert repair_citations(f"see {cited}.", pages, lambda path: path == "codevm/cli.py") == (f"see {cited}.", [])
+
+
 def test_remember_then_recall_in_a_new_session(project: Path, fake: FakeOllama) -> None:
     fake.script = [lambda body: {"content": "The app factory is called make_app."
                                  if "make_app" in body["messages"][-1]["content"] else "I do not know."}]

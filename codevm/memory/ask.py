@@ -219,6 +219,7 @@ class _Question:
                 reply = chat(*context.prompt(), on_text)
                 result.answer, bad = as_answer(reply.content, TOOL_NAMES)
                 result.malformed = int(bad)
+                self.correct(result)
                 if result.answer:
                     self.record("assistant", result.answer)
             else:
@@ -229,6 +230,7 @@ class _Question:
                 result.answer, result.steps, result.finished = (
                     outcome.answer, outcome.steps, outcome.finished)
                 result.malformed = outcome.malformed
+                self.correct(result)
             result.truncated = bool(result.calls) and result.calls[-1].truncated
             memory.store.set_meta(self.factor_key, f"{self.estimator.factor:.4f}")
         except (ModelUnavailable, ModelMissing) as e:
@@ -239,6 +241,14 @@ class _Question:
                              "the model's reply was not an answer (it repeated its instructions or "
                              "printed a call): these are the pages the pager chose")
         return self.finish(result)
+
+    def correct(self, result: AskResult) -> None:
+        """The answer's citations of files the project does not have, given the path of the
+        one page they mean (a small model shortens or invents a path for lines it was shown)."""
+        root = self.memory.root
+        result.answer, result.corrected = repair_citations(
+            result.answer, list(self.context.working_set.pages.values()),
+            lambda path: ".." not in path.split("/") and (root / path).is_file())
 
     def finish(self, result: AskResult) -> AskResult:
         _cite(result, sorted(self.context.working_set.pages.values(), key=lambda p: -p.relevance))
@@ -279,6 +289,39 @@ def _summarizer(model: ChatModel | None, limits: Budget,
 def page_info(p: Page) -> PageInfo:
     return PageInfo(p.citation, p.path, p.start_line, p.end_line, p.symbol, p.tokens, p.relevance, p.reason,
                     p.text, p.verbatim)
+
+
+_CITED = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w-][\w.-]*\.\w+):(\d+)(?:-(\d+))?")
+
+
+def repair_citations(answer: str, pages: list[Page], exists: Callable[[str], bool]) -> tuple[str, list[str]]:
+    """`answer` with each `path:lines` it cites that is neither a page's path nor a file of
+    the project (`exists`) given the path of the one page it means: the page whose path ends
+    with it (`identifiers.py:55` for codevm/indexers/identifiers.py), else the one of its file
+    name whose lines it overlaps, else the one with exactly its lines. Returns the answer and
+    the corrections made ("cited is right")."""
+    if not answer or not pages:
+        return answer, []
+    known = {p.path for p in pages}
+    corrected: list[str] = []
+
+    def fix(m: re.Match[str]) -> str:
+        path, start = m.group(1), int(m.group(2))
+        end = int(m.group(3) or start)
+        if path in known or exists(path):
+            return m.group(0)
+        name = path.rsplit("/", 1)[-1]
+        for rule in (lambda p: p.path.endswith("/" + path),
+                     lambda p: p.path.rsplit("/", 1)[-1] == name and p.start_line <= end and start <= p.end_line,
+                     lambda p: (p.start_line, p.end_line) == (start, end)):
+            found = {p.path for p in pages if rule(p)}
+            if len(found) == 1:
+                right = m.group(0).replace(path, found.pop(), 1)
+                corrected.append(f"{m.group(0)} is {right}")
+                return right
+        return m.group(0)
+
+    return _CITED.sub(fix, answer), corrected
 
 
 def _cite(result: AskResult, pages: list[Page]) -> None:
