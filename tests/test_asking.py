@@ -77,13 +77,14 @@ def test_a_cited_path_the_project_lacks_is_given_the_path_of_the_page_it_means(
     # Qwen2.5-Coder-1.5B, asked how identifiers are split, answered "In [src/app.py:55-71], the
     # `unicode_parts` function splits ..." for codevm/indexers/identifiers.py:55-71
     fake.script = [{"content": "In [shapes.py:21-23], total_area adds up the areas; it is called in "
-                               "src/py/app.py:1 and tested in [tests/nowhere.py:1-2]."}]
+                               "src/py/app.py:1 and tested in [tests/nowhere.py:1-2] or " + "t" * 300 + ".py:1."}]
     with _engine(project, ollama_host=fake.host) as engine:
         streamed: list[str] = []
         result = engine.ask("How is the total area of the shapes computed?", on_text=streamed.append)
     assert result.answer.startswith("In [src/py/shapes.py:21-23], total_area")
     assert "src/py/app.py:1 " in result.answer  # a file of the project: as cited
     assert "[tests/nowhere.py:1-2]" in result.answer  # no page it could mean: as cited
+    assert result.answer.endswith("t" * 300 + ".py:1.")  # a name too long for the system: as cited
     assert result.corrected == ["shapes.py:21-23 is src/py/shapes.py:21-23"]
     assert "".join(streamed).startswith("In [shapes.py:21-23]")  # streamed as written
     assert result.cites_code and any(c.startswith("src/py/shapes.py:") for c in result.citations)

@@ -246,9 +246,15 @@ class _Question:
         """The answer's citations of files the project does not have, given the path of the
         one page they mean (a small model shortens or invents a path for lines it was shown)."""
         root = self.memory.root
+
+        def exists(path: str) -> bool:
+            try:  # a babbled name can be longer than the system allows
+                return ".." not in path.split("/") and (root / path).is_file()
+            except OSError:
+                return False
+
         result.answer, result.corrected = repair_citations(
-            result.answer, list(self.context.working_set.pages.values()),
-            lambda path: ".." not in path.split("/") and (root / path).is_file())
+            result.answer, list(self.context.working_set.pages.values()), exists)
 
     def finish(self, result: AskResult) -> AskResult:
         _cite(result, sorted(self.context.working_set.pages.values(), key=lambda p: -p.relevance))
