@@ -24,7 +24,7 @@ from pathlib import Path
 from codevm.api import AskResult, ModelCall, ModelCheck, PageInfo
 from codevm.config import Settings
 from codevm.db.store import Store
-from codevm.errors import InvalidArgument, ModelMissing, ModelUnavailable
+from codevm.errors import CodevmError, InvalidArgument, ModelMissing, ModelUnavailable
 from codevm.memory.agent import INSTRUCTIONS, Agent
 from codevm.memory.budget import Budget, TokenEstimator
 from codevm.memory.context import ContextMessage, MainContext, Page
@@ -36,6 +36,7 @@ from codevm.memory.pager import HeuristicPager
 from codevm.memory.recall import Recall
 from codevm.memory.replies import StreamGate, as_answer, echoes_schema, parse_call
 from codevm.models import ChatModel, ModelReply, limits_of, make_model
+from codevm.project import project_path
 from codevm.retrieval.retriever import Retriever
 
 ASK_MODES = ("auto", "pager", "tools")
@@ -248,9 +249,9 @@ class _Question:
         root = self.memory.root
 
         def exists(path: str) -> bool:
-            try:  # a babbled name can be longer than the system allows
-                return ".." not in path.split("/") and (root / path).is_file()
-            except OSError:
+            try:  # outside the project, or a babbled name longer than the system allows: no
+                return (root / project_path(root, path)).is_file()
+            except (CodevmError, OSError):
                 return False
 
         result.answer, result.corrected = repair_citations(
