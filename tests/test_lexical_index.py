@@ -148,3 +148,27 @@ def test_a_lexical_index_deleted_under_a_running_engine_is_made_again(project: P
         assert [h.symbol for h in engine.search("total area of shapes", k=1)]
         con = engine.store.cursor()
         assert engine.store.lexical.documents() == con.execute("SELECT count(*) FROM chunks").fetchone()[0]
+
+
+
+def test_after_a_checkout_the_index_ranks_as_one_made_fresh(project: Path) -> None:
+    """tantivy counts the old chunks of changed files in BM25 (document frequencies,
+    number of documents, lengths) until a merge of their segment drops them; after a change
+    of many files (a checkout, a pull) the index is compacted, and ranks as a fresh one."""
+    changed = sorted(p for p in (project / "src").rglob("*") if p.is_file())[::2]
+    assert len(changed) >= 8
+    with Engine(project) as engine:
+        engine.index()
+        for i, path in enumerate(changed):  # another commit of half the files
+            path.write_text(path.read_text() + "\n" * (i + 1))
+        engine.index()
+        lexical_index = engine.store.lexical
+        deleted, held = lexical_index.deleted()
+        count = engine.store.cursor().execute("SELECT count(*) FROM chunks").fetchone()[0]
+        assert deleted <= 0.25 * held and lexical_index.documents() == count <= held
+        kept = _lexical_rankings(engine)
+        folder = lexical_directory(engine.store.path)
+    shutil.rmtree(folder)
+    with Engine(project) as engine:  # made again from the database
+        assert engine.store.lexical.deleted() == (0, count)
+        assert _lexical_rankings(engine) == kept

@@ -306,6 +306,13 @@ class LexicalIndex:
         searcher = self.index.searcher()
         return int(searcher.num_docs) - len(self._meta(searcher))
 
+    def deleted(self) -> tuple[int, int]:
+        """(chunks deleted but still held, chunks held): tantivy's term counts keep a
+        deleted document until a merge drops it, and every chunk has a language term."""
+        searcher = self.index.searcher()
+        held = sum(int(n) for _, n in searcher.terms_with_prefix("language", ""))
+        return max(0, held - (int(searcher.num_docs) - len(self._meta(searcher)))), held
+
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file()) if self.directory.is_dir() else 0
 

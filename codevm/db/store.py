@@ -21,6 +21,9 @@ from codevm.errors import IndexBusy, IndexUnreadable
 from codevm.project import owner_only
 
 MEMORY_LIMIT = "512MB"
+# deleted chunks tantivy may hold before its index is made again (Lucene's merge policy
+# allows 33% by default); see Store.compact_lexical
+COMPACT_SHARE = 0.25
 
 
 def unreadable(path: Path, error: Exception) -> IndexUnreadable:
@@ -99,17 +102,45 @@ class Store:
                                   {"paths": paths}).fetchall()
                 self.lexical.apply(paths, [rows], generation, database)
             else:
-                n = con.execute("SELECT count(*) FROM chunks").fetchone()
-                if n and n[0] > REBUILD_BATCH:
-                    print(f"codevm: building the search index of {self.path.name} "
-                          f"({n[0]:,} chunks) from the database", file=sys.stderr)
-                cursor = chunk_rows(con, "chunks")
-                self.lexical.apply(None, iter(lambda: cursor.fetchmany(REBUILD_BATCH), []), generation, database)
+                self._rebuild_lexical(con, generation, database)
             if first_row(con, "SELECT count(*) FROM lexical_pending")[0]:  # no write on a clean open
                 with self.transaction() as tx:
                     tx.execute("DELETE FROM lexical_pending WHERE generation <= ?", [generation])
             self.lexical_behind = False
             self.lexical_committed, self.lexical_uncommitted = generation, None
+
+    def _rebuild_lexical(self, con: duckdb.DuckDBPyConnection, generation: int, database: str,
+                         doing: str = "building", why: str = "") -> None:
+        """Make tantivy's index again from every chunk of the database (searches see the
+        old one until it commits)."""
+        n = con.execute("SELECT count(*) FROM chunks").fetchone()
+        if n and n[0] > REBUILD_BATCH:
+            print(f"codevm: {doing} the search index of {self.path.name} from the database "
+                  f"({n[0]:,} chunks{why})", file=sys.stderr)
+        cursor = chunk_rows(con, "chunks")
+        self.lexical.apply(None, iter(lambda: cursor.fetchmany(REBUILD_BATCH), []), generation, database)
+
+    def compact_lexical(self) -> None:
+        """Rebuild tantivy's index when deleted chunks are more than COMPACT_SHARE of what
+        it holds. tantivy keeps a changed file's old chunks, marked deleted, until a merge
+        of their segment, and its BM25 counts them (document frequencies, number of
+        documents, lengths); tantivy-py cannot ask for a merge. Its merge policy drops the
+        old chunks of an edited file from the small segments of the saves before, but not
+        from the big segments of the first index: the indexes of the benchmark's
+        repositories, checked out commit after commit, held 28-64% deleted chunks and ranked
+        unlike a fresh index of the same code. Checked after each tantivy commit (a term
+        list and a count); due after a checkout or pull that changed a quarter of them."""
+        with self.lock:
+            if self.lexical_behind or self.lexical_uncommitted is not None:
+                return
+            deleted, held = self.lexical.deleted()
+            if not deleted or deleted <= COMPACT_SHARE * held:
+                return
+            con = self.cursor()
+            generation, database = database_state(con)
+            if self.lexical.state() == (generation, database):  # else the next reconcile comes first
+                self._rebuild_lexical(con, generation, database, "compacting",
+                                      f"; {deleted:,} of the {held:,} it held were deleted")
 
     def commit_lexical(self, paths: list[str], rows: list[Row], generation: int, database: str,
                        defer: bool = False) -> None:
@@ -124,10 +155,11 @@ class Store:
             self.lexical_uncommitted = (generation, database)
         else:
             self.lexical_committed, self.lexical_uncommitted = generation, None
+            self.compact_lexical()
 
-    def flush_lexical(self) -> None:
+    def flush_lexical(self, compact: bool = True) -> None:
         """Commit the deferred batches to tantivy (nothing when a failure dropped them:
-        the next batch or process catches up)."""
+        the next batch or process catches up); `compact`: then compact it if due."""
         with self.lock:
             if self.lexical_uncommitted is not None and not self.lexical_behind:
                 generation, database = self.lexical_uncommitted
@@ -135,6 +167,8 @@ class Store:
                 self.lexical.commit(generation, database)
                 self.lexical_behind = False
                 self.lexical_committed, self.lexical_uncommitted = generation, None
+        if compact:
+            self.compact_lexical()
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         return self.con.cursor()

@@ -165,7 +165,7 @@ class Indexer:
                     first = False
                     pending, pending_files = [], 0
                     if time.monotonic() - committed_at >= LEXICAL_COMMIT_SECONDS:
-                        self.store.flush_lexical()
+                        self.store.flush_lexical(compact=False)  # once, at the end
                         committed_at = time.monotonic()
             if pending or first:
                 self._commit(pending, deleted if first else [], skipped if first else [], defer=bulk)
