@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import duckdb
@@ -14,6 +15,7 @@ from codevm.config import Settings
 from codevm.engine import Engine
 from codevm.errors import IndexUnreadable
 from codevm.indexers import languages, pipeline, worker
+from codevm.indexers.discovery import WalkMemory
 from codevm.indexers.worker import Limits, TaskFile, process_file
 from tests.conftest import ODD_NAMES, add_bad_files
 
@@ -113,11 +115,18 @@ def test_one_bad_path_in_a_batch_skips_that_path_only(project: Path, tmp_path: P
         assert skipped == ("symlink to outside the project",)
 
 
-def test_incremental_changes_deletions_and_renames(project: Path) -> None:
+@pytest.mark.parametrize("aged", [False, True], ids=["just-written", "folders-remembered"])
+def test_incremental_changes_deletions_and_renames(project: Path, aged: bool) -> None:
+    # folders older than the racy window are remembered by the walk (WalkMemory)
+    then = time.time() - 3600 if aged else time.time()
+    for path in [project, *project.rglob("*")]:
+        os.utime(path, (then, then))
     with Engine(project) as engine:
         engine.index()
         again = engine.index()
         assert again.parsed == 0 and again.unchanged > 15
+        remembered = WalkMemory.load(engine.indexer.walk_memory_path).records
+        assert ("src/web" in remembered) == aged
 
         shapes = project / "src/py/shapes.py"
         shapes.write_text(shapes.read_text() + "\n\ndef perimeter_of_square(side):\n    return 4 * side\n")

@@ -18,7 +18,7 @@ from codevm.api import IndexReport, Progress
 from codevm.config import Settings
 from codevm.db.index_tables import IndexTables
 from codevm.indexers.chunker import content_hash
-from codevm.indexers.discovery import Candidate, Skipped, walk_project
+from codevm.indexers.discovery import Candidate, Skipped, WalkMemory, walk_project
 from codevm.indexers.languages import EXTRACTOR_VERSION
 from codevm.indexers.worker import Limits, TaskFile, TaskResult, run_task
 
@@ -48,6 +48,7 @@ class Indexer:
         self.tables = tables
         self.store = tables.store
         self.settings = settings
+        self.walk_memory_path = f"{self.store.path}.walk"
         self.limits = Limits(settings.max_file_bytes, settings.max_line_chars,
                              settings.max_chunk_tokens, settings.min_chunk_tokens)
 
@@ -76,8 +77,10 @@ class Indexer:
         todo: list[TaskFile] = []
         skipped: list[tuple[str, str]] = []
         seen: set[str] = set()
+        # what the last whole walk found in each folder (see WalkMemory)
+        memory = WalkMemory.load(self.walk_memory_path) if prefixes is None else None
         for item in walk_project(str(self.root), self.settings.ignore, self.settings.max_file_bytes,
-                                 prefixes):
+                                 prefixes, memory):
             seen.add(item.path)
             report.files_seen += 1
             old = known.get(item.path)
@@ -99,6 +102,8 @@ class Indexer:
         deleted = [p for p in known if p not in seen]
         report.deleted = len(deleted)
         self._index(todo, deleted, skipped, report, notify)
+        if memory is not None:
+            memory.save(self.walk_memory_path)
         report.seconds = time.perf_counter() - started
         self.store.set_meta("last_indexed_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         notify(Progress("done", len(todo), len(todo), report.chunks, report.skipped, report.errors))
