@@ -115,20 +115,28 @@ class Model:
     def __init__(self, data: dict):
         if data.get("features") != feature_names():
             raise ValueError("the ranker model was trained on other features")
-        trees = data["trees"]
+        self._trees = data["trees"]
+        # numpy's arrays, made for the first score (then replaced in one assignment): a
+        # command that ranks nothing (a no-change `codevm index`) does not import numpy
+        self._arrays: tuple[np.ndarray, ...] | None = None
+
+    def _build(self) -> tuple[np.ndarray, ...]:
+        trees = self._trees
         # every tree padded to the longest, so that all are walked at once, a level a step
         width = max(len(t[0]) for t in trees)
         leaves = max(len(t[4]) for t in trees)
-        self.feature = np.zeros((len(trees), width), dtype=np.int64)
-        self.threshold = np.zeros((len(trees), width))
-        self.left = np.zeros((len(trees), width), dtype=np.int64)
-        self.right = np.zeros((len(trees), width), dtype=np.int64)
-        self.value = np.zeros((len(trees), leaves))
+        features = np.zeros((len(trees), width), dtype=np.int64)
+        thresholds = np.zeros((len(trees), width))
+        lefts = np.zeros((len(trees), width), dtype=np.int64)
+        rights = np.zeros((len(trees), width), dtype=np.int64)
+        values = np.zeros((len(trees), leaves))
         for i, (feature, threshold, left, right, value) in enumerate(trees):
             n = len(feature)
-            self.feature[i, :n], self.threshold[i, :n] = feature, threshold
-            self.left[i, :n], self.right[i, :n] = left, right
-            self.value[i, :len(value)] = value
+            features[i, :n], thresholds[i, :n] = feature, threshold
+            lefts[i, :n], rights[i, :n] = left, right
+            values[i, :len(value)] = value
+        self._arrays = (features, thresholds, lefts, rights, values)
+        return self._arrays
 
     @classmethod
     def load(cls, path: Path) -> Model:
@@ -138,16 +146,17 @@ class Model:
         """Scores of the rows of `x` (candidates x features), higher is better."""
         if not len(x):
             return np.zeros(0)
-        trees = np.arange(len(self.feature))[:, None]  # trees x 1
+        feature, threshold, lefts, rights, value = self._arrays or self._build()
+        trees = np.arange(len(feature))[:, None]  # trees x 1
         rows = np.arange(len(x))[None, :]  # 1 x rows
-        node = np.zeros((len(self.feature), len(x)), dtype=np.int64)  # >= 0: a split; < 0: leaf ~node
+        node = np.zeros((len(feature), len(x)), dtype=np.int64)  # >= 0: a split; < 0: leaf ~node
         active = node >= 0
         while active.any():
             at = np.where(active, node, 0)
-            left = x[rows, self.feature[trees, at]] <= self.threshold[trees, at]
-            node = np.where(active, np.where(left, self.left[trees, at], self.right[trees, at]), node)
+            left = x[rows, feature[trees, at]] <= threshold[trees, at]
+            node = np.where(active, np.where(left, lefts[trees, at], rights[trees, at]), node)
             active = node >= 0
-        return self.value[trees, ~node].sum(axis=0)
+        return value[trees, ~node].sum(axis=0)
 
 
 def _flatten(root: dict) -> list[list]:
