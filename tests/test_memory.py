@@ -12,7 +12,7 @@ from codevm.engine import Engine
 from codevm.errors import InvalidArgument
 from codevm.memory.budget import TokenEstimator
 from codevm.memory.context import Page
-from codevm.memory.pager import Candidate, fill
+from codevm.memory.pager import WHOLE_SHARE, Candidate, fill
 from tests.fake_ollama import FakeOllama, call
 
 
@@ -286,3 +286,49 @@ def test_the_margin_is_wider_until_the_server_has_counted_a_prompt(project: Path
     with _engine(project, fake.host) as engine:
         engine.ask("How is the total area computed?")
         assert engine.store.get_meta("calibration:qwen2.5-coder:7b")  # the next question starts calibrated
+
+
+def test_methods_of_one_class_page_in_as_the_class_when_it_fits(tmp_path: Path) -> None:
+    """Two methods of one class page in as their whole class (its attributes and other
+    methods with them), in place of the methods, when the class is small for the budget
+    and the relevance of the two together; one method, or a tight budget, pages in alone."""
+    audit = "\n".join(f"        total_{i} = sum(row.amount for row in self.rows[{i}::7])" for i in range(8))
+    source = (
+        "class Ledger:\n"
+        "    \"\"\"Keeps the accounts of a zoo.\"\"\"\n"
+        "    currency = 'EUR'\n\n"
+        "    def __init__(self, rows):\n        self.rows = list(rows)\n        self.closed = False\n\n"
+        "    def take(self, amount, keeper):\n"
+        "        if self.closed:\n            raise ValueError('the ledger is closed')\n"
+        "        self.rows.append(Row(amount, keeper, 'wombat fee'))\n        return len(self.rows)\n\n"
+        "    def give_back(self, amount, keeper):\n"
+        "        if self.closed:\n            raise ValueError('the ledger is closed')\n"
+        "        self.rows.append(Row(-amount, keeper, 'wombat fee refund'))\n        return len(self.rows)\n\n"
+        f"    def audit(self):\n{audit}\n        return total_0\n")
+    end = source.count("\n")
+    (tmp_path / "ledger.py").write_text(source + "\n\ndef unrelated_helper():\n    return 2\n")
+    with Engine(tmp_path, Settings(embedder="off", service=False)) as engine:
+        engine.index()
+        methods = engine.store.cursor().execute(
+            "SELECT count(*) FROM chunks WHERE kind = 'method' AND qualified_name LIKE 'Ledger.%'").fetchone()[0]
+        assert methods >= 3  # the class is an outline, its methods pages of their own
+        ids = dict(engine.store.cursor().execute(
+            "SELECT name, id FROM chunks WHERE qualified_name LIKE 'Ledger.%'").fetchall())
+        pager = engine.pager
+        wholes = pager.class_pages([ids["take"], ids["give_back"]])
+        assert set(wholes) == {ids["take"], ids["give_back"]}
+        whole = wholes[ids["take"]]
+        assert (whole.start_line, whole.end_line) == (1, end) and whole.text == source.rstrip("\n")
+        assert pager.class_pages([ids["take"]]) == {}  # one method pages in alone
+        # the class outline is not a candidate (a question in the words of two bodies): the
+        # methods bring their class, which each is not relevant enough to bring alone
+        candidates = [Candidate(ids["take"], 0.5, "hit"), Candidate(ids["give_back"], 0.5, "hit")]
+        pages = pager.page_map(ids.values())
+        budget = int(whole.tokens / (WHOLE_SHARE * 0.8))
+        chosen = fill(candidates, pages, budget, wholes=wholes)
+        assert [(p.start_line, p.end_line) for p in chosen] == [(1, end)]
+        alone = fill(candidates[:1], pages, budget, wholes=wholes)
+        assert [p.symbol for p in alone] == ["Ledger.take"]
+        # a budget the class would take too much of: the methods
+        tight = fill(candidates, pages, int(whole.tokens / (WHOLE_SHARE * 1.2)), wholes=wholes)
+        assert {p.symbol for p in tight} == {"Ledger.take", "Ledger.give_back"}

@@ -37,6 +37,7 @@ FEATURES = feature_names()
 # SWE-bench Lite a part (often 10-20 lines) was what the 8k working set held of the function
 # the fix edits in about 1 question in 14, and an outline and some methods of the class
 WHOLE_SHARE = 0.3
+CLASS_LOOKUP = 8  # chunks named like a method's class read to find the class
 BLEND_SCALE = 10.0  # ranks (summed) below the best at which the learned order's relevance halves
 
 
@@ -67,21 +68,26 @@ def fill(candidates: list[Candidate], pages: dict[int, Page], budget: int,
     """The pages of the most relevant candidates that fit in `budget` tokens (a smaller
     page further down may still fit), skipping what is in `have` or whose lines a chosen
     page already holds. A candidate with a page in `wholes` (one part of a long definition,
-    or a small class's outline) brings the whole definition instead, in place of what of
-    it was chosen before, when that fits and takes at most WHOLE_SHARE of the budget times
-    the candidate's relevance (the best candidate may take 30% whole; one a third as
-    relevant, 10%)."""
+    a small class's outline, or one of its methods) brings the whole definition instead, in
+    place of what of it was chosen before, when that fits and takes at most WHOLE_SHARE of
+    the budget times the relevance of the candidates it would stand for, summed (the best
+    candidate may take 30% whole; one a third as relevant, 10%; two methods of a class as
+    relevant as a third each, 20%)."""
     chosen: list[Page] = []
     used = 0
     have = have or set()
     wholes = wholes or {}
+    support: dict[str, float] = {}  # a whole's relevance: the sum of its candidates' (at most 1)
+    for c in candidates:
+        if (w := wholes.get(c.chunk_id)) is not None:
+            support[w.key] = min(1.0, support.get(w.key, 0.0) + c.relevance)
     for c in candidates:
         page = pages.get(c.chunk_id)
         if page is None:
             continue
         whole = wholes.get(c.chunk_id)
         if whole is not None and whole.key not in have and \
-                whole.tokens <= max(page.tokens, WHOLE_SHARE * c.relevance * budget):
+                whole.tokens <= max(page.tokens, WHOLE_SHARE * support.get(whole.key, c.relevance) * budget):
             inside = [p for p in chosen if p.path == whole.path and whole.start_line <= p.start_line
                       and p.end_line <= whole.end_line]
             freed = sum(p.tokens for p in inside)
@@ -243,10 +249,45 @@ class HeuristicPager:
             pages = {c.chunk_id: read[c.chunk_id] for c in candidates if c.chunk_id in read}
             if estimator is not None:
                 pages = {cid: replace(p, tokens=estimator.count(p.render())) for cid, p in pages.items()}
-        # the whole definitions of the parts that would be paged in without them
+        # the whole definitions of the parts that would be paged in without them, and the
+        # class of methods that would be paged in together
         first = {int(p.key.partition(":")[2]) for p in fill(candidates, pages, budget, have)}
-        return fill(candidates, pages, budget, have,
-                    self.whole_pages({cid: p for cid, p in pages.items() if cid in first}, estimator))
+        wholes = self.whole_pages({cid: p for cid, p in pages.items() if cid in first}, estimator)
+        for cid, whole in self.class_pages(first, estimator).items():
+            wholes.setdefault(cid, whole)
+        return fill(candidates, pages, budget, have, wholes)
+
+    def class_pages(self, chunk_ids: Iterable[int], estimator: TokenEstimator | None = None) -> dict[int, Page]:
+        """method chunk id -> the page of its whole class, for the methods of `chunk_ids`
+        that share their class (in one file) with another of them: two or more methods of
+        a class read better as the class, with what they share (its attributes, its other
+        methods), when it is small enough for the fill to take it. SWE-bench Lite's fixes
+        that add a method to a class edit the class, whose methods the pager had paged in
+        one by one (sympy-12171: four of MCodePrinter's, 23 of its 74 lines)."""
+        ids = sorted(set(chunk_ids))
+        if len(ids) < 2:
+            return {}
+        groups: dict[tuple[str, str], list[int]] = {}
+        for cid, path, qualified in self.store.cursor().execute(
+                f"SELECT id, path, qualified_name FROM chunks c {BY_IDS} WHERE kind = 'method' "
+                "AND qualified_name LIKE '%.%'", {"ids": ids}).fetchall():
+            groups.setdefault((path, qualified.split(".")[0]), []).append(cid)
+        lexical = self.store.lexical
+        out: dict[int, Page] = {}
+        for (path, owner), methods in sorted(groups.items()):
+            if len(methods) < 2:
+                continue
+            classes = [cid for cid, (_, kind) in sorted(lexical.chunks.get(
+                lexical.in_file(path, "defines", [owner], CLASS_LOOKUP)).items()) if kind == "class"]
+            if len(classes) != 1:  # none, or two classes of that name in one file
+                continue
+            page = self.page_map(classes, estimator).get(classes[0])
+            if page is None:
+                continue
+            whole = page if page.verbatim else self.whole_pages({classes[0]: page}, estimator).get(classes[0])
+            if whole is not None and whole.verbatim:
+                out.update((cid, whole) for cid in methods)
+        return out
 
     def whole_pages(self, pages: dict[int, Page], estimator: TokenEstimator | None = None) -> dict[int, Page]:
         """chunk id -> the page of the whole definition it is one part of (for the chunks
