@@ -307,7 +307,9 @@ class LexicalIndex:
 
     def documents(self) -> int:
         """How many chunks the index holds (its meta document aside)."""
-        searcher = self.index.searcher()
+        return self._documents(self.index.searcher())
+
+    def _documents(self, searcher: tantivy.Searcher) -> int:
         return int(searcher.num_docs) - len(self._meta(searcher))
 
     def deleted(self) -> tuple[int, int]:
@@ -315,7 +317,7 @@ class LexicalIndex:
         deleted document until a merge drops it, and every chunk has a language term."""
         searcher = self.index.searcher()
         held = sum(int(n) for _, n in searcher.terms_with_prefix("language", ""))
-        return max(0, held - (int(searcher.num_docs) - len(self._meta(searcher)))), held
+        return max(0, held - self._documents(searcher)), held
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file()) if self.directory.is_dir() else 0

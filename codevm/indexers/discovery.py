@@ -263,8 +263,7 @@ def walk_project(root: str, extra_ignores: list[str] | None = None,
     walk found, used for the folders that did not change and renewed.
     """
     root = os.path.realpath(root)
-    extra = extra_ignores or []
-    rules = IgnoreRules(root, extra)
+    rules = IgnoreRules(root, extra_ignores or [])
     if only is not None:
         memory = None
     started_ns = time.time_ns()
@@ -365,13 +364,13 @@ def _read_folder(root: str, rel_dir: str, listing: list[os.DirEntry], rules: Ign
             yield name, _symlink(root, rel, entry, rules) or _SILENT
             continue
         if is_dir:
-            if name in DEFAULT_EXCLUDED_DIRS:
-                if name not in VCS_DIRS and not name.startswith((".", "__")):
-                    yield name, "excluded by default (dependencies or build output)"
+            if (why := _excluded_folder(name)) is not None:
+                if why:
+                    yield name, why
             elif not rules.ignored(rel, True):
                 yield name, SUBDIR
         elif is_file:
-            if rules.ignored(rel, False) or name in LOCK_FILES or name.endswith(".lock"):
+            if rules.ignored(rel, False) or _lock_file(name):
                 continue
             ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
             if ext in BINARY_EXTENSIONS or name.endswith((".min.js", ".min.css", ".map")):
@@ -392,13 +391,24 @@ def _symlink(root: str, rel: str, entry: os.DirEntry, rules: IgnoreRules) -> Ski
         return Skipped(rel, "symlink to outside the project")
     name = entry.name
     if stat.S_ISDIR(st.st_mode):
-        if name in DEFAULT_EXCLUDED_DIRS:
-            if name not in VCS_DIRS and not name.startswith((".", "__")):
-                return Skipped(rel, "excluded by default (dependencies or build output)")
-            return None
+        if (why := _excluded_folder(name)) is not None:
+            return Skipped(rel, why) if why else None
         if rules.ignored(rel, True):
             return None
         return Skipped(rel, "symlink to a folder of the project (indexed under its own path)")
-    if not stat.S_ISREG(st.st_mode) or rules.ignored(rel, False) or name in LOCK_FILES or name.endswith(".lock"):
+    if not stat.S_ISREG(st.st_mode) or rules.ignored(rel, False) or _lock_file(name):
         return None
     return Skipped(rel, "symlink to a file of the project")
+
+
+def _excluded_folder(name: str) -> str | None:
+    """Why a folder of this name is left out by default ("": left out without a word, as
+    version control's and hidden or private ones), or None when it is not."""
+    if name not in DEFAULT_EXCLUDED_DIRS:
+        return None
+    return "" if name in VCS_DIRS or name.startswith((".", "__")) else \
+        "excluded by default (dependencies or build output)"
+
+
+def _lock_file(name: str) -> bool:
+    return name in LOCK_FILES or name.endswith(".lock")

@@ -273,21 +273,20 @@ class HeuristicPager:
                 "AND qualified_name LIKE '%.%'", {"ids": ids}).fetchall():
             groups.setdefault((path, qualified.split(".")[0]), []).append(cid)
         lexical = self.store.lexical
-        out: dict[int, Page] = {}
+        owners: dict[int, list[int]] = {}  # class chunk id -> its methods among `chunk_ids`
         for (path, owner), methods in sorted(groups.items()):
             if len(methods) < 2:
                 continue
             classes = [cid for cid, (_, kind) in sorted(lexical.chunks.get(
                 lexical.in_file(path, "defines", [owner], CLASS_LOOKUP)).items()) if kind == "class"]
-            if len(classes) != 1:  # none, or two classes of that name in one file
-                continue
-            page = self.page_map(classes, estimator).get(classes[0])
-            if page is None:
-                continue
-            whole = page if page.verbatim else self.whole_pages({classes[0]: page}, estimator).get(classes[0])
-            if whole is not None and whole.verbatim:
-                out.update((cid, whole) for cid in methods)
-        return out
+            if len(classes) == 1:  # not none, nor two classes of that name in one file
+                owners[classes[0]] = methods
+        if not owners:
+            return {}
+        pages = self.page_map(owners, estimator)
+        wholes = {cid: p for cid, p in pages.items() if p.verbatim}
+        wholes.update(self.whole_pages({cid: p for cid, p in pages.items() if not p.verbatim}, estimator))
+        return {method: whole for cid, whole in wholes.items() if whole.verbatim for method in owners[cid]}
 
     def whole_pages(self, pages: dict[int, Page], estimator: TokenEstimator | None = None) -> dict[int, Page]:
         """chunk id -> the page of the whole definition it is one part of (for the chunks
