@@ -30,8 +30,9 @@ from tree_sitter import QueryCursor  # noqa: E402
 from tree_sitter_language_pack import get_parser  # noqa: E402
 
 from codevm.config import Settings  # noqa: E402
-from codevm.indexers.chunker import _parser_and_query, chunk_terms_counts  # noqa: E402
+from codevm.indexers.chunker import _parser_and_query, chunk_names  # noqa: E402
 from codevm.indexers.discovery import Candidate, walk_project  # noqa: E402
+from codevm.indexers.identifiers import index_text  # noqa: E402
 from codevm.indexers.languages import LANGUAGES, detect_language  # noqa: E402
 from codevm.indexers.worker import Limits, TaskFile, process_file  # noqa: E402
 
@@ -79,9 +80,8 @@ def stage_seconds(root: Path) -> dict[str, float]:
         _, ex = process_file(str(root), TaskFile(item.path, item.size, item.mtime_ns, None), limits)
         per_file += clock() - started
         started = clock()
-        words = item.path.rsplit(".", 1)[0].replace("/", " ")
         for chunk in ex.chunks if ex is not None else []:
-            chunk_terms_counts(words, chunk)
+            index_text(item.path, chunk.text, chunk_names(chunk), chunk.docstring)
         terms += clock() - started
     return {"tag_query": round(query_s, 2),
             "per_file_work": round(per_file, 2),  # read, hash, parse, tag query, chunking

@@ -12,7 +12,10 @@ PACKAGE = Path(codevm.__file__).parent
 
 # bottom to top; a part may import its own modules and those of any part below it
 LAYERS = [
-    {"codevm", "codevm.api", "codevm.errors", "codevm.config", "codevm.project", "codevm.lazy"},
+    # identifiers: the code-aware terms, which the database makes again when it rebuilds
+    # the lexical index (a leaf: it imports nothing of codevm)
+    {"codevm", "codevm.api", "codevm.errors", "codevm.config", "codevm.project", "codevm.lazy",
+     "codevm.indexers.identifiers"},
     {"codevm.models", "codevm.db"},
     {"codevm.indexers"},
     {"codevm.retrieval"},

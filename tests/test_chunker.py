@@ -162,16 +162,26 @@ def test_functions_in_modules_and_namespaces_are_not_methods(
     assert {q: found.get(q) for q in kinds} == kinds
 
 
-def test_a_chunks_terms_count_its_names_docstring_and_path_by_weight() -> None:
-    from codevm.indexers.chunker import DOC_WEIGHT, NAME_WEIGHT, PATH_WEIGHT, chunk_terms_counts
+def test_a_chunks_terms_count_its_names_docstring_and_path_by_weight(monkeypatch: pytest.MonkeyPatch) -> None:
+    from collections import Counter
+
+    from codevm.indexers import identifiers
+    from codevm.indexers.chunker import chunk_names
+    from codevm.indexers.identifiers import DOC_WEIGHT, NAME_WEIGHT, PATH_WEIGHT, index_text
 
     source = 'def parseHTTPHeader(raw):\n    """Split headers."""\n    return raw.split(HEADER_SEP)\n'
     chunk = extract("net/wire_codec.py", source, "python", min_tokens=0).chunks[0]
-    counts = chunk_terms_counts("net wire_codec", chunk)
+    text = index_text("net/wire_codec.py", chunk.text, chunk_names(chunk), chunk.docstring)
+    counts = Counter(text.split(" "))
     # the name: once in the body, NAME_WEIGHT times as the name; its parts as often
     assert counts["parsehttpheader"] == 1 + NAME_WEIGHT and counts["http"] == 1 + NAME_WEIGHT
     # HEADER_SEP's part too, and "headers" (stemmed) in the docstring, with its weight
     assert counts["header"] == 1 + NAME_WEIGHT + 1 + 1 + DOC_WEIGHT
     assert counts["split"] == 2 + DOC_WEIGHT  # raw.split, the docstring, and its weight
     assert counts["codec"] == counts["wire_codec"] == counts["net"] == PATH_WEIGHT
-    assert "def" not in counts and "return" not in counts and "" not in counts  # stopwords
+    assert "def" not in counts and "return" not in counts and "" not in counts  # stopwords, no gaps
+    # a full memo (a huge project of distinct names): the same text, and the memo not grown
+    monkeypatch.setattr(identifiers, "_joined", {})
+    monkeypatch.setattr(identifiers, "_MEMO_SIZE", 3)
+    assert index_text("net/wire_codec.py", chunk.text, chunk_names(chunk), chunk.docstring) == text
+    assert identifiers._joined == {}

@@ -19,24 +19,32 @@ QUERIES = ("total area of shapes", "tokenize input", "CounterWidget render", "pa
            "greeting message for a user", "área", "def")
 
 
-def _lexical_rankings(engine: Engine) -> dict[str, list[tuple[int, float]]]:
+def _lexical_rankings(engine: Engine, queries: tuple[str, ...] = QUERIES) -> dict[str, list[tuple[int, float]]]:
     con = engine.store.cursor()
     return {q: [(s.chunk_id, round(s.score, 3)) for s in lexical(con, engine.store.lexical, q, 20)[1]]
-            for q in QUERIES}
+            for q in queries}
 
 
 def test_an_index_rebuilt_from_the_database_ranks_as_the_one_built_batch_by_batch(
         project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parsing workers make each chunk's index text and hand it to tantivy; the database
+    keeps what makes it again (text, docstring, path, and the names a chunk defines)."""
     monkeypatch.setenv("CODEVM_BATCH_FILES", "3")  # many small batches, many segments
+    # a chunk that defines more than its own name: its inner function's name weighs as a name
+    (project / "src" / "py" / "jobs.py").write_text(
+        "def schedule_jobs(queue):\n    def retry_backoff(attempt):\n        return 2 ** attempt\n\n"
+        "    return [retry_backoff(i) for i in queue]\n\n\ndef backoff_note():\n    return 'retry later'\n")
+    queries = (*QUERIES, "retry backoff")
     with Engine(project) as engine:
         assert engine.settings.batch_files == 3
         engine.index()
-        built = _lexical_rankings(engine)
+        built = _lexical_rankings(engine, queries)
         folder = lexical_directory(engine.store.path)
-    assert sum(1 for r in built.values() if r) >= 4 and sum(len(r) for r in built.values()) > 10
+    assert sum(1 for r in built.values() if r) >= 5 and sum(len(r) for r in built.values()) > 10
+    assert len(built["retry backoff"]) == 2
     shutil.rmtree(folder)  # a deleted index is made again on open
     with Engine(project) as engine:
-        assert _lexical_rankings(engine) == built
+        assert _lexical_rankings(engine, queries) == built
 
 
 def test_a_damaged_or_foreign_lexical_index_is_rebuilt(project: Path, tmp_path: Path,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import duckdb
 
-from codevm.db.lexical import chunk_rows, database_state
+from codevm.db.lexical import database_state, stage_rows
 from codevm.db.store import Store, first_row, vectors_directory
 
 _FILE_COLUMNS = {
@@ -26,8 +26,8 @@ _CHUNK_COLUMNS = {
     "path": "VARCHAR", "ord": "INTEGER", "language": "VARCHAR", "kind": "VARCHAR",
     "name": "VARCHAR", "qualified_name": "VARCHAR", "start_line": "INTEGER",
     "end_line": "INTEGER", "signature": "VARCHAR", "docstring": "VARCHAR", "text": "VARCHAR",
-    "hash": "VARCHAR", "tokens": "INTEGER", "terms": "VARCHAR", "n_terms": "INTEGER",
-    "calls": "VARCHAR",
+    "hash": "VARCHAR", "tokens": "INTEGER", "n_terms": "INTEGER", "calls": "VARCHAR",
+    "names": "VARCHAR", "lex": "VARCHAR",  # lex: the lexical index's text, not kept
 }
 _SYMBOL_COLUMNS = {
     "path": "VARCHAR", "language": "VARCHAR", "name": "VARCHAR", "qualified_name": "VARCHAR",
@@ -111,7 +111,7 @@ class IndexTables:
                     generation += 1
                     store.set_meta("lexical_generation", str(generation), con)
                     con.execute("INSERT INTO lexical_pending SELECT ?, unnest(?::VARCHAR[])", [generation, paths])
-                rows = chunk_rows(con, "stage_chunks").fetchall() if chunks else []
+                rows = stage_rows(con) if chunks else []
             store.generation += 1
             if paths:
                 store.commit_lexical(paths, rows, generation, database, defer=defer_lexical)
@@ -160,11 +160,8 @@ class IndexTables:
             "CREATE OR REPLACE TEMP TABLE stage_chunks AS SELECT nextval('chunk_ids') AS id, * "
             f"FROM read_json(?, format='newline_delimited', columns={_columns_sql(_CHUNK_COLUMNS)})",
             [chunks])
-        con.execute("""
-            INSERT INTO chunks
-            SELECT id, path, ord, language, kind, name, qualified_name, start_line, end_line,
-                   signature, docstring, text, hash, tokens, n_terms, terms, calls
-            FROM stage_chunks""")
+        columns = ", ".join(["id", *(c for c in _CHUNK_COLUMNS if c != "lex")])
+        con.execute(f"INSERT INTO chunks ({columns}) SELECT {columns} FROM stage_chunks")
 
     # -- what the index holds ------------------------------------------------------------
     def has_files(self) -> bool:

@@ -1,10 +1,13 @@
 """The lexical index: BM25 over each chunk's code-aware terms, in tantivy, beside the database.
 
-DuckDB holds what the index is made from (each chunk's weighted terms, `chunks.terms`);
-this directory (`<database>.lexical`) holds tantivy's index of them, and can always be made
-again from the database. A chunk is one document: its id, path, language and kind (for
-deletion and the search filters) and its terms, each repeated its weighted count (names,
-docstrings and paths were weighted by the parsing workers), split on spaces.
+DuckDB holds what the index is made from (each chunk's text, docstring, path and the names
+it defines); this directory (`<database>.lexical`) holds tantivy's index of them, and can
+always be made again from the database. A chunk is one document: its id, path, language
+and kind (for deletion and the search filters) and its index text (`index_text`: its
+terms, each as often as its weighted count, split on spaces). The parsing workers make
+that text and the batch hands it to tantivy; the database does not keep it (it took half
+of what a cold index of u-boot's chunks cost in DuckDB, and 70 MB), and a rebuild or a
+catch-up makes it again.
 
 Crash consistency between the two stores (DuckDB is committed first, then tantivy):
 - every index batch bumps `lexical_generation` in DuckDB's meta and lists the paths it
@@ -31,6 +34,8 @@ from typing import TYPE_CHECKING
 import duckdb
 import tantivy
 
+from codevm.indexers.identifiers import index_text
+
 if TYPE_CHECKING:
     import numpy as np
 else:
@@ -44,10 +49,6 @@ META = "generation"
 REBUILD_BATCH = 5_000
 NAMED_READ = 2_000  # chunks read for an exact-name lookup (sorted by id, then cut)
 
-# each chunk's terms ("term:count term:count") as the text tantivy indexes: every term
-# repeated its count (DuckDB does this in parallel, in C++)
-LEX_SQL = ("array_to_string(list_transform(string_split({col}, ' '), lambda p: repeat(split_part(p, ':', 1) || ' ', "
-           "coalesce(TRY_CAST(split_part(p, ':', 2) AS INTEGER), 0))), '')")
 
 
 # a chunk's id, path, language, kind, text, the names it calls, name and qualified name
@@ -421,12 +422,24 @@ def new_database_id() -> str:
     return uuid.uuid4().hex
 
 
-def chunk_rows(con: duckdb.DuckDBPyConnection, source: str, where: str = "TRUE",
-               params: object = None) -> duckdb.DuckDBPyConnection:
-    """A cursor over the lexical index's rows (Row) of the chunks in `source`."""
-    return con.execute(f"SELECT id, path, language, kind, {LEX_SQL.format(col='terms')}, calls, "
-                       f"coalesce(name, ''), coalesce(qualified_name, '') FROM {source} "
-                       f"WHERE {where}", params)
+def chunk_rows(con: duckdb.DuckDBPyConnection, where: str = "TRUE", params: object = None,
+               batch: int = REBUILD_BATCH) -> Iterator[list[Row]]:
+    """The lexical index's rows (Row) of the chunks `where` holds, in batches: each
+    chunk's index text made again from what the database keeps."""
+    cursor = con.execute(
+        "SELECT id, path, language, kind, coalesce(text, ''), coalesce(nullif(names, ''), qualified_name, ''), "
+        f"coalesce(docstring, ''), calls, coalesce(name, ''), coalesce(qualified_name, '') FROM chunks WHERE {where}",
+        params)
+    while rows := cursor.fetchmany(batch):
+        yield [(cid, path, language, kind, index_text(path, text, names, doc), calls, name, qualified)
+               for cid, path, language, kind, text, names, doc, calls, name, qualified in rows]
 
 
-__all__ = ["LexicalIndex", "ChunkPaths", "Row", "database_state", "new_database_id", "chunk_rows", "REBUILD_BATCH"]
+def stage_rows(con: duckdb.DuckDBPyConnection) -> list[Row]:
+    """The lexical index's rows of an index batch's chunks, with the text the workers made."""
+    return con.execute("SELECT id, path, language, kind, lex, calls, coalesce(name, ''), "
+                       "coalesce(qualified_name, '') FROM stage_chunks").fetchall()
+
+
+__all__ = ["LexicalIndex", "ChunkPaths", "Row", "database_state", "new_database_id", "chunk_rows", "stage_rows",
+           "REBUILD_BATCH"]

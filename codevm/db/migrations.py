@@ -164,10 +164,23 @@ def m010_no_name_indexes_on_chunks(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("DROP INDEX IF EXISTS chunks_qualified_name")
 
 
+def m011_index_text_made_not_kept(con: duckdb.DuckDBPyConnection) -> None:
+    # each chunk's terms ("term:count ...") go: the workers hand tantivy each chunk's index
+    # text with its batch, and a rebuild makes it again from the chunk's text, docstring,
+    # path and names (the definitions it holds, when more than its qualified name: '' until
+    # the file is parsed again, which EXTRACTOR_VERSION 3 asks for). DuckDB cannot drop a
+    # column of a table with an index: the table is copied.
+    con.execute("CREATE TABLE chunks_new AS SELECT * EXCLUDE (terms), '' AS names FROM chunks ORDER BY id")
+    con.execute("DROP TABLE chunks")
+    con.execute("ALTER TABLE chunks_new RENAME TO chunks")
+    con.execute("CREATE INDEX chunks_id ON chunks (id)")
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     m001_initial, m002_search_indexes, m003_terms_from_workers, m004_postings_carry_lengths,
     m005_memory, m006_embeddings, m007_empty_strings_in_references, m008_lexical_index_in_tantivy,
-    m009_calls_of_each_chunk, m010_no_name_indexes_on_chunks]
+    m009_calls_of_each_chunk, m010_no_name_indexes_on_chunks,
+    m011_index_text_made_not_kept]
 
 
 def apply(con: duckdb.DuckDBPyConnection,

@@ -98,9 +98,8 @@ class Store:
             elif of == database and at < generation:
                 paths = [r[0] for r in con.execute("SELECT DISTINCT path FROM lexical_pending "
                                                    "WHERE generation > ? ORDER BY 1", [at]).fetchall()]
-                rows = chunk_rows(con, "chunks", "path IN (SELECT unnest($paths::VARCHAR[]))",
-                                  {"paths": paths}).fetchall()
-                self.lexical.apply(paths, [rows], generation, database)
+                batches = chunk_rows(con, "path IN (SELECT unnest($paths::VARCHAR[]))", {"paths": paths})
+                self.lexical.apply(paths, batches, generation, database)
             else:
                 self._rebuild_lexical(con, generation, database)
             if first_row(con, "SELECT count(*) FROM lexical_pending")[0]:  # no write on a clean open
@@ -117,8 +116,7 @@ class Store:
         if n and n[0] > REBUILD_BATCH:
             print(f"codevm: {doing} the search index of {self.path.name} from the database "
                   f"({n[0]:,} chunks{why})", file=sys.stderr)
-        cursor = chunk_rows(con, "chunks")
-        self.lexical.apply(None, iter(lambda: cursor.fetchmany(REBUILD_BATCH), []), generation, database)
+        self.lexical.apply(None, chunk_rows(con), generation, database)
 
     def compact_lexical(self) -> None:
         """Rebuild tantivy's index when deleted chunks are more than COMPACT_SHARE of what

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -20,13 +19,8 @@ from typing import Any
 from tree_sitter import Node, Parser, Query, QueryCursor
 from tree_sitter_language_pack import get_language, get_parser
 
-from codevm.indexers.identifiers import IDENTIFIER, expand_identifier
+from codevm.indexers.identifiers import IDENTIFIER
 from codevm.indexers.languages import CONTAINER_KINDS, LANGUAGES, METHOD_OWNER_KINDS, LanguageSpec
-
-# Weights of a chunk's fields in its term frequencies (a cheap BM25F).
-NAME_WEIGHT = 4
-PATH_WEIGHT = 2
-DOC_WEIGHT = 1  # on top of the docstring's occurrence in the body
 
 
 def estimate_tokens(text: str) -> int:
@@ -523,29 +517,11 @@ def extract(path: str, text: str, language: str, data: bytes | None = None,
     return fc.extract(data if data is not None else text.encode("utf-8"))
 
 
-def chunk_terms_counts(path_words: str, chunk: Chunk) -> dict[str, int]:
-    """A chunk's index terms with weighted counts: body, names, docstring and path.
-
-    Identifiers are counted first and each distinct one is expanded into its terms
-    (whole + camelCase/snake_case parts, memoized), so that parsing processes, not the
-    process that owns the database, do this work.
-    """
-    counts = Counter(IDENTIFIER.findall(chunk.text))
-    for text, weight in (
-        (" ".join(chunk.symbols) if chunk.symbols else chunk.qualified_name, NAME_WEIGHT),
-        (chunk.docstring, DOC_WEIGHT),
-        (path_words, PATH_WEIGHT),
-    ):
-        if text:
-            for ident in IDENTIFIER.findall(text):
-                counts[ident] += weight
-    terms: dict[str, int] = {}
-    get = terms.get
-    for ident, n in counts.items():
-        for term in expand_identifier(ident):
-            terms[term] = get(term, 0) + n
-    return terms
+def chunk_names(chunk: Chunk) -> str:
+    """The names a chunk defines, for its index text: every definition inside it (a class
+    and its methods, a merged run of small functions), else its qualified name."""
+    return " ".join(chunk.symbols) if chunk.symbols else chunk.qualified_name
 
 
-__all__ = ["Chunk", "Extraction", "extract", "chunk_terms_counts", "content_hash",
+__all__ = ["Chunk", "Extraction", "extract", "chunk_names", "content_hash",
            "estimate_tokens"]

@@ -1,7 +1,9 @@
 """Code-aware terms: identifiers kept whole and split into camelCase/snake_case/digit parts.
 
 The same functions turn chunk text into index terms and a query into query terms, so both
-sides always agree.
+sides always agree. A leaf module (it imports nothing of codevm): the parsing workers make
+each chunk's index text with it, and the database makes it again when it rebuilds the
+lexical index.
 """
 
 from __future__ import annotations
@@ -40,7 +42,15 @@ STOPWORDS = frozenset(
     will with would you your self def return end var let const""".split()
 )
 
-_cache: dict[str, tuple[str, ...]] = {}
+_cache: dict[str, tuple[str, ...]] = {}  # expand_identifier's memo
+_joined: dict[str, str] = {}  # terms_text's: each identifier's terms, joined by spaces
+_MEMO_SIZE = 500_000
+_MEMO_LENGTH = 200  # a longer name (a huge query word) is not kept
+
+# Weights of a chunk's fields in its term frequencies (a cheap BM25F).
+NAME_WEIGHT = 4
+PATH_WEIGHT = 2
+DOC_WEIGHT = 1  # on top of the docstring's occurrence in the body
 
 
 def _stem(word: str) -> str:
@@ -76,6 +86,13 @@ def expand_identifier(ident: str) -> tuple[str, ...]:
     cached = _cache.get(ident)
     if cached is not None:
         return cached
+    result = _expand(ident)
+    if len(_cache) < _MEMO_SIZE and len(ident) <= _MEMO_LENGTH:
+        _cache[ident] = result
+    return result
+
+
+def _expand(ident: str) -> tuple[str, ...]:
     whole = ident.lower()
     terms: list[str] = []
     if len(whole) > 1 and whole not in STOPWORDS:
@@ -89,7 +106,31 @@ def expand_identifier(ident: str) -> tuple[str, ...]:
         stemmed = _stem(whole)
         if stemmed != whole:
             terms.append(stemmed)
-    result = tuple(terms)
-    if len(_cache) < 500_000 and len(ident) <= 200:  # a huge query word is not kept
-        _cache[ident] = result
-    return result
+    return tuple(terms)
+
+
+def terms_text(idents: list[str]) -> str:
+    """The terms of each identifier occurrence in `idents`, in order, separated by spaces
+    (a term as often as it occurs). Joined in C from a memo of each identifier's terms."""
+    memo = _joined
+    missing = set(idents).difference(memo)
+    if missing:
+        if len(memo) + len(missing) > _MEMO_SIZE or max(map(len, missing)) > _MEMO_LENGTH:
+            memo = {ident: _joined.get(ident, "") for ident in set(idents)}  # for this call only
+        for ident in missing:
+            memo[ident] = " ".join(_expand(ident))
+    return " ".join(filter(None, map(memo.__getitem__, idents)))
+
+
+def index_text(path: str, text: str, names: str, docstring: str) -> str:
+    """A chunk's index terms as the lexical index takes them, each as often as its weighted
+    count, separated by spaces: the terms of every identifier in the chunk's `text`, of
+    the `names` it defines (or its qualified name) NAME_WEIGHT times, of its docstring
+    DOC_WEIGHT times more, of its path PATH_WEIGHT times. Made by the parsing workers, and
+    again from the database when the lexical index is rebuilt."""
+    idents = IDENTIFIER.findall(text)
+    for words, weight in ((names, NAME_WEIGHT), (docstring, DOC_WEIGHT),
+                          (path.rsplit(".", 1)[0].replace("/", " "), PATH_WEIGHT)):
+        if words:
+            idents += IDENTIFIER.findall(words) * weight
+    return terms_text(idents)

@@ -12,7 +12,9 @@ import os
 from dataclasses import dataclass
 
 # Bump when chunking or extraction changes: files indexed by another version are re-parsed.
-EXTRACTOR_VERSION = "2"  # 2: functions in namespaces and Rust modules are functions
+# 2: functions in namespaces and Rust modules are functions; 3: chunks keep the names they
+# define (the lexical index's text is made again from them)
+EXTRACTOR_VERSION = "3"
 
 # Definition kinds whose members become chunks of their own (a class chunk keeps its
 # header and fields; its methods are separate chunks).

@@ -11,7 +11,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from codevm.indexers.chunker import Extraction, chunk_terms_counts, content_hash, extract
+from codevm.indexers.chunker import Extraction, chunk_names, content_hash, extract
+from codevm.indexers.identifiers import index_text
 from codevm.indexers.languages import EXTRACTOR_VERSION, detect_language
 
 
@@ -114,10 +115,6 @@ def chunk_calls(chunks: list, refs: list[tuple[str, str, int, str]]) -> list[str
     return [" ".join(names) for names in out]
 
 
-def _term_counts(terms: dict[str, int]) -> str:
-    return " ".join([f"{t}:{c}" for t, c in terms.items()])
-
-
 def run_task(root: str, files: list[TaskFile], limits: Limits, out_prefix: str) -> TaskResult:
     """Process `files` and write their rows to files named after `out_prefix`."""
     result = TaskResult(f"{out_prefix}.files.jsonl", f"{out_prefix}.chunks.jsonl",
@@ -144,19 +141,22 @@ def run_task(root: str, files: list[TaskFile], limits: Limits, out_prefix: str) 
             if ex is None:
                 continue
             language = row["language"]
-            path_words = t.path.rsplit(".", 1)[0].replace("/", " ")
             lines = []
             calls = chunk_calls(ex.chunks, ex.refs)
             for ordinal, c in enumerate(ex.chunks):
-                terms = chunk_terms_counts(path_words, c)
+                names = chunk_names(c)
+                # the lexical index's text of the chunk: to tantivy from the batch, not kept
+                # in the database, which keeps the names it is made from (when they are
+                # more than the qualified name) to make it again
+                lex = index_text(t.path, c.text, names, c.docstring)
                 lines.append(dumps({
                     "path": t.path, "ord": ordinal, "language": language, "kind": c.kind,
                     "name": c.name, "qualified_name": c.qualified_name,
                     "start_line": c.start_line, "end_line": c.end_line,
                     "signature": c.signature, "docstring": c.docstring, "text": c.text,
                     "hash": content_hash(c.text.encode("utf-8")), "tokens": c.tokens,
-                    "terms": _term_counts(terms), "n_terms": sum(terms.values()),
-                    "calls": calls[ordinal],
+                    "n_terms": lex.count(" ") + 1 if lex else 0, "calls": calls[ordinal],
+                    "names": "" if names == c.qualified_name else names, "lex": lex,
                 }))
             if lines:
                 f_chunks.write("\n".join(lines) + "\n")
