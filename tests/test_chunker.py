@@ -180,8 +180,16 @@ def test_a_chunks_terms_count_its_names_docstring_and_path_by_weight(monkeypatch
     assert counts["split"] == 2 + DOC_WEIGHT  # raw.split, the docstring, and its weight
     assert counts["codec"] == counts["wire_codec"] == counts["net"] == PATH_WEIGHT
     assert "def" not in counts and "return" not in counts and "" not in counts  # stopwords, no gaps
-    # a full memo (a huge project of distinct names): the same text, and the memo not grown
-    monkeypatch.setattr(identifiers, "_joined", {})
+    # a full memo (a project of more distinct names than it holds) starts again: the same
+    # text, and the memo holds no more than the one chunk's names
+    names = set(identifiers.IDENTIFIER.findall(" ".join([chunk.text, chunk_names(chunk), "net wire_codec"])))
+    parts = "parsehttpheader parse http header"
+    monkeypatch.setattr(identifiers, "_joined", {"other": "other", "parseHTTPHeader": parts})
     monkeypatch.setattr(identifiers, "_MEMO_SIZE", 3)
     assert index_text("net/wire_codec.py", chunk.text, chunk_names(chunk), chunk.docstring) == text
-    assert identifiers._joined == {}
+    assert set(identifiers._joined) == names
+    # a name too long to keep: the same text again, and the memo as it was
+    long_name = "x" * 300
+    kept = dict(identifiers._joined)
+    assert index_text("a.py", f"{long_name} = parseHTTPHeader", "", "") == f"{long_name} {parts}"
+    assert identifiers._joined == kept

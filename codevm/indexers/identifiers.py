@@ -115,10 +115,14 @@ def terms_text(idents: list[str]) -> str:
     memo = _joined
     missing = set(idents).difference(memo)
     if missing:
-        if len(memo) + len(missing) > _MEMO_SIZE or max(map(len, missing)) > _MEMO_LENGTH:
-            memo = {ident: _joined.get(ident, "") for ident in set(idents)}  # for this call only
-        for ident in missing:
-            memo[ident] = " ".join(_expand(ident))
+        if max(map(len, missing)) > _MEMO_LENGTH:  # a huge name is not kept: a memo for this call
+            memo = {ident: _joined.get(ident) or " ".join(_expand(ident)) for ident in set(idents)}
+        else:
+            if len(memo) + len(missing) > _MEMO_SIZE:
+                memo.clear()  # more distinct names than it holds (u-boot has 906k): start again
+                missing = set(idents)
+            for ident in missing:
+                memo[ident] = " ".join(_expand(ident))
     return " ".join(filter(None, map(memo.__getitem__, idents)))
 
 
