@@ -82,17 +82,20 @@ def unicode_parts(ident: str) -> list[str]:
 
 
 def expand_identifier(ident: str) -> tuple[str, ...]:
-    """Terms for one identifier: the whole name (lowercased) and its parts."""
+    """Terms for one identifier (split_identifier), memoized: for queries and name lookups."""
     cached = _cache.get(ident)
     if cached is not None:
         return cached
-    result = _expand(ident)
+    result = split_identifier(ident)
     if len(_cache) < _MEMO_SIZE and len(ident) <= _MEMO_LENGTH:
         _cache[ident] = result
     return result
 
 
-def _expand(ident: str) -> tuple[str, ...]:
+def split_identifier(ident: str) -> tuple[str, ...]:
+    """An identifier's terms, unmemoized: the whole name lowercased, then its camelCase,
+    snake_case and digit parts (`parseHTTPHeader` -> parsehttpheader, parse, http, header),
+    lightly stemmed, without stopwords or one-letter parts."""
     whole = ident.lower()
     terms: list[str] = []
     if len(whole) > 1 and whole not in STOPWORDS:
@@ -116,13 +119,13 @@ def terms_text(idents: list[str]) -> str:
     missing = set(idents).difference(memo)
     if missing:
         if max(map(len, missing)) > _MEMO_LENGTH:  # a huge name is not kept: a memo for this call
-            memo = {ident: _joined.get(ident) or " ".join(_expand(ident)) for ident in set(idents)}
+            memo = {ident: _joined.get(ident) or " ".join(split_identifier(ident)) for ident in set(idents)}
         else:
             if len(memo) + len(missing) > _MEMO_SIZE:
                 memo.clear()  # more distinct names than it holds (u-boot has 906k): start again
                 missing = set(idents)
             for ident in missing:
-                memo[ident] = " ".join(_expand(ident))
+                memo[ident] = " ".join(split_identifier(ident))
     return " ".join(filter(None, map(memo.__getitem__, idents)))
 
 
