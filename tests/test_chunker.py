@@ -193,3 +193,7 @@ def test_a_chunks_terms_count_its_names_docstring_and_path_by_weight(monkeypatch
     kept = dict(identifiers._joined)
     assert index_text("a.py", f"{long_name} = parseHTTPHeader", "", "") == f"{long_name} {parts}"
     assert identifiers._joined == kept
+    # a memo of the caller's own (a rebuild's) is filled instead of the process's
+    own: dict[str, str] = {}
+    assert index_text("a.py", "totalArea = 1", "", "", own) == "totalarea total area"
+    assert own == {"totalArea": "totalarea total area", "a": ""} and identifiers._joined == kept

@@ -425,13 +425,15 @@ def new_database_id() -> str:
 def chunk_rows(con: duckdb.DuckDBPyConnection, where: str = "TRUE", params: object = None,
                batch: int = REBUILD_BATCH) -> Iterator[list[Row]]:
     """The lexical index's rows (Row) of the chunks `where` holds, in batches: each
-    chunk's index text made again from what the database keeps."""
+    chunk's index text made again from what the database keeps (with a memo of names'
+    terms for this call: a rebuild's would otherwise stay in the service, up to 70 MB)."""
+    memo: dict[str, str] = {}
     cursor = con.execute(
         "SELECT id, path, language, kind, coalesce(text, ''), coalesce(nullif(names, ''), qualified_name, ''), "
         f"coalesce(docstring, ''), calls, coalesce(name, ''), coalesce(qualified_name, '') FROM chunks WHERE {where}",
         params)
     while rows := cursor.fetchmany(batch):
-        yield [(cid, path, language, kind, index_text(path, text, names, doc), calls, name, qualified)
+        yield [(cid, path, language, kind, index_text(path, text, names, doc, memo), calls, name, qualified)
                for cid, path, language, kind, text, names, doc, calls, name, qualified in rows]
 
 

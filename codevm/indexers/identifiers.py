@@ -112,14 +112,16 @@ def split_identifier(ident: str) -> tuple[str, ...]:
     return tuple(terms)
 
 
-def terms_text(idents: list[str]) -> str:
+def terms_text(idents: list[str], memo: dict[str, str] | None = None) -> str:
     """The terms of each identifier occurrence in `idents`, in order, separated by spaces
-    (a term as often as it occurs). Joined in C from a memo of each identifier's terms."""
-    memo = _joined
+    (a term as often as it occurs). Joined in C from `memo` (by default the process's) of
+    each identifier's terms."""
+    memo = _joined if memo is None else memo
     missing = set(idents).difference(memo)
     if missing:
         if max(map(len, missing)) > _MEMO_LENGTH:  # a huge name is not kept: a memo for this call
-            memo = {ident: _joined.get(ident) or " ".join(split_identifier(ident)) for ident in set(idents)}
+            kept = memo
+            memo = {ident: kept.get(ident) or " ".join(split_identifier(ident)) for ident in set(idents)}
         else:
             if len(memo) + len(missing) > _MEMO_SIZE:
                 memo.clear()  # more distinct names than it holds (u-boot has 906k): start again
@@ -129,15 +131,16 @@ def terms_text(idents: list[str]) -> str:
     return " ".join(filter(None, map(memo.__getitem__, idents)))
 
 
-def index_text(path: str, text: str, names: str, docstring: str) -> str:
+def index_text(path: str, text: str, names: str, docstring: str, memo: dict[str, str] | None = None) -> str:
     """A chunk's index terms as the lexical index takes them, each as often as its weighted
     count, separated by spaces: the terms of every identifier in the chunk's `text`, of
     the `names` it defines (or its qualified name) NAME_WEIGHT times, of its docstring
     DOC_WEIGHT times more, of its path PATH_WEIGHT times. Made by the parsing workers, and
-    again from the database when the lexical index is rebuilt."""
+    again from the database when the lexical index is rebuilt (with a `memo` of its own,
+    dropped when it is done, not the process's)."""
     idents = IDENTIFIER.findall(text)
     for words, weight in ((names, NAME_WEIGHT), (docstring, DOC_WEIGHT),
                           (path.rsplit(".", 1)[0].replace("/", " "), PATH_WEIGHT)):
         if words:
             idents += IDENTIFIER.findall(words) * weight
-    return terms_text(idents)
+    return terms_text(idents, memo)
