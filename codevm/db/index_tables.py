@@ -26,7 +26,7 @@ _CHUNK_COLUMNS = {
     "path": "VARCHAR", "ord": "INTEGER", "language": "VARCHAR", "kind": "VARCHAR",
     "name": "VARCHAR", "qualified_name": "VARCHAR", "start_line": "INTEGER",
     "end_line": "INTEGER", "signature": "VARCHAR", "docstring": "VARCHAR", "text": "VARCHAR",
-    "hash": "VARCHAR", "tokens": "INTEGER", "n_terms": "INTEGER", "calls": "VARCHAR",
+    "hash": "VARCHAR", "tokens": "INTEGER", "calls": "VARCHAR",
     "names": "VARCHAR", "lex": "VARCHAR",  # lex: the lexical index's text, not kept
 }
 _SYMBOL_COLUMNS = {

@@ -165,12 +165,13 @@ def m010_no_name_indexes_on_chunks(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def m011_index_text_made_not_kept(con: duckdb.DuckDBPyConnection) -> None:
-    # each chunk's terms ("term:count ...") go: the workers hand tantivy each chunk's index
-    # text with its batch, and a rebuild makes it again from the chunk's text, docstring,
-    # path and names (the definitions it holds, when more than its qualified name: '' until
-    # the file is parsed again, which EXTRACTOR_VERSION 3 asks for). DuckDB cannot drop a
-    # column of a table with an index: the table is copied.
-    con.execute("CREATE TABLE chunks_new AS SELECT * EXCLUDE (terms), '' AS names FROM chunks ORDER BY id")
+    # each chunk's terms ("term:count ...") go, and their count (read by nothing since the
+    # postings went, m008): the workers hand tantivy each chunk's index text with its
+    # batch, and a rebuild makes it again from the chunk's text, docstring, path and names
+    # (the definitions it holds, when more than its qualified name: '' until the file is
+    # parsed again, which EXTRACTOR_VERSION 3 asks for). DuckDB cannot drop a column of a
+    # table with an index: the table is copied.
+    con.execute("CREATE TABLE chunks_new AS SELECT * EXCLUDE (terms, n_terms), '' AS names FROM chunks ORDER BY id")
     con.execute("DROP TABLE chunks")
     con.execute("ALTER TABLE chunks_new RENAME TO chunks")
     con.execute("CREATE INDEX chunks_id ON chunks (id)")

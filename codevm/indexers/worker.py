@@ -155,7 +155,7 @@ def run_task(root: str, files: list[TaskFile], limits: Limits, out_prefix: str) 
                     "start_line": c.start_line, "end_line": c.end_line,
                     "signature": c.signature, "docstring": c.docstring, "text": c.text,
                     "hash": content_hash(c.text.encode("utf-8")), "tokens": c.tokens,
-                    "n_terms": lex.count(" ") + 1 if lex else 0, "calls": calls[ordinal],
+                    "calls": calls[ordinal],
                     "names": "" if names == c.qualified_name else names, "lex": lex,
                 }))
             if lines:
