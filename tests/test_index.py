@@ -326,6 +326,8 @@ def test_an_older_database_is_migrated_in_place(tmp_path: Path) -> None:
         # index is made from each chunk's text and names
         columns = {r[0] for r in current.con.execute("DESCRIBE chunks").fetchall()}
         assert "terms" not in columns and "n_terms" not in columns and "names" in columns
+        # a migration is long on a big index: no progress bar on stdout (the LSP/MCP channel)
+        assert current.con.execute("SELECT current_setting('enable_progress_bar')").fetchone()[0] is False
         assert [cid for cid, _ in current.lexical.search({"quokka": 1.0}, 5)] == [7]
         tables = {r[0] for r in current.con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         assert not tables & {"postings", "terms", "dead_chunks"}

@@ -46,6 +46,9 @@ class Store:
             # committed batches are safe in the write-ahead log; folding it into the file
             # once per run (see checkpoint) beats doing it every few batches
             self.con.execute("SET checkpoint_threshold = '256MB'")
+            # DuckDB draws a progress bar on stdout for a query over 2 s on this connection
+            # (a migration's copy of u-boot's chunks): stdout is the LSP and MCP channel
+            self.con.execute("SET enable_progress_bar = false")
             # DuckDB's default (80% of RAM) let a cold index of u-boot reach 1,060 MB of RSS,
             # against 625 MB under a 400 MB limit at the same CPU time; bigger work spills
             self.con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
