@@ -326,8 +326,6 @@ def test_an_older_database_is_migrated_in_place(tmp_path: Path) -> None:
         # index is made from each chunk's text and names
         columns = {r[0] for r in current.con.execute("DESCRIBE chunks").fetchall()}
         assert "terms" not in columns and "n_terms" not in columns and "names" in columns
-        # a migration is long on a big index: no progress bar on stdout (the LSP/MCP channel)
-        assert current.con.execute("SELECT current_setting('enable_progress_bar')").fetchone()[0] is False
         assert [cid for cid, _ in current.lexical.search({"quokka": 1.0}, 5)] == [7]
         tables = {r[0] for r in current.con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         assert not tables & {"postings", "terms", "dead_chunks"}
@@ -407,3 +405,15 @@ def test_a_corrupt_database_says_what_to_do_and_rebuild_keeps_the_memory(project
     assert len(list((project / ".codevm").glob("index.duckdb.broken-*"))) >= 3  # never deleted
     with Engine(project) as engine:
         assert engine.search("total_area")
+
+
+def test_the_store_draws_no_progress_bar_on_stdout(tmp_path: Path) -> None:
+    """DuckDB draws a progress bar on stdout for a query over 2 s (a migration of a big
+    index), and stdout is the LSP and MCP channel. Asked in a process of its own: under
+    pytest's captured stdout DuckDB turns the bar off by itself."""
+    probe = ("import sys; from pathlib import Path; from codevm.db.store import Store; "
+             "s = Store(Path(sys.argv[1])); "
+             "print(s.con.execute(\"SELECT current_setting('enable_progress_bar')\").fetchone()[0])")
+    shown = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "index.duckdb")],
+                           capture_output=True, text=True, timeout=120)
+    assert shown.stdout.strip() == "False", shown.stderr
