@@ -3,6 +3,7 @@ consistent with it through crashes, deletion and damage (codevm/db/lexical.py)."
 
 from __future__ import annotations
 
+import multiprocessing
 import shutil
 import signal
 import subprocess
@@ -11,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from codevm.db import lexical as lexical_module
+from codevm.db import store as store_module
+from codevm.db.lexical import chunk_rows
 from codevm.db.store import lexical_directory
 from codevm.engine import Engine
 from codevm.retrieval.lexical import lexical
@@ -25,11 +29,16 @@ def _lexical_rankings(engine: Engine, queries: tuple[str, ...] = QUERIES) -> dic
             for q in queries}
 
 
+@pytest.mark.parametrize("parallel", [False, True], ids=["in-process", "worker-processes"])
 def test_an_index_rebuilt_from_the_database_ranks_as_the_one_built_batch_by_batch(
-        project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        project: Path, monkeypatch: pytest.MonkeyPatch, parallel: bool) -> None:
     """The parsing workers make each chunk's index text and hand it to tantivy; the database
-    keeps what makes it again (text, docstring, path, and the names a chunk defines)."""
+    keeps what makes it again (text, docstring, path, and the names a chunk defines), in this
+    process or, for a big index, in worker processes."""
     monkeypatch.setenv("CODEVM_BATCH_FILES", "3")  # many small batches, many segments
+    if parallel:  # every rebuild in two worker processes, a few chunks a batch
+        monkeypatch.setattr(store_module, "rebuild_workers", lambda chunks: 2)
+        monkeypatch.setattr(lexical_module, "REBUILD_BATCH", 4)
     # a chunk that defines more than its own name: its inner function's name weighs as a name
     (project / "src" / "py" / "jobs.py").write_text(
         "def schedule_jobs(queue):\n    def retry_backoff(attempt):\n        return 2 ** attempt\n\n"
@@ -45,6 +54,20 @@ def test_an_index_rebuilt_from_the_database_ranks_as_the_one_built_batch_by_batc
     shutil.rmtree(folder)  # a deleted index is made again on open
     with Engine(project) as engine:
         assert _lexical_rankings(engine, queries) == built
+
+
+def test_worker_processes_make_the_rows_this_process_makes_and_stop_when_left(project: Path) -> None:
+    with Engine(project) as engine:
+        engine.index()
+        con = engine.store.cursor()
+        alone = [b for b in chunk_rows(con, batch=5)]
+        shared = [b for b in chunk_rows(con, batch=5, workers=2)]
+        assert len(alone) > 3 and shared == alone
+        rows = chunk_rows(con, batch=5, workers=2)
+        next(rows)
+        assert multiprocessing.active_children()
+        rows.close()  # a failed rebuild stops taking batches: its workers go
+        assert not multiprocessing.active_children()
 
 
 def test_a_damaged_or_foreign_lexical_index_is_rebuilt(project: Path, tmp_path: Path,

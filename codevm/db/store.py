@@ -16,7 +16,16 @@ from typing import Any
 import duckdb
 
 from codevm.db import migrations
-from codevm.db.lexical import REBUILD_BATCH, ChunkPaths, LexicalIndex, Row, chunk_rows, database_state, new_database_id
+from codevm.db.lexical import (
+    REBUILD_BATCH,
+    ChunkPaths,
+    LexicalIndex,
+    Row,
+    chunk_rows,
+    database_state,
+    new_database_id,
+    rebuild_workers,
+)
 from codevm.errors import IndexBusy, IndexUnreadable
 from codevm.project import owner_only
 
@@ -115,11 +124,11 @@ class Store:
                          doing: str = "building", why: str = "") -> None:
         """Make tantivy's index again from every chunk of the database (searches see the
         old one until it commits)."""
-        n = con.execute("SELECT count(*) FROM chunks").fetchone()
-        if n and n[0] > REBUILD_BATCH:
+        n = first_row(con, "SELECT count(*) FROM chunks")[0]
+        if n > REBUILD_BATCH:
             print(f"codevm: {doing} the search index of {self.path.name} from the database "
-                  f"({n[0]:,} chunks{why})", file=sys.stderr)
-        self.lexical.apply(None, chunk_rows(con), generation, database)
+                  f"({n:,} chunks{why})", file=sys.stderr)
+        self.lexical.apply(None, chunk_rows(con, workers=rebuild_workers(n)), generation, database)
 
     def compact_lexical(self) -> None:
         """Rebuild tantivy's index when deleted chunks are more than COMPACT_SHARE of what
