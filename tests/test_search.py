@@ -28,6 +28,19 @@ def test_the_tails_of_number_literals_are_not_identifiers() -> None:
     assert "xffffffffu" not in analyse_query("why is 0xFFFFFFFFU written to the mask register?").terms
 
 
+def test_the_ascii_fast_path_finds_what_the_unicode_pattern_finds() -> None:
+    import random
+
+    from codevm.indexers.identifiers import _ASCII_IDENTIFIER, _UNICODE_IDENTIFIER
+
+    rng = random.Random(7)
+    alphabet = "aZ_9 0x.\t\n-+(){}[]#\"'`$@\\/:;,=<>!?~|&*^%"
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(40))) for _ in range(5000)]
+    texts += ["0xFFu _a __init__ a1b2 9lives x2 1e5 _ __ a_1 A.b->c::d", ""]
+    for text in texts:
+        assert _ASCII_IDENTIFIER.findall(text) == _UNICODE_IDENTIFIER.findall(text), text
+
+
 UNICODE_SOURCES = {
     "données.py": "def données_brutes(valeur):\n    return valeur\n\n\nclass 数据处理:\n"
                   "    def 处理(self, x):\n        return données_brutes(x)\n",

@@ -17,7 +17,9 @@ IDENTIFIER_PATTERN = r"[^\W\d]\w*"
 # not from inside a word: the `xFF` of 0xFF, the `U` of 10U, the `e5` of 1e5 are not names
 # (in C, one name in ten was the tail of a number literal: 15k junk terms in 1,500 files)
 _UNICODE_IDENTIFIER = re.compile(rf"(?<!\w){IDENTIFIER_PATTERN}")
-_ASCII_IDENTIFIER = re.compile(r"(?<![A-Za-z0-9_])[A-Za-z_][A-Za-z0-9_]*")  # the same on ASCII text, twice as fast
+# the same on ASCII text, twice as fast; a word boundary where the Unicode pattern looks
+# behind: 36% faster than that lookbehind (9 runs over 24 MB of u-boot: 0.51 against 0.80 s)
+_ASCII_IDENTIFIER = re.compile(r"\b[A-Za-z_]\w*", re.ASCII)
 
 
 class _Identifiers:
