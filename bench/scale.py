@@ -15,6 +15,8 @@ Measured, each as a user meets it:
   queries as in-process; the first search after the service starts, apart;
 - edit-to-searchable through the service's watcher: a file written on disk until
   `symbol` finds the function it adds;
+- a rebuild of the lexical index from the database (a compaction, a lost index): wall, CPU
+  of this process and of the rebuild's worker processes;
 - the service's RSS when idle after all that;
 - the writer (--writer, a second cold index in this process): each batch's time in the
   main process (DuckDB and tantivy), the first 20 batches against the last 20, the share
@@ -127,6 +129,24 @@ def timed_commands(commands: list[list[str]], cwd: Path) -> dict:
             "cpu": latency_summary([r["cpu_s"] * 1000 for r in runs])}
 
 
+def lexical_rebuild(engine) -> dict:  # type: ignore[no-untyped-def]
+    """The lexical index made again from the database (what a compaction or a lost index
+    costs): wall, and CPU of this process and of the rebuild's worker processes."""
+    from codevm.db.lexical import database_state
+
+    store = engine.store
+    with store.lock:
+        con = store.cursor()
+        generation, database = database_state(con)
+        before, children = time.process_time(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        store._rebuild_lexical(con, generation, database)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    workers = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+    return {"wall_s": round(time.perf_counter() - started, 2), "cpu_s": round(time.process_time() - before, 2),
+            "workers_cpu_s": round(max(0.0, workers), 2)}
+
+
 def writer_profile(root: Path, home: Path) -> dict:
     """A cold index in this process with each batch's write timed (see the docstring)."""
     from codevm.db.index_tables import IndexTables
@@ -211,6 +231,7 @@ def main() -> None:
             out["search_in_process"] = {"all": timed_calls(engine.search, queries),
                                         "identifiers": timed_calls(engine.search, identifiers),
                                         "questions": timed_calls(engine.search, questions)}
+            out["lexical_rebuild"] = lexical_rebuild(engine)
         out["files"], out["chunks"], out["symbols"] = status.files, status.chunks, status.symbols
         out["database_mb"] = round(folder_bytes(database.parent) / 1e6 - lexical_bytes / 1e6, 1)
         out["lexical_index_mb"] = round(folder_bytes(lexical_directory(database)) / 1e6, 1)
