@@ -19,7 +19,8 @@ Measured, each as a user meets it:
   of this process and of the rebuild's worker processes;
 - the service's RSS when idle after all that;
 - the writer (--writer, a second cold index in this process): each batch's time in the
-  main process (DuckDB and tantivy), the first 20 batches against the last 20, the share
+  main process (DuckDB and tantivy), the first 20 batches against the last 20 (per batch,
+  and per chunk: batches of 400 files differ in size), the share
   of the wall time the writer takes, and the CPU time of the main process and of the
   parsing workers.
 The tree is indexed in place (nothing in it changes but one file the bench adds and
@@ -36,6 +37,7 @@ import os
 import random
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -156,11 +158,17 @@ def writer_profile(root: Path, home: Path) -> dict:
     os.environ["CODEVM_HOME"] = str(home)
     real = IndexTables.load_batch
     batches: list[float] = []
+    chunks: list[int] = []  # each batch's chunks: the last batches of u-boot hold 1.7x the first's
 
-    def timed(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def timed(self, files, chunk_files, *args, **kwargs):  # type: ignore[no-untyped-def]
+        count = 0
+        for name in chunk_files:
+            with open(name, "rb") as f:
+                count += sum(1 for _ in f)
+        chunks.append(count)
         started = time.perf_counter()
         try:
-            return real(self, *args, **kwargs)
+            return real(self, files, chunk_files, *args, **kwargs)
         finally:
             batches.append((time.perf_counter() - started) * 1000)
 
@@ -175,9 +183,11 @@ def writer_profile(root: Path, home: Path) -> dict:
         IndexTables.load_batch = real  # type: ignore[method-assign]
     after, after_children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     n = min(20, len(batches) // 2) or 1
-    first, last = sorted(batches[:n]), sorted(batches[-n:])
-    return {"batches": len(batches), "first_batches_ms_median": round(first[len(first) // 2], 1),
-            "last_batches_ms_median": round(last[len(last) // 2], 1),
+    per_chunk = [1000 * ms / max(count, 1) for ms, count in zip(batches, chunks, strict=True)]
+    return {"batches": len(batches), "first_batches_ms_median": round(statistics.median(batches[:n]), 1),
+            "last_batches_ms_median": round(statistics.median(batches[-n:]), 1),
+            "first_batches_us_per_chunk_median": round(statistics.median(per_chunk[:n])),
+            "last_batches_us_per_chunk_median": round(statistics.median(per_chunk[-n:])),
             "writer_share_of_wall": round(sum(batches) / 1000 / wall, 3), "wall_s": round(wall, 1),
             "main_cpu_s": round(after.ru_utime + after.ru_stime - own.ru_utime - own.ru_stime, 1),
             "workers_cpu_s": round(after_children.ru_utime + after_children.ru_stime
