@@ -107,6 +107,30 @@ def test_citations_are_repaired_only_towards_one_page() -> None:
         assert repair_citations(f"see {cited}.", pages, lambda path: path == "codevm/cli.py") == (f"see {cited}.", [])
 
 
+def test_a_copied_example_citation_is_repaired_towards_the_page_its_sentence_names() -> None:
+    from codevm.memory.ask import repair_citations
+    from codevm.memory.context import Page
+
+    pages = [Page("chunk:1", "codevm/indexers/identifiers.py", 97, 114, "def split_identifier(...): ...", 90,
+                  "split_identifier"),
+             Page("chunk:2", "codevm/indexers/identifiers.py", 67, 83, "def unicode_parts(...): ...", 90,
+                  "unicode_parts"),
+             Page("chunk:3", "bench/answers.py", 166, 173, "def identifiers(...): ...", 40, "identifiers")]
+    never = lambda path: False  # noqa: E731
+    # Qwen2.5-Coder-1.5B's answer to the README's question (2026-11-30), which copied the
+    # example header of the prompt's rules
+    answer = ("In [src/app.py:12-30], the `split_identifier` function is defined, which takes an identifier "
+              "as input and returns a tuple of terms. The `unicode_parts` function is used to find the "
+              "camelCase and snake_case parts of the identifier in any script.")
+    text, fixed = repair_citations(answer, pages, never)
+    assert text.startswith("In [codevm/indexers/identifiers.py:97-114], the `split_identifier` function")
+    assert fixed == ["src/app.py:12-30 is codevm/indexers/identifiers.py:97-114"]
+    # a sentence that names two pages, or none, or cites another page too: left as written
+    for sentence in ("See src/app.py:12-30 for split_identifier and unicode_parts.", "See src/app.py:12-30.",
+                     "split_identifier (codevm/indexers/identifiers.py:97-114) is tested in src/app.py:12-30."):
+        assert repair_citations(sentence, pages, never) == (sentence, [])
+
+
 def test_remember_then_recall_in_a_new_session(project: Path, fake: FakeOllama) -> None:
     fake.script = [lambda body: {"content": "The app factory is called make_app."
                                  if "make_app" in body["messages"][-1]["content"] else "I do not know."}]

@@ -298,6 +298,7 @@ def page_info(p: Page) -> PageInfo:
                     p.text, p.verbatim)
 
 
+_SENTENCE_END = re.compile(r"[.!?](?=\s)|\n")
 _CITED = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w-][\w.-]*\.\w+):(\d+)(?:-(\d+))?")
 
 
@@ -305,12 +306,30 @@ def repair_citations(answer: str, pages: list[Page], exists: Callable[[str], boo
     """`answer` with each `path:lines` it cites that is neither a page's path nor a file of
     the project (`exists`) given the path of the one page it means: the page whose path ends
     with it (`identifiers.py:55` for codevm/indexers/identifiers.py), else the one of its file
-    name whose lines it overlaps, else the one with exactly its lines. Returns the answer and
-    the corrections made ("cited is right")."""
+    name whose lines it overlaps, else the one with exactly its lines; else, path and lines,
+    the one page whose symbol the sentence of the citation names, when it cites nothing else
+    (a small model copies the prompt's example: "In [src/app.py:12-30], the
+    `split_identifier` function ..."). Returns
+    the answer and the corrections made ("cited is right")."""
     if not answer or not pages:
         return answer, []
     known = {p.path for p in pages}
     corrected: list[str] = []
+
+    def named(m: re.Match[str]) -> Page | None:
+        """The one page whose symbol's name the sentence around the match holds, if the
+        sentence cites nothing else."""
+        after = answer[m.end():]
+        end = _SENTENCE_END.search(after)
+        sentence = _SENTENCE_END.split(answer[: m.start()])[-1] + after[: end.start() if end else None]
+        if _CITED.search(sentence):
+            return None
+        found: dict[str, Page] = {}
+        for p in pages:
+            name = p.symbol.rsplit(".", 1)[-1]
+            if len(name) > 2 and re.search(rf"(?<!\w){re.escape(name)}(?!\w)", sentence):
+                found[p.citation] = p
+        return next(iter(found.values())) if len(found) == 1 else None
 
     def fix(m: re.Match[str]) -> str:
         path, start = m.group(1), int(m.group(2))
@@ -326,6 +345,9 @@ def repair_citations(answer: str, pages: list[Page], exists: Callable[[str], boo
                 right = m.group(0).replace(path, found.pop(), 1)
                 corrected.append(f"{m.group(0)} is {right}")
                 return right
+        if (page := named(m)) is not None:
+            corrected.append(f"{m.group(0)} is {page.citation}")
+            return page.citation
         return m.group(0)
 
     return _CITED.sub(fix, answer), corrected
