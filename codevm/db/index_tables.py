@@ -95,7 +95,9 @@ class IndexTables:
         """
         store = self.store
         with store.lock:
-            if store.lexical_behind:
+            # a search index whose folder was deleted (a user's clean-up) is made again
+            # first, so that the batch does not fail on the lost folder's writer lock
+            if store.lexical_behind or not store.lexical.directory.is_dir():
                 store.reconcile_lexical()
             chunks = _nonempty(chunks)
             with store.transaction() as con:
