@@ -109,7 +109,7 @@ class Engine:
         self.background_embedding = background_embedding
         ranker = _ranker(self.settings)  # a bad setting fails before the database is opened
         data_folder(self.root)
-        self.store = Store(database_path(self.root))
+        self.store = Store(database_path(self.root), self.settings.workers)
         self.index_tables = IndexTables(self.store)
         self.indexer = Indexer(self.root, self.index_tables, self.settings)
         self.symbols = Symbols(self.store.cursor, self.store.lexical)

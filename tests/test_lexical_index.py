@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from codevm.db import lexical as lexical_module
-from codevm.db import store as store_module
 from codevm.db.lexical import chunk_rows
 from codevm.db.store import lexical_directory
 from codevm.engine import Engine
@@ -36,9 +35,11 @@ def test_an_index_rebuilt_from_the_database_ranks_as_the_one_built_batch_by_batc
     keeps what makes it again (text, docstring, path, and the names a chunk defines), in this
     process or, for a big index, in worker processes."""
     monkeypatch.setenv("CODEVM_BATCH_FILES", "3")  # many small batches, many segments
-    if parallel:  # every rebuild in two worker processes, a few chunks a batch
-        monkeypatch.setattr(store_module, "rebuild_workers", lambda chunks: 2)
+    if parallel:  # every rebuild in the two worker processes the setting allows, a few chunks a batch
+        monkeypatch.setattr(lexical_module, "PARALLEL_REBUILD", 0)
         monkeypatch.setattr(lexical_module, "REBUILD_BATCH", 4)
+        monkeypatch.setenv("CODEVM_WORKERS", "2")
+        assert lexical_module.rebuild_workers(10**6, 1) == 1  # workers = 1: in this process
     # a chunk that defines more than its own name: its inner function's name weighs as a name
     (project / "src" / "py" / "jobs.py").write_text(
         "def schedule_jobs(queue):\n    def retry_backoff(attempt):\n        return 2 ** attempt\n\n"

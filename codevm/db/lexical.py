@@ -478,9 +478,11 @@ def chunk_rows(con: duckdb.DuckDBPyConnection, where: str = "TRUE", params: obje
             yield rows_of(rows, texts.get())
 
 
-def rebuild_workers(chunks: int) -> int:
-    """Worker processes for a rebuild of `chunks` chunks: one is this process, for few."""
-    return min(os.cpu_count() or 1, 4) if chunks > PARALLEL_REBUILD else 1
+def rebuild_workers(chunks: int, workers: int = 0) -> int:
+    """Worker processes for a rebuild of `chunks` chunks: one is this process, for few;
+    else the `workers` setting (0: one per core), at most 4 (this process feeding tantivy
+    is the limit past 2, and each holds two batches of text)."""
+    return min(workers or os.cpu_count() or 1, 4) if chunks > PARALLEL_REBUILD else 1
 
 
 def stage_rows(con: duckdb.DuckDBPyConnection) -> list[Row]:

@@ -45,8 +45,9 @@ def unreadable(path: Path, error: Exception) -> IndexUnreadable:
 class Store:
     """One project's database. Not thread-safe: each thread uses `cursor()`."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, workers: int = 0):
         self.path = path
+        self.workers = workers  # processes that may make a rebuild's text (the `workers` setting)
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             self.con = duckdb.connect(str(path))
@@ -128,7 +129,7 @@ class Store:
         if n > REBUILD_BATCH:
             print(f"codevm: {doing} the search index of {self.path.name} from the database "
                   f"({n:,} chunks{why})", file=sys.stderr)
-        self.lexical.apply(None, chunk_rows(con, workers=rebuild_workers(n)), generation, database)
+        self.lexical.apply(None, chunk_rows(con, workers=rebuild_workers(n, self.workers)), generation, database)
 
     def compact_lexical(self) -> None:
         """Rebuild tantivy's index when deleted chunks are more than COMPACT_SHARE of what
