@@ -216,6 +216,31 @@ def test_test_files_yield_to_the_code_they_test_for_long_questions(engine: Engin
     assert engine.search("test_total_area_sums_areas_of_many_shapes", k=1)[0].path == "tests/test_shapes.py"
 
 
+def test_vendored_code_yields_to_the_projects_own_for_long_questions(engine: Engine) -> None:
+    # a vendored copy of a library, and a translation catalog, that use the question's
+    # words more often than the project's own code does
+    copy = ("def total_area(shapes):\n    # the total area of many shapes: sum the areas of the shapes; the\n"
+            "    # areas of an empty list of shapes sum to zero, as the docs describe the total area\n"
+            "    return sum(shape_area(s) for s in shapes)\n")
+    for path in ("third_party/geometry/areas.py", "static/geometry-2.1.0.js", "locale/de/LC_MESSAGES/shapes.js"):
+        (engine.root / path).parent.mkdir(parents=True, exist_ok=True)
+        (engine.root / path).write_text(copy if path.endswith(".py") else
+                                        "var messages = {'total area of shapes': 'Gesamtfläche', "
+                                        "'areas of shapes sum': 'Summe', 'empty list of shapes': 'leer'};\n")
+    engine.index()
+    issue = ("When I sum the areas of many shapes with total_area the result is wrong for an "
+             "empty list of shapes; I expected zero but the areas of the shapes are not summed "
+             "the way the docs describe, so please look at how the total area is computed")
+    engine.configure(Settings(weight_file=0.0))  # no help from shapes.py having more chunks
+    paths = [h.path for h in engine.search(issue, k=5)]
+    assert paths[0] == "src/py/shapes.py", paths
+    assert paths.index("third_party/geometry/areas.py") > paths.index("src/py/shapes.py")
+    # named outright, a vendored definition is found first all the same
+    assert engine.search("total_area", k=2)[0].path in ("src/py/shapes.py", "third_party/geometry/areas.py")
+    hits = engine.search("shape_area", k=1)
+    assert hits[0].path == "third_party/geometry/areas.py"
+
+
 def test_literal_code_finds_the_chunks_that_hold_it(project: Path) -> None:
     (project / "src/py/arith.py").write_text(
         "def add_numbers(a, b):\n    return a + b\n\n\n"
