@@ -16,13 +16,16 @@ DATA_DIR = ".codevm"
 
 
 def find_root(start: Path) -> Path:
-    """The project root: the nearest folder holding `.codevm` or `.git`."""
+    """The project root: the nearest folder holding `.codevm` or `.git`, or whose data
+    folder is in CODEVM_HOME (a folder indexed there that is no repository holds neither)."""
     start = start.resolve()
     if not start.exists():
         raise ProjectNotFound(f"{start} does not exist")
     here = start if start.is_dir() else start.parent
+    home = bool(os.environ.get("CODEVM_HOME"))
     for folder in (here, *here.parents):
-        if (folder / DATA_DIR).is_dir() or (folder / ".git").exists():
+        if (folder / DATA_DIR).is_dir() or (folder / ".git").exists() or \
+                (home and database_path(folder).parent.is_dir()):
             return folder
     raise ProjectNotFound(
         f"no project found at {start}: run `codevm index` in the project's root folder first"

@@ -183,6 +183,21 @@ def test_outside_any_project(tmp_path: Path) -> None:
     assert "codevm index" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_folder_that_is_no_repository_indexed_under_codevm_home(project: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # no .git and, with CODEVM_HOME, no .codevm either: the data folder in the home marks it
+    (project / ".git").rmdir()
+    monkeypatch.setenv("CODEVM_HOME", str(tmp_path / "home"))
+    assert codevm(project, "index").returncode == 0
+    assert not (project / ".codevm").exists()
+    result = codevm(project / "src" / "web", "search", "add", "todo", "-k", "1")
+    assert result.returncode == 0 and "src/web/store.ts" in result.stdout, result.stderr
+    # a folder beside it was never indexed: still no project there
+    (tmp_path / "other").mkdir()
+    result = codevm(tmp_path / "other", "status")
+    assert result.returncode == 1 and "codevm index" in result.stderr
+
+
 def test_ci_runs_the_readme_test_command() -> None:
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci/run").read_text()
