@@ -52,13 +52,13 @@ CAP = 64_000
 NEED_LINES = 40
 CONTEXT_LINES = 20
 ESTIMATE = TokenEstimator()
-VERSION = 10  # of the row format and the strategies (2: the learned ranker orders context_for;
+VERSION = 11  # of the row format and the strategies (2: the learned ranker orders context_for;
 # 3: context_for pages in the whole of a long definition for a part, and the lines an
 # outline or a part shows as they are count as shown; 4: and a small class whole; 5: a whole
 # within a share of the budget that follows the candidate's relevance, parts joined; 6, 7: experiments,
 # reverted; 8: the named signal's ties in the order found, not by chunk id; 9: the search
 # index compacted when a quarter of it is deleted chunks; 10: methods of one class bring the
-# class, a whole's relevance the sum of its candidates')
+# class, a whole's relevance the sum of its candidates'; 11: vendored code counts half in search)
 GREP_SINCE = 2  # the grep baselines have not changed since this version: their rows are reused
 
 STOP = set("""a an the and or but if then else when while for to of in on at by with from into
