@@ -31,10 +31,11 @@ TEST_PRIOR = 0.5
 # JavaScript libraries, translation catalogs) matches a long question's words by the
 # hundred but is seldom what it asks about: it gets this factor too (on SWE-bench Lite no
 # edited file is one; sphinx's 40 catalogs sphinx/locale/*/LC_MESSAGES/sphinx.js, its
-# jquery-3.5.1.js and matplotlib's extern/agg24-svn took a fifth of some 8k working sets)
+# jquery-3.5.1.js and matplotlib's extern/agg24-svn took a fifth of some 8k working sets).
+# vendor/, node_modules/ and bower_components/ are never indexed (discovery leaves them out).
 VENDORED_PATH = re.compile(
-    r"(^|/)(extern|externals|vendors?|_vendor(ed)?|third[-_]?party|3rd[-_]?party|node_modules|bower_components"
-    r"|LC_MESSAGES)/|\.min\.(js|css)$|[-.]v?[0-9]+\.[0-9]+(\.[0-9]+)?\.(js|css)$", re.IGNORECASE)
+    r"(^|/)(extern|externals|vendors?|_vendor(ed)?|third[-_]?party|3rd[-_]?party|LC_MESSAGES)/"
+    r"|\.min\.(js|css)$|[-.]v?[0-9]+\.[0-9]+(\.[0-9]+)?\.(js|css)$", re.IGNORECASE)
 VENDORED_PRIOR = 0.5
 _CODE_LIKE = re.compile(r"[a-z][A-Z]|_|[A-Za-z][0-9]|^[A-Z][a-z]+[A-Z]")
 # starts only where a name starts: unanchored, a 16k-character word took 6 s (each of its
