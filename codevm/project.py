@@ -22,10 +22,8 @@ def find_root(start: Path) -> Path:
     if not start.exists():
         raise ProjectNotFound(f"{start} does not exist")
     here = start if start.is_dir() else start.parent
-    home = bool(os.environ.get("CODEVM_HOME"))
-    for folder in (here, *here.parents):
-        if (folder / DATA_DIR).is_dir() or (folder / ".git").exists() or \
-                (home and database_path(folder).parent.is_dir()):
+    for folder in (here, *here.parents):  # database_path's folder: .codevm, or its CODEVM_HOME one
+        if (folder / DATA_DIR).is_dir() or (folder / ".git").exists() or database_path(folder).parent.is_dir():
             return folder
     raise ProjectNotFound(
         f"no project found at {start}: run `codevm index` in the project's root folder first"
