@@ -226,7 +226,7 @@ def test_a_file_where_many_chunks_match_outranks_a_single_hit(tmp_path) -> None:
         "        # how many cache entries are stale\n"
         "        return sum(1 for e in self.entries.values() if e.stale(now))\n")
     alone, hits = _search_as_setting_changes(
-        root, "expire stale cache entries", 5, "weight_file", (0.0, 0.5))
+        root, "stale cache entries expire", 5, "weight_file", (0.0, 0.5))  # no name spelled
     assert [h.path for h in alone[:2]] == ["sweep.py", "cache.py"]
     # the file's best chunk gains a share of its next best; the others keep their scores
     assert [h.path for h in hits[:2]] == ["cache.py", "sweep.py"]

@@ -241,6 +241,30 @@ def test_vendored_code_yields_to_the_projects_own_for_long_questions(engine: Eng
     assert hits[0].path == "third_party/geometry/areas.py"
 
 
+def test_plain_words_that_spell_a_name_find_it_before_one_words_names(project: Path) -> None:
+    # names equal to one word of the query (`add`, `directive`, `to`) are everywhere; the
+    # name the words spell together is what a developer typing them looks for
+    (project / "src/py/registry.py").write_text(
+        "class Tags:\n    def add(self, tag):\n        self.tags.append(tag)\n\n\n"
+        "class Catalog:\n    def add(self, msg):\n        self.messages.append(msg)\n\n\n"
+        "class Node:\n    def directive(self):\n        return self.name\n\n\n"
+        "class Var:\n    def to(self, kind):\n        return kind(self.value)\n\n\n"
+        "class Application:\n"
+        "    def add_directive(self, name, cls):\n        self.registry.register(name, cls)\n\n"
+        "    def sync_state(self, socket):\n        socket.send(self.state)\n\n"
+        "    def get_user_by_id(self, key):\n        return self.users[key]\n")
+    with Engine(project) as engine:
+        engine.index()
+        for query in ("add directive", "add directives", "how to add a new directive", "add the directive"):
+            assert engine.search(query, k=3)[0].symbol == "Application.add_directive", query
+        assert engine.search("get user by id", k=3)[0].symbol == "Application.get_user_by_id"
+        # a one-word name still comes first when that word is the whole query
+        assert engine.search("add", k=3)[0].symbol in ("Tags.add", "Catalog.add")
+        # a question's stopwords name nothing: `to` is not an exact match of "to"
+        hits = engine.search("how does the state get synced to the frontend over the socket", k=3)
+        assert "Var.to" not in [h.symbol for h in hits], [h.symbol for h in hits]
+
+
 def test_literal_code_finds_the_chunks_that_hold_it(project: Path) -> None:
     (project / "src/py/arith.py").write_text(
         "def add_numbers(a, b):\n    return a + b\n\n\n"

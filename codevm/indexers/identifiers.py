@@ -55,7 +55,7 @@ PATH_WEIGHT = 2
 DOC_WEIGHT = 1  # on top of the docstring's occurrence in the body
 
 
-def _stem(word: str) -> str:
+def stem(word: str) -> str:
     # A light plural stemmer: "hooks" and "hook" must meet; no more than that.
     if len(word) > 3 and word[-1] == "s" and word[-2] not in "sui":
         if word.endswith("ies") and len(word) > 4:
@@ -104,11 +104,11 @@ def split_identifier(ident: str) -> tuple[str, ...]:
         terms.append(whole)
     if "_" in ident or not (ident.islower() or ident.isupper()) or any(c.isdigit() for c in ident):
         for part in _PARTS.findall(ident) if ident.isascii() else unicode_parts(ident):
-            p = _stem(part.lower())
+            p = stem(part.lower())
             if len(p) > 1 and p != whole and p not in STOPWORDS and p not in terms:
                 terms.append(p)
     elif terms:
-        stemmed = _stem(whole)
+        stemmed = stem(whole)
         if stemmed != whole:
             terms.append(stemmed)
     return tuple(terms)

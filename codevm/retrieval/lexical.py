@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import duckdb
 
 from codevm.api import SearchHit
 from codevm.db.lexical import DEFINITION_KINDS, LexicalIndex
 from codevm.errors import InvalidArgument
-from codevm.indexers.identifiers import IDENTIFIER, IDENTIFIER_PATTERN, expand_identifier
+from codevm.indexers.identifiers import IDENTIFIER, IDENTIFIER_PATTERN, STOPWORDS, expand_identifier, stem
 from codevm.retrieval.fusion import Scored
 from codevm.retrieval.sql import by_ids, chunk_filters
 
@@ -52,6 +52,36 @@ class QueryTerms:
     short: bool  # a few identifiers: exact symbol matches go first
     about_tests: bool = False  # the query asks about tests: no prior against test files
     n_idents: int = 0  # words and identifiers in the query
+    compounds: list[str] = field(default_factory=list)  # names its plain words spell (compound_names)
+
+
+# A query in plain words may spell a name: "add directive" is `add_directive`. Up to this
+# many words, neighbouring words (one may lie between) are joined into the names they
+# would make; a definition of one goes first, before names equal to a single word
+# (`Tags.add`, `Catalog.add`), which otherwise won "add directive" outright.
+COMPOUND_MAX_WORDS = 12
+
+
+def compound_names(idents: list[str]) -> list[str]:
+    """The names that neighbouring plain words of a query spell (two, or three in a row;
+    one word may lie between two; or all of them, stopwords too: "get user by id"),
+    snake_case, camelCase and PascalCase: "how to add a new directive" -> add_new, addNew,
+    ..., add_directive, addDirective, AddDirective, ..."""
+    if len(idents) > COMPOUND_MAX_WORDS:
+        return []
+    words = [w for w in idents if w.isalpha() and w.islower() and w not in STOPWORDS]
+    runs = [idents] if 1 < len(idents) <= 6 and all(w.isalpha() and w.islower() for w in idents) else []
+    runs += [words[i : i + 2] for i in range(len(words) - 1)]
+    runs += [[words[i], words[i + 2]] for i in range(len(words) - 2)]
+    runs += [words[i : i + 3] for i in range(len(words) - 2)]
+    out: dict[str, None] = {}
+    for run in runs:
+        for last in dict.fromkeys((run[-1], stem(run[-1]))):  # "add directives": add_directive too
+            parts = [*run[:-1], last]
+            out["_".join(parts)] = None
+            out[parts[0] + "".join(p.capitalize() for p in parts[1:])] = None
+            out["".join(p.capitalize() for p in parts)] = None
+    return list(out)
 
 
 def analyse_query(query: str) -> QueryTerms:
@@ -62,7 +92,8 @@ def analyse_query(query: str) -> QueryTerms:
         for i, term in enumerate(expanded):
             # an identifier written like code (snake_case, camelCase) weighs more whole
             counts[term] += 2.0 if i == 0 and _CODE_LIKE.search(ident) else 1.0
-    names = {i for i in idents if len(i) > 1}
+    # a question's words that are stopwords name nothing (`to` found `Var.to` first)
+    names = {i for i in idents if len(i) > 1 and (len(idents) == 1 or i.lower() not in STOPWORDS)}
     names.update(_DOTTED.findall(query))
     terms = dict(sorted(counts.items(), key=lambda tc: -tc[1])[:MAX_QUERY_TERMS])
     # repeated words matter, but sub-linearly
@@ -70,7 +101,7 @@ def analyse_query(query: str) -> QueryTerms:
     # a long text (an issue, a traceback) mentions tests in passing; a short query means it
     about_tests = len(idents) <= 30 and any(t in weights for t in ("test", "testing", "fixture"))
     return QueryTerms(weights, names, short=len(idents) <= 3, about_tests=about_tests,
-                      n_idents=len(idents))
+                      n_idents=len(idents), compounds=compound_names(idents))
 
 
 # Exact names are looked up in the lexical index's `names` field (each chunk's name and
@@ -107,16 +138,20 @@ def lexical(con: duckdb.DuckDBPyConnection, index: LexicalIndex, query: str, k: 
     exact: set[int] = set()
     if q.names:
         exact = set(index.named(q.names, MAX_EXACT, language, kind, paths))
-    if not scored and not exact:
+    spelled = set(index.named(q.compounds, MAX_EXACT, language, kind, paths)) if q.compounds else set()
+    if not scored and not exact and not spelled:
         return q, []
     top = max((r[1] for r in scored), default=1.0) or 1.0
     scores = dict(scored)
     ranked: list[Scored] = []
-    for cid in scores.keys() | exact:
+    for cid in scores.keys() | exact | spelled:
         score = scores.get(cid, 0.0)
-        if cid in exact:
-            # exact symbol matches first for identifier queries; a strong boost otherwise
-            score = score + (top * 10 if q.short else top * 0.5)
+        if cid in spelled:  # the name the words spell: first (see COMPOUND_MAX_WORDS)
+            score = score + top * (20 if q.short else 1.0)
+        elif cid in exact:
+            # exact symbol matches first for identifier queries (unless the words spell a
+            # name: then one word's name is a weak hint); a strong boost otherwise
+            score = score + (top * 10 if q.short and not spelled else top * 0.5)
         ranked.append(Scored(cid, score, "search hit"))
     ranked.sort(key=_best_first)
     if not q.short:
