@@ -7,7 +7,7 @@ import pytest
 from codevm.config import Settings
 from codevm.engine import Engine
 from codevm.errors import InvalidArgument, NotIndexed, PathOutsideProject
-from codevm.retrieval.lexical import analyse_query
+from codevm.retrieval.lexical import analyse_query, lexical
 
 
 def test_identifiers_are_kept_whole_and_split() -> None:
@@ -313,3 +313,27 @@ def test_one_hit_per_definition_with_its_best_part(tmp_path: Path) -> None:
         assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
         # k counts definitions: asking for 2 gives two different ones
         assert len({h.symbol for h in engine.search("upload file part stream", k=2)}) == 2
+
+
+def test_a_name_defined_everywhere_gives_a_question_no_exact_boost(tmp_path: Path) -> None:
+    # 40 classes define save(); a question that mentions saving names them all, and the
+    # exact-name boost (half the best hit's score) would put one of them above the code
+    # that the question describes
+    root = tmp_path / "generic"
+    (root / ".git").mkdir(parents=True)
+    (root / "models").mkdir()
+    for i in range(40):
+        body = "# save the records' data to disk before the cache is cleared\n        " if i == 0 else ""
+        (root / "models" / f"m{i}.py").write_text(
+            f"class M{i}:\n    def save(self):\n        {body}return self.write({i})\n")
+    (root / "store.py").write_text(
+        "def write_records(records, disk):\n    # the records' data is written to disk, the cache cleared after\n"
+        "    for record in records:\n        disk.write(record.data)\n    records.cache.clear()\n")
+    question = "records lose their data after save because the cache is cleared before the records are written to disk"
+    with Engine(root, Settings(service=False, embedder="off")) as engine:
+        engine.index()
+        q, ranked = lexical(engine.store.cursor(), engine.store.lexical, question, 100)
+        names = dict(engine.store.cursor().execute("SELECT id, qualified_name FROM chunks").fetchall())
+        assert not q.short and names[ranked[0].chunk_id] == "write_records", [names[i.chunk_id] for i in ranked[:3]]
+        # typed alone, the generic name still finds its definitions first
+        assert all(h.symbol.endswith(".save") for h in engine.search("save", k=3))

@@ -271,6 +271,14 @@ class LexicalIndex:
             searcher = self.index.searcher()
             return self._ids(searcher, searcher.search(query, NAMED_READ, count=False).hits)[:most]
 
+    def name_counts(self, names: Iterable[str]) -> dict[str, int]:
+        """name -> how many chunks are named or qualified-named it (deleted ones included
+        until a merge drops them), for the names the index holds."""
+        with self._reading():
+            searcher = self.index.searcher()
+            counts = {n: searcher.doc_freq("names", n) for n in names if n and len(n) <= MAX_TERM_CHARS}
+        return {n: c for n, c in counts.items() if c}
+
     def in_file(self, path: str, field: str, values: Iterable[str], most: int) -> list[int]:
         """Ids of up to `most` chunks of the file `path` whose `field` holds any of `values`."""
         values = [v for v in values if v and len(v) <= MAX_TERM_CHARS]

@@ -109,6 +109,12 @@ def analyse_query(query: str) -> QueryTerms:
 # table once it held more than a few. A name defined more than MAX_EXACT times keeps the
 # same ones every time (the lowest ids).
 MAX_EXACT = 200
+# A name that more chunks than this are named (`get`, `save`, `__init__`) points nowhere in
+# a question: none of them gets the exact-name boost there (a query of a few words still
+# finds them first). It lifted half the best hit's score under every `save` a question
+# mentioned. On SWE-bench Lite, paired on the same indexes: file Acc@5 237 -> 244,
+# function Acc@10 137 -> 146, edited functions 166 -> 172, file Acc@1 163 -> 157.
+GENERIC_NAME = 30
 
 _ROWS = "SELECT id, path, start_line, end_line, qualified_name, kind, language, signature, text FROM chunks c "
 
@@ -137,7 +143,8 @@ def lexical(con: duckdb.DuckDBPyConnection, index: LexicalIndex, query: str, k: 
     scored = index.search(q.terms, limit, language, kind, paths)
     exact: set[int] = set()
     if q.names:
-        exact = set(index.named(q.names, MAX_EXACT, language, kind, paths))
+        names = q.names if q.short else [n for n, c in index.name_counts(q.names).items() if c <= GENERIC_NAME]
+        exact = set(index.named(names, MAX_EXACT, language, kind, paths))
     spelled = set(index.named(q.compounds, MAX_EXACT, language, kind, paths)) if q.compounds else set()
     if not scored and not exact and not spelled:
         return q, []
