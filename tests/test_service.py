@@ -390,6 +390,33 @@ def test_a_service_whose_data_folder_is_deleted_exits(project: Path) -> None:
         assert service_info(project)["pid"] != pid
 
 
+def test_a_service_whose_folder_was_made_again_leaves_the_new_services_files(project: Path) -> None:
+    """rm -rf .codevm, then a command at once: the new service starts before the old one
+    notices; the old one must not remove the new one's key and info as it exits (the new
+    one then ran, holding the lock, with no client able to reach it: a 30 s failure)."""
+    import shutil
+
+    with RemoteEngine(project) as engine:
+        engine.index()
+        old = service_info(project)["pid"]
+    os.kill(old, signal.SIGSTOP)  # it cannot notice before the new service is up
+    try:
+        shutil.rmtree(project / ".codevm")
+        with RemoteEngine(project) as engine:
+            assert engine.index().parsed > 15
+            new = service_info(project)["pid"]
+    finally:
+        os.kill(old, signal.SIGCONT)
+    wait_until(lambda: not Path(f"/proc/{old}").exists() or _state(old) == "Z",
+               "the old service to notice and exit", timeout=15)
+    files = ServiceFiles.of(project)
+    assert files.key.exists() and files.info.exists()
+    started = time.monotonic()
+    status = json.loads(cli(project, "status", "--json").stdout)
+    assert status["files"] > 15 and time.monotonic() - started < 10
+    assert service_info(project)["pid"] == new
+
+
 def _state(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

@@ -56,6 +56,13 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
 class CallbackFailed(Exception):
     """The client's callback raised: the call ends, and the client re-raises its error."""
 
@@ -80,6 +87,7 @@ class Service:
         self.last_active = time.monotonic()
         self.stopping = threading.Event()
         self.state = threading.Condition()
+        self._key = b""
 
     # lifecycle
     def run(self) -> int:
@@ -140,6 +148,7 @@ class Service:
         else:
             family, address = "AF_INET", ("127.0.0.1", 0)  # loopback only
         write_private(self.files.key, key)
+        self._key = key
         old = os.umask(0o177)  # the socket is born readable by its owner only
         try:
             listener = Listener(address, family)
@@ -169,11 +178,7 @@ class Service:
         self.stopping.set()
         if listener is not None:
             listener.close()
-            for path in (self.files.info, self.files.key):
-                try:
-                    path.unlink()
-                except FileNotFoundError:
-                    pass
+            self._remove_own_files()
         if self.engine is not None:
             if self.watcher is not None:
                 self.watcher.stop()
@@ -205,12 +210,22 @@ class Service:
         while not self.stopping.wait(FOLDER_CHECK_SECONDS):
             if self.engine is not None and _identity(self.engine.store.path) != opened:
                 log.error("the database %s was deleted or replaced: exiting", self.engine.store.path)
-                for path in (self.files.info, self.files.key):
-                    try:
-                        path.unlink()
-                    except OSError:
-                        pass
+                self._remove_own_files()
                 os._exit(3)
+
+    def _remove_own_files(self) -> None:
+        """Remove this service's info and key, if they are still its own: a folder deleted
+        and made again (rm -rf .codevm, then any command) holds the next service's files,
+        and removing those left that service running with no client able to reach it."""
+        info = self.files.read_info()
+        if info is not None and info.get("pid") == os.getpid():
+            _unlink(self.files.info)
+        try:
+            ours = self.files.key.read_bytes() == self._key
+        except OSError:
+            ours = False
+        if ours:
+            _unlink(self.files.key)
 
     def info(self) -> dict[str, Any]:
         watcher = self.watcher
