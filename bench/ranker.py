@@ -11,9 +11,10 @@ one JSON object.
         of a function the commit edits, 1 for another chunk of a file it changes, 0
         otherwise; a LightGBM lambdarank model trained on the pairs of all repositories
         but the held-out ones; then, on the held-out pairs and on SWE-bench Lite (rows
-        kept by bench/paging.py), the hand-weighted fusion and the model side by side:
-        file Acc@1/@5, edited-function Acc@10 (distinct symbols) and the edited functions
-        in the pager's 8k working set.
+        kept by bench/paging.py), the hand-weighted fusion, the model, its blend with the
+        fusion (the pager's order) and the blend with the model codevm ships now (what a
+        new model would replace) side by side: file Acc@1/@5, edited-function Acc@10
+        (distinct symbols) and the edited functions in the pager's 8k working set.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from codevm.config import Settings  # noqa: E402
 from codevm.memory.budget import candidates_for  # noqa: E402
 from codevm.memory.pager import Candidate, blend, fill, with_file_prior  # noqa: E402
 from codevm.retrieval.fusion import Scored, weights  # noqa: E402
-from codevm.retrieval.ranker import ChunkInfo, Model, export, feature_names, features  # noqa: E402
+from codevm.retrieval.ranker import MODEL_FILE, ChunkInfo, Model, export, feature_names, features  # noqa: E402
 from codevm.retrieval.retriever import signal_depth  # noqa: E402
 
 BUDGET = 8000
@@ -152,19 +153,24 @@ def train(args: argparse.Namespace) -> None:
         fused = [Scored(cid, row[fused_at], "") for cid, row in zip(e.ids, e.x, strict=True)]
         return [c.chunk_id for c in with_file_prior(fused, {cid: e.chunks[cid].path for cid in e.ids})]
 
-    def blended(e: Example) -> list[int]:
+    def blended(e: Example, model: Model = shipped) -> list[int]:
         """What the pager pages in with the learned ranker (pager.blend)."""
-        scores = shipped.score(np.array(e.x, dtype=np.float64)) if e.x else []
+        scores = model.score(np.array(e.x, dtype=np.float64)) if e.x else []
         return [cid for cid, _ in blend(e.ids, e.x, list(scores), {cid: e.chunks[cid].path for cid in e.ids})]
+
+    packaged = Model.load(MODEL_FILE)  # the model codevm ships now: what a new one replaces
+
+    def blended_packaged(e: Example) -> list[int]:
+        return blended(e, packaged)
 
     importance = sorted(zip(feature_names(), model.booster_.feature_importance("gain"), strict=True),
                         key=lambda p: -p[1])
     out = {"train_pairs": len(train_ex), "train_candidates": len(y), "holdout": args.holdout,
            "heldout_pairs": len(held_all), "lite_instances": len(lite_ex),
            "heldout": {"hand": summary(held_all, by_hand), "model": summary(held_all, by_model),
-                       "blend": summary(held_all, blended)},
+                       "blend": summary(held_all, blended), "shipped_blend": summary(held_all, blended_packaged)},
            "lite": {"hand": summary(lite_ex, by_hand), "model": summary(lite_ex, by_model),
-                    "blend": summary(lite_ex, blended)},
+                    "blend": summary(lite_ex, blended), "shipped_blend": summary(lite_ex, blended_packaged)},
            "top_features": [[n, round(float(g), 1)] for n, g in importance[:12]]}
     out["exported_max_drift"] = drift
     if args.save:
