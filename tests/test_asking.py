@@ -125,6 +125,17 @@ def test_a_copied_example_citation_is_repaired_towards_the_page_its_sentence_nam
     text, fixed = repair_citations(answer, pages, never)
     assert text.startswith("In [codevm/indexers/identifiers.py:97-114], the `split_identifier` function")
     assert fixed == ["src/app.py:12-30 is codevm/indexers/identifiers.py:97-114"]
+    # (2026-12-01) the example's path with the lines of the next page's header: the sentence
+    # names its page, and no other page has the lines 117-133 but the one it does not name
+    pages.append(Page("chunk:4", "codevm/indexers/identifiers.py", 117, 133, "def terms_text(...): ...", 60,
+                      "terms_text"))
+    answer = ("In [src/app.py:117-133], the `split_identifier` function is defined, which splits an "
+              "identifier into camelCase and snake_case parts.")
+    assert repair_citations(answer, pages, never)[1] == ["src/app.py:117-133 is codevm/indexers/identifiers.py:97-114"]
+    # ... but with the sentence naming both, the lines decide
+    both = "In [src/app.py:117-133], terms_text joins what split_identifier returns."
+    assert repair_citations(both, pages, never)[1] == [
+        "src/app.py:117-133 is codevm/indexers/identifiers.py:117-133"]
     # a sentence that names two pages, or none, or cites another page too: left as written
     for sentence in ("See src/app.py:12-30 for split_identifier and unicode_parts.", "See src/app.py:12-30.",
                      "split_identifier (codevm/indexers/identifiers.py:97-114) is tested in src/app.py:12-30."):

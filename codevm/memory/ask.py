@@ -306,11 +306,13 @@ def repair_citations(answer: str, pages: list[Page], exists: Callable[[str], boo
     """`answer` with each `path:lines` it cites that is neither a page's path nor a file of
     the project (`exists`) given the path of the one page it means: the page whose path ends
     with it (`identifiers.py:55` for codevm/indexers/identifiers.py), else the one of its file
-    name whose lines it overlaps, else the one with exactly its lines; else, path and lines,
-    the one page whose symbol the sentence of the citation names, when it cites nothing else
-    (a small model copies the prompt's example: "In [src/app.py:12-30], the
-    `split_identifier` function ..."). Returns
-    the answer and the corrections made ("cited is right")."""
+    name whose lines it overlaps; else, path and lines, the one page whose symbol the
+    sentence of the citation names, when it cites nothing else (a small model copies the
+    prompt's example path: "In [src/app.py:12-30], the `split_identifier` function ...");
+    else the one with exactly its lines. (The sentence comes before the lines: the same
+    model wrote "In [src/app.py:117-133], the `split_identifier` function", the lines of the
+    header after split_identifier's page.) Returns the answer and the corrections made
+    ("cited is right")."""
     if not answer or not pages:
         return answer, []
     known = {p.path for p in pages}
@@ -339,15 +341,18 @@ def repair_citations(answer: str, pages: list[Page], exists: Callable[[str], boo
         name = path.rsplit("/", 1)[-1]
         for rule in (lambda p: p.path.endswith("/" + path),
                      lambda p: p.path.rsplit("/", 1)[-1] == name and p.start_line <= end and start <= p.end_line,
+                     None,  # the page the sentence names: before a page that only has the same lines
                      lambda p: (p.start_line, p.end_line) == (start, end)):
+            if rule is None:
+                if (page := named(m)) is not None:
+                    corrected.append(f"{m.group(0)} is {page.citation}")
+                    return page.citation
+                continue
             found = {p.path for p in pages if rule(p)}
             if len(found) == 1:
                 right = m.group(0).replace(path, found.pop(), 1)
                 corrected.append(f"{m.group(0)} is {right}")
                 return right
-        if (page := named(m)) is not None:
-            corrected.append(f"{m.group(0)} is {page.citation}")
-            return page.citation
         return m.group(0)
 
     return _CITED.sub(fix, answer), corrected
