@@ -339,21 +339,22 @@ def repair_citations(answer: str, pages: list[Page], exists: Callable[[str], boo
         if path in known or exists(path):
             return m.group(0)
         name = path.rsplit("/", 1)[-1]
-        for rule in (lambda p: p.path.endswith("/" + path),
-                     lambda p: p.path.rsplit("/", 1)[-1] == name and p.start_line <= end and start <= p.end_line,
-                     None,  # the page the sentence names: before a page that only has the same lines
-                     lambda p: (p.start_line, p.end_line) == (start, end)):
-            if rule is None:
-                if (page := named(m)) is not None:
-                    corrected.append(f"{m.group(0)} is {page.citation}")
-                    return page.citation
-                continue
+
+        def only(rule: Callable[[Page], bool]) -> str | None:
             found = {p.path for p in pages if rule(p)}
-            if len(found) == 1:
-                right = m.group(0).replace(path, found.pop(), 1)
-                corrected.append(f"{m.group(0)} is {right}")
-                return right
-        return m.group(0)
+            return found.pop() if len(found) == 1 else None
+
+        right = None
+        found = only(lambda p: p.path.endswith("/" + path)) or only(
+            lambda p: p.path.rsplit("/", 1)[-1] == name and p.start_line <= end and start <= p.end_line)
+        if found is None and (page := named(m)) is not None:
+            right = page.citation  # the page the sentence names: before one that only has the lines
+        elif found := found or only(lambda p: (p.start_line, p.end_line) == (start, end)):
+            right = m.group(0).replace(path, found, 1)
+        if right is None:
+            return m.group(0)
+        corrected.append(f"{m.group(0)} is {right}")
+        return right
 
     return _CITED.sub(fix, answer), corrected
 

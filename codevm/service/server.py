@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import traceback
+from contextlib import suppress
 from multiprocessing.connection import Client, Connection, Listener, answer_challenge, deliver_challenge
 from multiprocessing.context import AuthenticationError
 from pathlib import Path
@@ -54,13 +55,6 @@ def _identity(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
-
-
-def _unlink(path: Path) -> None:
-    try:
-        path.unlink()
-    except OSError:
-        pass
 
 
 class CallbackFailed(Exception):
@@ -218,14 +212,12 @@ class Service:
         and made again (rm -rf .codevm, then any command) holds the next service's files,
         and removing those left that service running with no client able to reach it."""
         info = self.files.read_info()
-        if info is not None and info.get("pid") == os.getpid():
-            _unlink(self.files.info)
-        try:
-            ours = self.files.key.read_bytes() == self._key
-        except OSError:
-            ours = False
-        if ours:
-            _unlink(self.files.key)
+        with suppress(OSError):
+            if info is not None and info.get("pid") == os.getpid():
+                self.files.info.unlink()
+        with suppress(OSError):
+            if self.files.key.read_bytes() == self._key:
+                self.files.key.unlink()
 
     def info(self) -> dict[str, Any]:
         watcher = self.watcher
