@@ -230,14 +230,15 @@ def main() -> None:
 
     try:
         tags = work / "tags"
+        ctags = ["ctags", "-R", "-f", str(tags), "."]
         read_tree(root)
-        out["ctags"] = run(["ctags", "-R", "-f", str(tags), "."], root)
+        out["ctags"] = run(ctags, root)
         out["ctags"]["tags_mb"] = round(tags.stat().st_size / 1e6, 1)
         local = {**os.environ, "CODEVM_SERVICE": "false"}
         out["cold_index"] = run([*CODEVM, "index"], root, local)
         # ctags again: this machine's speed drifts within minutes, and the ratio is to the
         # mean of the runs either side of the cold index
-        out["ctags_after"] = run(["ctags", "-R", "-f", str(tags), "."], root)
+        out["ctags_after"] = run(ctags, root)
         out["cold_over_ctags"] = {k: round(out["cold_index"][k] / max((out["ctags"][k] + out["ctags_after"][k]) / 2,
                                                                        1e-9), 2)
                                   for k in ("wall_s", "cpu_s")}
