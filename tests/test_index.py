@@ -239,6 +239,51 @@ def test_kill_9_mid_index_leaves_a_consistent_index_and_the_next_run_finishes(tm
         assert engine.store.lexical.documents() == engine.status().chunks
 
 
+
+def test_worker_output_files_used_again_keep_every_row_once(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # the workers' output files are named again once their batch is committed (a new file
+    # per task cost a tenth of a cold index's CPU on ext4): a name given out while its rows
+    # were still to be loaded would lose one task's rows and load another's twice
+    root = tmp_path / "many"
+    (root / ".git").mkdir(parents=True)
+    for i in range(600):
+        (root / f"m{i:03d}.py").write_text(f"def unique_function_{i}(x):\n    return x + {i}\n\n\n"
+                                           f"class UniqueClass{i}:\n    def method(self):\n        return {i}\n"
+                                           + "# filler line to give the class its own chunk\n" * 20)
+    names: list[str] = []
+    take = pipeline._Outputs.take
+
+    def recorded(self: pipeline._Outputs) -> str:
+        names.append(take(self))
+        return names[-1]
+
+    monkeypatch.setattr(pipeline._Outputs, "take", recorded)
+    monkeypatch.setattr(pipeline, "AHEAD_TASKS", 3)
+    with Engine(root, Settings(batch_files=48, workers=2)) as engine:
+        threads = engine.store.cursor().execute("SELECT current_setting('threads')").fetchone()
+        seen: list[tuple] = []
+        commit = pipeline.Indexer._commit
+
+        def watched(self: pipeline.Indexer, *args: object, **kwargs: object) -> None:
+            seen.append(engine.store.cursor().execute("SELECT current_setting('threads')").fetchone())
+            commit(self, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(pipeline.Indexer, "_commit", watched)
+        report = engine.index()
+        # DuckDB gives the parsing processes a core while they run, and takes it back
+        assert seen and set(seen) == {(max(1, (os.cpu_count() or 1) - 1),)}
+        assert engine.store.cursor().execute("SELECT current_setting('threads')").fetchone() == threads
+        assert report.parsed == 600 and not report.errors
+        assert len(names) == -(-600 // pipeline.TASK_FILES)
+        assert len(set(names)) < len(names) / 2  # names used again
+        per_file = dict(engine.store.cursor().execute(
+            "SELECT path, count(*) FROM chunks GROUP BY path").fetchall())
+        assert len(per_file) == 600 and len(set(per_file.values())) == 1  # each file's chunks once
+        assert engine.store.lexical.documents() == sum(per_file.values())
+        for i in (0, 257, 599):
+            assert [h.symbol for h in engine.search(f"unique_function_{i}", k=1)] == [f"unique_function_{i}"]
+        assert not list((root / ".codevm/tmp").glob("run-*"))
 def test_a_failed_batch_changes_neither_store(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from codevm.db.index_tables import IndexTables
     from codevm.db.lexical import LexicalIndex

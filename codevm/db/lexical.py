@@ -47,7 +47,7 @@ else:
 TOKENIZER = "codevm_terms"
 MAX_TERM_CHARS = 255  # a longer term is not indexed (nor can a query find it)
 HEAP_BYTES = 64 << 20
-WRITER_THREADS = 2
+WRITER_THREADS = 1
 META = "generation"
 REBUILD_BATCH = 5_000
 # chunks: a rebuild of more makes their index text in worker processes, a batch each, while

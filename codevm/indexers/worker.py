@@ -35,16 +35,29 @@ class Limits:
 
 @dataclass
 class TaskResult:
-    files: str  # paths of the NDJSON files written
-    chunks: str
-    symbols: str
-    refs: str
+    prefix: str  # the files written are named after it (see the properties)
     n_files: int = 0
     n_chunks: int = 0
     n_skipped: int = 0
     n_errors: int = 0
     n_unchanged: int = 0
     messages: list[str] = field(default_factory=list)
+
+    @property
+    def files(self) -> str:  # NDJSON
+        return f"{self.prefix}.files.jsonl"
+
+    @property
+    def chunks(self) -> str:  # NDJSON
+        return f"{self.prefix}.chunks.jsonl"
+
+    @property
+    def symbols(self) -> str:  # TSV
+        return f"{self.prefix}.symbols.tsv"
+
+    @property
+    def refs(self) -> str:  # TSV
+        return f"{self.prefix}.refs.tsv"
 
 
 def _file_row(t: TaskFile, status: str, reason: str, language: str = "", digest: str = "",
@@ -116,9 +129,9 @@ def chunk_calls(chunks: list, refs: list[tuple[str, str, int, str]]) -> list[str
 
 
 def run_task(root: str, files: list[TaskFile], limits: Limits, out_prefix: str) -> TaskResult:
-    """Process `files` and write their rows to files named after `out_prefix`."""
-    result = TaskResult(f"{out_prefix}.files.jsonl", f"{out_prefix}.chunks.jsonl",
-                        f"{out_prefix}.symbols.tsv", f"{out_prefix}.refs.tsv")
+    """Process `files` and write their rows to files named after `out_prefix` (replacing
+    what a file of that name held)."""
+    result = TaskResult(out_prefix)
     dumps = json.dumps
     with (
         open(result.files, "w", encoding="utf-8") as f_files,
