@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import multiprocessing.pool
 import os
 import queue
 import shutil
@@ -73,11 +74,31 @@ class Indexer:
         # the files under `only` (a watcher's few paths): reading all of u-boot's 38k rows
         # and testing each against the paths took 250 of an edit's 300 ms
         known = self.tables.known_files(under=list(prefixes) if prefixes else None)
+        # what the last whole walk found in each folder (see WalkMemory)
+        memory = WalkMemory.load(self.walk_memory_path) if prefixes is None else None
+        processes = _Processes(self._workers())
+        try:
+            todo, skipped, seen = self._walk(known, prefixes, memory, report, processes)
+            deleted = [p for p in known if p not in seen]
+            report.deleted = len(deleted)
+            self._index(todo, deleted, skipped, report, notify, processes)
+        finally:
+            processes.stop()
+        if memory is not None:
+            memory.save(self.walk_memory_path)
+        report.seconds = time.perf_counter() - started
+        self.store.set_meta("last_indexed_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        notify(Progress("done", len(todo), len(todo), report.chunks, report.skipped, report.errors))
+        return report
+
+    def _walk(self, known: dict[str, tuple[int, int, str, str, str]], prefixes: tuple[str, ...] | None,
+              memory: WalkMemory | None, report: IndexReport,
+              processes: _Processes) -> tuple[list[TaskFile], list[tuple[str, str]], set[str]]:
+        """The files to parse, the files skipped that the index does not list as such,
+        and every path seen. A batch of files to parse starts the parsing processes."""
         todo: list[TaskFile] = []
         skipped: list[tuple[str, str]] = []
         seen: set[str] = set()
-        # what the last whole walk found in each folder (see WalkMemory)
-        memory = WalkMemory.load(self.walk_memory_path) if prefixes is None else None
         for item in walk_project(str(self.root), self.settings.ignore, self.settings.max_file_bytes,
                                  prefixes, memory):
             seen.add(item.path)
@@ -98,15 +119,9 @@ class Indexer:
                 continue
             known_hash = current[2] if current and current[4] == "indexed" else None
             todo.append(TaskFile(item.path, item.size, item.mtime_ns, known_hash))
-        deleted = [p for p in known if p not in seen]
-        report.deleted = len(deleted)
-        self._index(todo, deleted, skipped, report, notify)
-        if memory is not None:
-            memory.save(self.walk_memory_path)
-        report.seconds = time.perf_counter() - started
-        self.store.set_meta("last_indexed_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        notify(Progress("done", len(todo), len(todo), report.chunks, report.skipped, report.errors))
-        return report
+            if len(todo) == self.settings.batch_files and processes.count > 1:
+                processes.start()
+        return todo, skipped, seen
 
     def update_texts(self, texts: dict[str, str | None]) -> IndexReport:
         """Re-index a few files now: path -> unsaved text, or None to read it from disk. A
@@ -141,11 +156,14 @@ class Indexer:
         return report
 
     def _index(self, todo: list[TaskFile], deleted: list[str], skipped: list[tuple[str, str]],
-               report: IndexReport, notify: Callable[[Progress], None]) -> None:
+               report: IndexReport, notify: Callable[[Progress], None], processes: _Processes | None = None) -> None:
         tmp = self._tmp_dir()
         outputs = _Outputs(tmp)
         with contextlib.ExitStack() as stack:
             stack.callback(shutil.rmtree, tmp, ignore_errors=True)
+            if processes is None:
+                processes = _Processes(self._workers())
+            stack.callback(processes.stop)
             pending: list[TaskResult] = []
             pending_files = 0
             first = True
@@ -156,7 +174,7 @@ class Indexer:
             committed_at = time.monotonic()
             if bulk and self._workers() > 1:  # parsing processes take every core
                 stack.enter_context(self.store.bulk_threads())
-            for result in self._results(todo, outputs):
+            for result in self._results(todo, outputs, processes):
                 done += result.n_files
                 report.parsed += result.n_files - result.n_unchanged - result.n_skipped - result.n_errors
                 report.unchanged += result.n_unchanged
@@ -196,7 +214,7 @@ class Indexer:
     def _workers(self) -> int:
         return self.settings.workers or os.cpu_count() or 1
 
-    def _results(self, todo: list[TaskFile], outputs: _Outputs) -> Iterator[TaskResult]:
+    def _results(self, todo: list[TaskFile], outputs: _Outputs, processes: _Processes) -> Iterator[TaskResult]:
         """Each task's result, as the workers finish them. A task is given the names of
         its output files when it is handed to a worker; a few tasks ahead of the workers
         keep them busy while this process commits a batch."""
@@ -207,26 +225,46 @@ class Indexer:
             for files in tasks:
                 yield run_task(root, files, self.limits, outputs.take())
             return
-        # spawn, not fork: the parent holds a DuckDB connection and threads
-        ctx = multiprocessing.get_context("spawn")
+        pool = processes.start(-(-len(todo) // TASK_FILES))
         done: queue.SimpleQueue[TaskResult | BaseException] = queue.SimpleQueue()
-        with ctx.Pool(min(workers, -(-len(todo) // TASK_FILES))) as pool:
 
-            def submit() -> int:
-                files = next(tasks, None)
-                if files is None:
-                    return 0
-                pool.apply_async(run_task, (root, files, self.limits, outputs.take()),
-                                 callback=done.put, error_callback=done.put)
-                return 1
+        def submit() -> int:
+            files = next(tasks, None)
+            if files is None:
+                return 0
+            pool.apply_async(run_task, (root, files, self.limits, outputs.take()),
+                             callback=done.put, error_callback=done.put)
+            return 1
 
-            running = sum(submit() for _ in range(AHEAD_TASKS * workers))
-            while running:
-                result = done.get()
-                if isinstance(result, BaseException):
-                    raise result
-                running += submit() - 1
-                yield result
+        running = sum(submit() for _ in range(AHEAD_TASKS * workers))
+        while running:
+            result = done.get()
+            if isinstance(result, BaseException):
+                raise result
+            running += submit() - 1
+            yield result
+
+
+class _Processes:
+    """A run's parsing processes, started when first needed: by the walk once it has
+    found a batch of files to parse, so that their start (~0.4 s of importing on 2 cores)
+    overlaps the rest of the walk, or for the tasks; stopped when the run ends."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self.pool: multiprocessing.pool.Pool | None = None
+
+    def start(self, tasks: int | None = None) -> multiprocessing.pool.Pool:
+        if self.pool is None:
+            # spawn, not fork: the parent holds a DuckDB connection and threads
+            ctx = multiprocessing.get_context("spawn")
+            self.pool = ctx.Pool(min(self.count, tasks or self.count))
+        return self.pool
+
+    def stop(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool = None
 
 
 class _Outputs:
