@@ -284,6 +284,13 @@ def test_worker_output_files_used_again_keep_every_row_once(tmp_path: Path,
         for i in (0, 257, 599):
             assert [h.symbol for h in engine.search(f"unique_function_{i}", k=1)] == [f"unique_function_{i}"]
         assert not list((root / ".codevm/tmp").glob("run-*"))
+        # the run ends with tantivy's last commit and DuckDB's checkpoint at once: both done
+        wal = engine.store.path.with_name(engine.store.path.name + ".wal")
+        assert not wal.exists() or wal.stat().st_size < 4096  # left: the run's last meta value
+        assert engine.store.lexical_uncommitted is None
+        assert engine.store.lexical.state()[0] == int(engine.store.get_meta("lexical_generation") or 0)
+
+
 def test_a_failed_batch_changes_neither_store(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from codevm.db.index_tables import IndexTables
     from codevm.db.lexical import LexicalIndex

@@ -195,9 +195,10 @@ class Indexer:
                         committed_at = time.monotonic()
             if pending or first:
                 self._commit(pending, outputs, deleted if first else [], skipped if first else [], defer=bulk)
-            self.store.flush_lexical()
             if bulk:
-                self.store.checkpoint()
+                self.store.finish_bulk()
+            else:
+                self.store.flush_lexical()
 
     def _commit(self, results: list[TaskResult], outputs: _Outputs, deleted: list[str],
                 skipped: list[tuple[str, str]], defer: bool = False) -> None:
