@@ -7,6 +7,7 @@ leaves the last committed state and the next run carries on from it.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -39,12 +40,20 @@ _REF_COLUMNS = {
 }
 
 
-# the workers' TSV files: no quoting, and an empty field is '' (no field is ever NULL)
-_TSV = "delim='\t', header=false, quote='', escape='', nullstr='\\N'"
+# the workers' TSV files: no quoting, and an empty field is '' (no field is ever NULL); no
+# sniffing of each file (3 ms a batch of tens of files)
+_TSV = "delim='\t', header=false, quote='', escape='', nullstr='\\N', auto_detect=false"
 
 
 def _columns_sql(columns: dict[str, str]) -> str:
     return "{" + ", ".join(f"'{k}': '{v}'" for k, v in columns.items()) + "}"
+
+
+def _ndjson_sql(columns: dict[str, str]) -> str:
+    """The rows of a list of NDJSON files (the parameter), typed: read as JSON objects and
+    transformed, 3x faster than `read_json` for a batch's tens of small files, which
+    pays for each file it opens (0.35 ms) what this pays for the batch."""
+    return f"SELECT unnest(json_transform(json, '{json.dumps(columns)}')) FROM read_ndjson_objects(?)"
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -122,9 +131,7 @@ class IndexTables:
               symbols: list[str], refs: list[str], deleted: list[str],
               skipped: list[tuple[str, str]]) -> None:
         if files:
-            con.execute("CREATE OR REPLACE TEMP TABLE stage_files AS SELECT * FROM read_json(?, "
-                        f"format='newline_delimited', columns={_columns_sql(_FILE_COLUMNS)})",
-                        [files])
+            con.execute(f"CREATE OR REPLACE TEMP TABLE stage_files AS {_ndjson_sql(_FILE_COLUMNS)}", [files])
         else:
             cols = ", ".join(f"{k} {v}" for k, v in _FILE_COLUMNS.items())
             con.execute(f"CREATE OR REPLACE TEMP TABLE stage_files ({cols})")
@@ -160,8 +167,7 @@ class IndexTables:
     def _load_chunks(self, con: duckdb.DuckDBPyConnection, chunks: list[str]) -> None:
         con.execute(
             "CREATE OR REPLACE TEMP TABLE stage_chunks AS SELECT nextval('chunk_ids') AS id, * "
-            f"FROM read_json(?, format='newline_delimited', columns={_columns_sql(_CHUNK_COLUMNS)})",
-            [chunks])
+            f"FROM ({_ndjson_sql(_CHUNK_COLUMNS)})", [chunks])
         columns = ", ".join(["id", *(c for c in _CHUNK_COLUMNS if c != "lex")])
         con.execute(f"INSERT INTO chunks ({columns}) SELECT {columns} FROM stage_chunks")
 

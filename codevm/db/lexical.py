@@ -401,15 +401,20 @@ class LexicalIndex:
     def _add(writer: tantivy.IndexWriter, rows: Iterable[Row]) -> None:
         add, from_dict = writer.add_document, tantivy.Document.from_dict
         for cid, path, language, kind, text, calls, name, qualified in rows:
-            add(from_dict({
-                "id": cid, "path": path, "language": language or "", "kind": kind or "", "body": text,
-                "calls": calls or "",
-                # the name a function, method or class defines; a method's top-level class
-                # names longer than a term can be are not indexed (nor can a lookup ask for them)
-                "defines": name if kind in DEFINITION_KINDS and 0 < len(name) <= MAX_TERM_CHARS else "",
-                "owner": owner if kind == "method" and 0 < len(owner := qualified.split(".")[0]) <= MAX_TERM_CHARS
-                else "",
-                "names": [n for n in dict.fromkeys((name, qualified)) if 0 < len(n) <= MAX_TERM_CHARS]}, SCHEMA))
+            # every chunk has a language term (`deleted` counts them); a field with nothing
+            # to say is left out, not indexed as an empty term no lookup asks for
+            doc = {"id": cid, "path": path, "language": language or "", "kind": kind or "", "body": text}
+            if calls:
+                doc["calls"] = calls
+            # the name a function, method or class defines; a method's top-level class
+            # names longer than a term can be are not indexed (nor can a lookup ask for them)
+            if kind in DEFINITION_KINDS and 0 < len(name) <= MAX_TERM_CHARS:
+                doc["defines"] = name
+            if kind == "method" and 0 < len(owner := qualified.split(".")[0]) <= MAX_TERM_CHARS:
+                doc["owner"] = owner
+            if names := [n for n in dict.fromkeys((name, qualified)) if 0 < len(n) <= MAX_TERM_CHARS]:
+                doc["names"] = names
+            add(from_dict(doc, SCHEMA))
 
     @staticmethod
     def _commit(writer: tantivy.IndexWriter, generation: int, database: str) -> None:
