@@ -28,7 +28,10 @@ from codevm.indexers.worker import Limits, TaskFile, TaskResult, run_task
 TASK_FILES = 24  # files per worker task: small enough to balance the cores
 IN_PROCESS_MAX = 8  # fewer changed files than this are parsed without worker processes
 LEXICAL_COMMIT_SECONDS = 10.0  # how stale tantivy may be for searches during a long run
-AHEAD_TASKS = 40  # tasks handed out per worker process at first, and then one per result
+# tasks handed out per worker process at first, and then one per result: enough for the
+# workers to go on through the writing process's longest stall, DuckDB's automatic
+# checkpoint (1.7 s on u-boot, ~40 tasks of a worker); 40 left a core idle 1 s longer
+AHEAD_TASKS = 120
 
 
 
