@@ -206,25 +206,14 @@ class Store:
         write-ahead log folded into the file), at the same time: each mostly waits on its
         own native code and files (0.5 and 1.1 s, one after the other, at the end of a
         cold index of u-boot, with the parsing processes idle)."""
-        with self.lock:
-            failed: list[BaseException] = []
+        from concurrent.futures import ThreadPoolExecutor
 
-            def checkpoint() -> None:
-                try:
-                    with self.cursor() as cursor:
-                        cursor.execute("CHECKPOINT")
-                except BaseException as e:  # noqa: BLE001 - raised in the calling thread
-                    failed.append(e)
-
-            thread = threading.Thread(target=checkpoint, name="codevm-checkpoint")
-            thread.start()
-            try:
-                self.flush_lexical(compact=False)
-            finally:
-                thread.join()
-            if failed:
-                raise failed[0]
-            self.compact_lexical()  # may read the database: after its checkpoint
+        # the pool is left (its thread joined) before the checkpoint's cursor is closed
+        with self.lock, self.cursor() as cursor, ThreadPoolExecutor(1, "codevm-checkpoint") as pool:
+            checkpoint = pool.submit(cursor.execute, "CHECKPOINT")
+            self.flush_lexical(compact=False)
+            checkpoint.result()  # its error, if any, raised here
+        self.compact_lexical()  # may read the database: after its checkpoint
 
     @contextmanager
     def bulk_threads(self) -> Iterator[None]:
