@@ -216,6 +216,30 @@ def test_test_files_yield_to_the_code_they_test_for_long_questions(engine: Engin
     assert engine.search("test_total_area_sums_areas_of_many_shapes", k=1)[0].path == "tests/test_shapes.py"
 
 
+def test_tests_of_other_languages_yield_too(engine: Engine) -> None:
+    # JavaScript/TypeScript (__tests__/, .spec.ts, .test.js) and Ruby (spec/, _spec.rb)
+    # tests that use the question's words more often than the code under test does
+    spec = ("// the total area of many shapes: sum the areas of the shapes; the areas of an empty\n"
+            "// list of shapes sum to zero, as the docs describe the total area\n"
+            "describe('total area of shapes', () => { it('sums the areas of many shapes', () => {\n"
+            "  expect(totalArea(shapes)).toBe(sumOfAreas(shapes)) }) })\n")
+    paths = ("web/__tests__/shapes.ts", "web/shapes.spec.ts", "web/area.test.js", "spec/shapes_spec.rb")
+    for path in paths:
+        (engine.root / path).parent.mkdir(parents=True, exist_ok=True)
+        text = spec * 3  # the question's words three times over: without the prior they come first
+        (engine.root / path).write_text(text if not path.endswith(".rb") else text.replace("//", "#"))
+    engine.index()
+    issue = ("When I sum the areas of many shapes with total_area the result is wrong for an "
+             "empty list of shapes; I expected zero but the areas of the shapes are not summed "
+             "the way the docs describe, so please look at how the total area is computed")
+    engine.configure(Settings(weight_file=0.0))
+    ranked = [h.path for h in engine.search(issue, k=8)]
+    assert ranked[0] == "src/py/shapes.py", ranked
+    assert not set(paths) & set(ranked[:3]), ranked
+    # a question about tests finds them
+    assert engine.search("which tests check that the areas of many shapes sum up", k=1)[0].path in paths
+
+
 def test_vendored_code_yields_to_the_projects_own_for_long_questions(engine: Engine) -> None:
     # a vendored copy of a library, and a translation catalog, that use the question's
     # words more often than the project's own code does

@@ -25,7 +25,13 @@ MAX_QUERY_TERMS = 256
 # same names), but a question about behaviour is about the implementation: test files get
 # this factor unless the query is about tests or names a symbol outright. On SWE-bench
 # Lite it moves file Acc@5 from 63% to 67% and function Acc@10 from 34% to 40%.
-TEST_PATH = re.compile(r"(^|/)(tests?|testing)/|(^|/)test_[^/]*$|_tests?\.[a-z]+$|(^|/)conftest\.py$")
+# Test files by the conventions of Python, Go, C (tests/, test_x.py, x_test.go), of
+# JavaScript and TypeScript (__tests__/, x.test.ts, x.spec.js: vuejs/core keeps 248 such
+# files beside its code), Ruby (spec/, x_spec.rb), Java/Kotlin/C# (src/test/, FooTest.java,
+# Foo.Tests/). `_spec` is a test only in Ruby: u-boot's high_speed_env_spec.c is not one.
+TEST_PATH = re.compile(
+    r"(^|/)(tests?|testing|__tests__|__mocks__|specs?)/|\.Tests?/|(^|/)test_[^/]*$|_tests?\.[a-z]+$"
+    r"|_spec\.rb$|\.(test|spec)\.[cm]?[jt]sx?(\.snap)?$|(^|/)conftest\.py$|[a-z0-9]Tests?\.(java|kt|cs|scala|swift)$")
 TEST_PRIOR = 0.5
 # Code a project keeps of others' (vendored libraries, minified or versioned copies of
 # JavaScript libraries, translation catalogs) matches a long question's words by the
@@ -99,7 +105,7 @@ def analyse_query(query: str) -> QueryTerms:
     # repeated words matter, but sub-linearly
     weights = {t: 1.0 + 0.5 * (c - 1) ** 0.5 if c > 1 else 1.0 for t, c in terms.items()}
     # a long text (an issue, a traceback) mentions tests in passing; a short query means it
-    about_tests = len(idents) <= 30 and any(t in weights for t in ("test", "testing", "fixture"))
+    about_tests = len(idents) <= 30 and any(t in weights for t in ("test", "testing", "fixture", "spec"))
     return QueryTerms(weights, names, short=len(idents) <= 3, about_tests=about_tests,
                       n_idents=len(idents), compounds=compound_names(idents))
 
