@@ -10,7 +10,10 @@ the function that follows them.
 The published function-level figures (CodeRankEmbed and BM25 on 274 instances, from the
 CoRNStack evaluation) count the functions that exist at the base commit and whose lines
 the fix changes, over the instances that have one. This module computes that set from the
-repository itself, with Python's own parser, so it owes nothing to codevm's chunker: each
+repository itself, with Python's own parser, so it owes nothing to codevm's chunker (in
+other languages, for pairs mined from history, with codevm's tree-sitter extractor, whose
+names are the ones its chunks carry; the innermost function holds a line there, as a
+JavaScript factory's inner functions are the units that change): each
 hunk is located in the base file as `git apply` would (its old lines, nearest to the stated
 place), removed lines belong to the definitions that enclose them (a nested function to the
 outermost function), an insertion belongs to a function only when both its neighbours do;
@@ -24,8 +27,17 @@ import ast
 import json
 import re
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
+
+from codevm.indexers.chunker import extract
+from codevm.indexers.languages import EXTENSIONS
+
+# the languages whose edited functions are found: SWE-bench's protocol counts Python's
+PYTHON = frozenset({"python"})
+# code with functions, for pairs mined in other languages
+CODE_LANGUAGES = frozenset({"python", "javascript", "typescript", "tsx", "go", "rust", "java", "c", "cpp",
+                            "csharp", "ruby", "php", "kotlin", "swift", "scala", "lua"})
 
 HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+\d+(?:,\d+)? @@")
 
@@ -87,10 +99,23 @@ def definitions(source: str) -> list[tuple[int, int, str]]:
     return out
 
 
-def edited_in_file(source: str, file_hunks: list[tuple[int, list[str]]]) -> set[str]:
+def language_of(path: str) -> str:
+    return EXTENSIONS.get(path[path.rfind("."):].lower(), "") if "." in path.rsplit("/", 1)[-1] else ""
+
+
+def extracted_definitions(path: str, source: str) -> list[tuple[int, int, str]]:
+    """(first line, last line, qualified name) of each function and method that codevm's
+    extractor finds, innermost first (the first that holds a line is its owner)."""
+    data = source.encode("utf-8")
+    ex = extract(path, source, language_of(path), data, 400, 20)
+    defs = {(s, e, q) for _, q, kind, s, e, _ in ex.symbols if kind in ("function", "method")}
+    return sorted(defs, key=lambda d: (d[1] - d[0], d[0]))
+
+
+def edited_in_file(source: str, file_hunks: list[tuple[int, list[str]]], path: str = "") -> set[str]:
     base = source.splitlines()
     try:
-        defs = definitions(source)
+        defs = definitions(source) if language_of(path) in ("", "python") else extracted_definitions(path, source)
     except (SyntaxError, ValueError):
         return set()
 
@@ -121,19 +146,19 @@ def edited_in_file(source: str, file_hunks: list[tuple[int, list[str]]]) -> set[
     return edited
 
 
-def edited_functions(git_dir: Path, instance: dict) -> list[str]:
+def edited_functions(git_dir: Path, instance: dict, languages: Collection[str] = PYTHON) -> list[str]:
     """`path::Qualified.name` of each function that exists at the base commit and whose
-    lines the instance's fix changes (Python files only)."""
+    lines the instance's fix changes (in files of `languages`: Python's by default)."""
     out: set[str] = set()
     for path, file_hunks in hunks(instance["patch"]).items():
-        if not path.endswith(".py"):
+        if language_of(path) not in languages:
             continue
         shown = subprocess.run(["git", f"--git-dir={git_dir}", "show", f"{instance['commit']}:{path}"],
                                capture_output=True)
         if shown.returncode != 0:
             continue  # a file that the fix creates
         source = shown.stdout.decode("utf-8", "replace")
-        out.update(f"{path}::{name}" for name in edited_in_file(source, file_hunks))
+        out.update(f"{path}::{name}" for name in edited_in_file(source, file_hunks, path))
     return sorted(out)
 
 

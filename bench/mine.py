@@ -9,14 +9,15 @@ with one parent is a candidate; kept when:
 - its message says something: subject and body of at least MIN_WORDS words, the subject
   not a release, merge, revert, dependency bump, changelog, typo, formatting or lint
   change (SKIP_SUBJECT);
-- its change is small and focused: 1-MAX_SOURCE_FILES Python source files (not tests,
-  docs or examples), at most MAX_CHANGED_LINES lines added and removed in them, no
+- its change is small and focused: 1-MAX_SOURCE_FILES source files of one language (not
+  tests, docs or examples), at most MAX_CHANGED_LINES lines added and removed in them, no
   renames;
 - it edits 1-MAX_FUNCTIONS functions that exist at the parent (bench/gold.py: the same
-  rule as SWE-bench's edited functions).
+  rule as SWE-bench's edited functions; outside Python, codevm's tree-sitter extractor
+  finds the functions).
 The messages are cleaned of trailers (Signed-off-by and the like) and of the "(#123)"
 that GitHub appends. Identical messages are kept once. The SWE-bench Lite repositories
-are refused: they are for evaluation only.
+are refused: they are for evaluation only. Each pair says its `language`.
 
     python bench/mine.py [--repo OWNER/NAME ...] [--out FILE] [--per-repo N]
 """
@@ -35,12 +36,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from gold import edited_functions  # noqa: E402
+from gold import CODE_LANGUAGES, edited_functions, language_of  # noqa: E402
 from localization import DATA, mirror_for  # noqa: E402
 
-# Python repositories outside SWE-bench, of several sizes and domains
+# repositories outside SWE-bench, of several sizes, domains and languages: Python first
+# (the ranker's training set), then Go, Rust, JavaScript/TypeScript, Java, C and Ruby
 REPOS = ("pallets/click", "pallets/werkzeug", "encode/httpx", "python-attrs/attrs", "tornadoweb/tornado",
-         "marshmallow-code/marshmallow", "networkx/networkx", "pypa/pip")
+         "marshmallow-code/marshmallow", "networkx/networkx", "pypa/pip",
+         "spf13/cobra", "gin-gonic/gin", "urfave/cli", "BurntSushi/ripgrep", "sharkdp/fd", "clap-rs/clap",
+         "expressjs/express", "axios/axios", "vuejs/core", "google/gson", "apache/commons-lang",
+         "jqlang/jq", "tmux/tmux", "sinatra/sinatra")
 MIN_WORDS = 6
 MAX_SOURCE_FILES = 3
 MAX_CHANGED_LINES = 120
@@ -49,11 +54,14 @@ SKIP_SUBJECT = re.compile(
     r"^\W*(merge|bump|release|version|prepare|revert|back ?port|cherry|changelog|changes|news|"
     r"update (changelog|changes|docs?|readme|copyright|version|dependencies|deps|requirements)|"
     r"(fix(ed)? )?typos?|spelling|format|reformat|lint|style|black|isort|flake8|pre-commit|pyupgrade|"
-    r"ruff|mypy|pylint|docs?\b|test(s|ing)?\b|ci\b|\[pre-commit|\[bot\]|auto|wip\b|vendor|upgrade)", re.I)
+    r"ruff|mypy|pylint|docs?\b|test(s|ing)?\b|ci\b|\[pre-commit|\[bot\]|auto|wip\b|vendor|upgrade|"
+    r"chore|build\b|deps\b|rustfmt|clippy|gofmt|prettier|eslint|checkstyle|clang-format)", re.I)
 TRAILER = re.compile(r"^\s*(signed-off-by|co-authored-by|reviewed-by|acked-by|cc|fixes|closes|see|refs?)"
                      r"\s*[:#].*$", re.I | re.M)
-NOT_SOURCE = re.compile(r"(^|/)(tests?|testing|docs?|examples?|benchmarks?|scripts?|tools|\.github)(/|$)|"
-                        r"(^|/)(test_[^/]*|[^/]*_test|conftest|setup|noxfile|tasks)\.py$")
+NOT_SOURCE = re.compile(r"(^|/)(tests?|testing|docs?|examples?|benchmarks?|benches|scripts?|tools|\.github|"
+                        r"__tests__|spec|testdata|fixtures?|vendor|third_party)(/|$)|"
+                        r"(^|/)(test_[^/]*|[^/]*_test|conftest|setup|noxfile|tasks)\.py$|"
+                        r"(_tests?\.\w+|\.(test|spec)\.[cm]?[jt]sx?|Tests?\.java|_spec\.rb|\.d\.ts)$")
 
 
 def clean(subject: str, body: str) -> str:
@@ -64,14 +72,18 @@ def clean(subject: str, body: str) -> str:
     return f"{subject}\n\n{body}".strip() if body else subject
 
 
-def commits(git_dir: Path) -> list[dict]:
-    """Every non-merge commit, newest first: sha, parent, subject, body, numstat rows."""
-    out = subprocess.run(
+def commits(git_dir: Path, why: Counter) -> list[dict]:
+    """Every non-merge commit, newest first: sha, parent, subject, body, numstat rows. A
+    mirror that lacks a blob (some leave large files out) ends its history there."""
+    log = subprocess.run(
         ["git", f"--git-dir={git_dir}", "log", "--no-merges", "--no-renames", "--numstat",
-         "--format=%x1e%H%x00%P%x00%ct%x00%s%x00%b%x00"],
-        capture_output=True, check=True).stdout.decode("utf-8", "replace")
+         "--format=%x1e%H%x00%P%x00%ct%x00%s%x00%b%x00"], capture_output=True)
+    records = log.stdout.decode("utf-8", "replace").split("\x1e")[1:]
+    if log.returncode != 0:
+        records = records[:-1]  # the commit whose diff could not be read, and all older ones
+        why["history cut at a blob the mirror lacks"] += 1
     found = []
-    for record in out.split("\x1e")[1:]:
+    for record in records:
         head, _, stats = record.rpartition("\x00")
         sha, parents, when, subject, body = (head.split("\x00") + [""] * 5)[:5]
         rows = []
@@ -85,8 +97,14 @@ def commits(git_dir: Path) -> list[dict]:
     return found
 
 
+def family(path: str) -> str:
+    """A source file's language, TypeScript's dialects as one (a .ts and a .tsx change together)."""
+    language = language_of(path)
+    return "typescript" if language == "tsx" else language
+
+
 def keep(commit: dict, why: Counter) -> list[str] | None:
-    """The commit's Python source files when it passes the filters (see the module)."""
+    """The commit's source files when it passes the filters (see the module)."""
     if len(commit["parents"]) != 1:
         why["not one parent"] += 1
         return None
@@ -97,9 +115,13 @@ def keep(commit: dict, why: Counter) -> list[str] | None:
     if len(re.findall(r"[A-Za-z]{2,}", message)) < MIN_WORDS:
         why["message too short"] += 1
         return None
-    source = [(a, r, p) for a, r, p in commit["files"] if p.endswith(".py") and not NOT_SOURCE.search(p)]
+    source = [(a, r, p) for a, r, p in commit["files"]
+              if language_of(p) in CODE_LANGUAGES and not NOT_SOURCE.search(p)]
     if not 1 <= len(source) <= MAX_SOURCE_FILES:
         why["no or too many source files"] += 1
+        return None
+    if len({family(p) for _, _, p in source}) > 1:
+        why["source files of several languages"] += 1
         return None
     if any(a < 0 for a, _, _ in source) or sum(a + r for a, r, _ in source) > MAX_CHANGED_LINES:
         why["change too big (or binary)"] += 1
@@ -114,7 +136,7 @@ def mine(repo: str, mirrors: Path, per_repo: int, why: Counter) -> list[dict]:
     git_dir = mirror_for(mirrors, repo)
     rows: list[dict] = []
     seen: set[str] = set()
-    for commit in commits(git_dir):
+    for commit in commits(git_dir, why):
         files = keep(commit, why)
         if files is None:
             continue
@@ -126,9 +148,9 @@ def mine(repo: str, mirrors: Path, per_repo: int, why: Counter) -> list[dict]:
         patch = subprocess.run(["git", f"--git-dir={git_dir}", "diff", "--no-renames", parent, commit["sha"],
                                 "--", *files], capture_output=True).stdout.decode("utf-8", "replace")
         instance = {"id": f"{repo.replace('/', '__')}@{commit['sha'][:12]}", "repo": repo, "commit": parent,
-                    "fix": commit["sha"], "time": commit["time"], "query": query, "gold_files": sorted(files),
-                    "patch": patch}
-        functions = edited_functions(git_dir, instance)
+                    "fix": commit["sha"], "time": commit["time"], "language": family(files[0]), "query": query,
+                    "gold_files": sorted(files), "patch": patch}
+        functions = edited_functions(git_dir, instance, CODE_LANGUAGES)
         if not 1 <= len(functions) <= MAX_FUNCTIONS:
             why["edits no function, or too many"] += 1
             continue
@@ -165,7 +187,9 @@ def main() -> None:
             for row in rows:
                 out.write(json.dumps(row) + "\n")
             counts[repo] = len(rows)
-    print(json.dumps({"pairs": sum(c for c in counts.values() if c > 0), "per_repository": counts,
+    languages = Counter(json.loads(x)["language"] for x in args.out.read_text().splitlines())
+    print(json.dumps({"pairs": sum(c for c in counts.values() if c > 0), "per_language": dict(languages.most_common()),
+                      "per_repository": counts,
                       "left_out": dict(why.most_common()), "out": str(args.out),
                       "sample": random.Random(1).sample([json.loads(x)["query"][:120] for x in
                                                          args.out.read_text().splitlines()], 5)

@@ -6,6 +6,9 @@ one JSON object.
         keeps, for each pair, the signals' rankings at the depth the pager ranks for 8k
         tokens and the pages of their chunks (bench/paging.py's row format), with each
         repository checked out at the pair's parent commit and indexed there
+    python bench/ranker.py evaluate --data FILE --cache D
+        the fusion, the shipped model and its blend on the pairs collected, in all and per
+        language (pairs from repositories and languages the model never saw)
     python bench/ranker.py train [--holdout OWNER/NAME ...]
         features (codevm/retrieval/ranker.py) of every candidate, labelled 2 for a chunk
         of a function the commit edits, 1 for another chunk of a file it changes, 0
@@ -106,6 +109,54 @@ def summary(examples: list[Example], order_of) -> dict[str, float]:
     return {k: round(sum(f[k] for f in figures) / max(len(figures), 1), 4) for k in figures[0]} if figures else {}
 
 
+def model_order(e: Example, model: Model) -> list[int]:
+    """The candidates as `model` alone orders them."""
+    import numpy as np
+
+    scores = model.score(np.array(e.x, dtype=np.float64)) if e.x else []
+    return [cid for _, cid in sorted(zip(scores, e.ids, strict=True), key=lambda p: -p[0])]
+
+
+def by_hand(e: Example) -> list[int]:
+    """The order the pager pages in with `ranker = "fusion"`: the hand-weighted fusion,
+    with the file prior."""
+    fused_at = feature_names().index("fused_score")
+    fused = [Scored(cid, row[fused_at], "") for cid, row in zip(e.ids, e.x, strict=True)]
+    return [c.chunk_id for c in with_file_prior(fused, {cid: e.chunks[cid].path for cid in e.ids})]
+
+
+def blend_order(e: Example, model: Model) -> list[int]:
+    """What the pager pages in with the learned ranker `model` (pager.blend)."""
+    import numpy as np
+
+    scores = model.score(np.array(e.x, dtype=np.float64)) if e.x else []
+    return [cid for cid, _ in blend(e.ids, e.x, list(scores), {cid: e.chunks[cid].path for cid in e.ids})]
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    """The fusion, the shipped model and its blend (the pager's order) on every collected
+    pair of `--data`, in all and per language: pairs from repositories and languages the
+    model never saw."""
+    w = weights(Settings())
+    mined = instance_table([args.data])
+    examples = [Example(row, mined[rid], w) for rid, row in load(args.cache / "ranker-rows.jsonl").items()
+                if rid in mined and row.get("chunks")]
+    packaged = Model.load(MODEL_FILE)
+    groups: dict[str, list[Example]] = {"all": examples}
+    for e in examples:
+        groups.setdefault(e.inst.get("language", "python"), []).append(e)
+    out: dict = {"pairs": len(examples), "trained_on": packaged_training()}
+    for name, group in sorted(groups.items(), key=lambda g: -len(g[1])):
+        out[name] = {"pairs": len(group), "fusion": summary(group, by_hand),
+                     "model": summary(group, lambda e: model_order(e, packaged)),
+                     "blend": summary(group, lambda e: blend_order(e, packaged))}
+    print(json.dumps(out))
+
+
+def packaged_training() -> dict:
+    return json.loads(MODEL_FILE.read_text()).get("trained_on", {})
+
+
 def train(args: argparse.Namespace) -> None:
     import lightgbm as lgb
     import numpy as np
@@ -143,25 +194,15 @@ def train(args: argparse.Namespace) -> None:
         raise SystemExit(f"the exported model scores differ from LightGBM's by {drift}")
 
     def by_model(e: Example) -> list[int]:
-        scores = shipped.score(np.array(e.x, dtype=np.float64)) if e.x else []
-        return [cid for _, cid in sorted(zip(scores, e.ids, strict=True), key=lambda p: -p[0])]
+        return model_order(e, shipped)
 
-    fused_at = feature_names().index("fused_score")
-
-    def by_hand(e: Example) -> list[int]:
-        """The order the pager pages in today: the hand-weighted fusion, with the file prior."""
-        fused = [Scored(cid, row[fused_at], "") for cid, row in zip(e.ids, e.x, strict=True)]
-        return [c.chunk_id for c in with_file_prior(fused, {cid: e.chunks[cid].path for cid in e.ids})]
-
-    def blended(e: Example, model: Model = shipped) -> list[int]:
-        """What the pager pages in with the learned ranker (pager.blend)."""
-        scores = model.score(np.array(e.x, dtype=np.float64)) if e.x else []
-        return [cid for cid, _ in blend(e.ids, e.x, list(scores), {cid: e.chunks[cid].path for cid in e.ids})]
+    def blended(e: Example) -> list[int]:
+        return blend_order(e, shipped)
 
     packaged = Model.load(MODEL_FILE)  # the model codevm ships now: what a new one replaces
 
     def blended_packaged(e: Example) -> list[int]:
-        return blended(e, packaged)
+        return blend_order(e, packaged)
 
     importance = sorted(zip(feature_names(), model.booster_.feature_importance("gain"), strict=True),
                         key=lambda p: -p[1])
@@ -194,7 +235,7 @@ def main() -> None:
         print(json.dumps({"rows": len(results[ROWS.name]), "missing_repositories": missing}))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("train",))
+    parser.add_argument("command", choices=("train", "evaluate"))
     parser.add_argument("--data", type=Path, default=HERE / ".cache" / "mined.jsonl")
     parser.add_argument("--cache", type=Path, default=HERE / ".cache" / "mined")
     parser.add_argument("--mirrors", type=Path, default=Path("/work/.mirror"))
@@ -208,7 +249,7 @@ def main() -> None:
         args.holdout = ["pallets/click", "python-attrs/attrs"]
     global FILE_LABEL
     FILE_LABEL = args.file_label
-    train(args)
+    (evaluate if args.command == "evaluate" else train)(args)
 
 
 if __name__ == "__main__":
