@@ -6,8 +6,8 @@ one JSON object.
         keeps, for each pair, the signals' rankings at the depth the pager ranks for 8k
         tokens and the pages of their chunks (bench/paging.py's row format), with each
         repository checked out at the pair's parent commit and indexed there
-    python bench/ranker.py evaluate --data FILE --cache D
-        the fusion, the shipped model and its blend on the pairs collected, in all and per
+    python bench/ranker.py evaluate --data FILE --cache D [--model FILE]
+        the fusion, the shipped model (or FILE) and its blend on the pairs collected, in all and per
         language (pairs from repositories and languages the model never saw)
     python bench/ranker.py train [--holdout OWNER/NAME ...]
         features (codevm/retrieval/ranker.py) of every candidate, labelled 2 for a chunk
@@ -141,20 +141,17 @@ def evaluate(args: argparse.Namespace) -> None:
     mined = instance_table([args.data])
     examples = [Example(row, mined[rid], w) for rid, row in load(args.cache / "ranker-rows.jsonl").items()
                 if rid in mined and row.get("chunks")]
-    packaged = Model.load(MODEL_FILE)
+    packaged = Model.load(args.model)
     groups: dict[str, list[Example]] = {"all": examples}
     for e in examples:
         groups.setdefault(e.inst.get("language", "python"), []).append(e)
-    out: dict = {"pairs": len(examples), "trained_on": packaged_training()}
+    out: dict = {"pairs": len(examples), "model": str(args.model),
+                 "trained_on": json.loads(args.model.read_text()).get("trained_on", {})}
     for name, group in sorted(groups.items(), key=lambda g: -len(g[1])):
         out[name] = {"pairs": len(group), "fusion": summary(group, by_hand),
                      "model": summary(group, lambda e: model_order(e, packaged)),
                      "blend": summary(group, lambda e: blend_order(e, packaged))}
     print(json.dumps(out))
-
-
-def packaged_training() -> dict:
-    return json.loads(MODEL_FILE.read_text()).get("trained_on", {})
 
 
 def train(args: argparse.Namespace) -> None:
@@ -244,6 +241,7 @@ def main() -> None:
     parser.add_argument("--leaves", type=int, default=15)
     parser.add_argument("--file-label", type=int, default=1, help="0: only the edited functions count")
     parser.add_argument("--save", type=Path, help="write the model here (LightGBM text format)")
+    parser.add_argument("--model", type=Path, default=MODEL_FILE, help="evaluate this model (default: the shipped one)")
     args = parser.parse_args()
     if not args.holdout:
         args.holdout = ["pallets/click", "python-attrs/attrs"]
