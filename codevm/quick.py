@@ -104,7 +104,7 @@ def run(argv: list[str]) -> int | None:
     if info is None or info.get("build") != build_id():
         return None
     try:
-        conn = wire.connect_once(files)
+        conn = wire.connect_once(files, light=True)
     except CodevmError:
         return None
     if conn is None:

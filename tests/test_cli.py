@@ -107,7 +107,8 @@ QUICK_RUN = """
 import sys
 from codevm.quick import run
 code = run(sys.argv[1:])
-heavy = sorted(m for m in sys.modules if m in ("click", "rich", "duckdb", "codevm.api", "codevm.cli"))
+heavy = sorted(m for m in sys.modules if m in ("click", "rich", "duckdb", "codevm.api", "codevm.cli")
+               or m == "multiprocessing.connection" and sys.version_info < (3, 12))
 assert not heavy, heavy
 sys.exit(99 if code is None else code)
 """

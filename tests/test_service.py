@@ -25,7 +25,8 @@ from codevm.api import API_METHODS
 from codevm.config import Settings
 from codevm.engine import Engine
 from codevm.errors import ServiceUnavailable
-from codevm.service import RemoteEngine, ServiceFiles, lock_held, open_engine, service_info, stop_service
+from codevm.service import RemoteEngine, ServiceFiles, lock_held, open_engine, service_info, stop_service, wire
+from codevm.service.protocol import receive, send
 from tests.helpers import await_until, wait_for, wait_until
 from tests.test_cli import codevm
 from tests.test_mcp import _result
@@ -190,6 +191,13 @@ def test_the_socket_and_key_are_private_and_a_wrong_key_is_refused(project: Path
         assert keyless.recv_bytes() == b"#FAILURE#"
         with pytest.raises(EOFError):
             keyless.recv_bytes()
+        if wire.LIGHT_HANDSHAKE:  # the quick path's own handshake: the same rules
+            with pytest.raises(wire.Refused):
+                wire.light_handshake(info["address"], "AF_UNIX", b"not the key")
+            conn = wire.light_handshake(info["address"], "AF_UNIX", files.key.read_bytes())
+            send(conn, ("info",))
+            assert conn.poll(30) and receive(conn)[0] == "result"
+            conn.close()
         assert engine.search("HandleHealth")[0].path == "src/native/server.go"  # still serving
 
 
@@ -349,8 +357,6 @@ def test_a_call_that_may_have_run_is_not_run_twice(project: Path) -> None:
 
 
 def test_a_stopped_service_hangs_no_client(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import codevm.service.wire as wire
-
     monkeypatch.setattr(wire, "HANDSHAKE_TIMEOUT", 1.0)  # 10 s in use
     files = ServiceFiles.of(project)
     with RemoteEngine(project) as engine:
@@ -365,6 +371,8 @@ def test_a_stopped_service_hangs_no_client(project: Path, monkeypatch: pytest.Mo
                 engine.status()
             with pytest.raises(ServiceUnavailable, match=rf"pid {pid}\) did not answer within 1s.*stopped"):
                 service_info(project)
+            with pytest.raises(ServiceUnavailable, match=rf"pid {pid}\) did not answer within 1s"):
+                wire.connect_once(files, light=True)  # the CLI's quick path
             assert time.monotonic() - started < 20
         finally:
             stop_service(project)  # SIGTERM, SIGCONT: it must not wait for a resume

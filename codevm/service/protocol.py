@@ -24,9 +24,13 @@ import hashlib
 import io
 import os
 import pickle
-from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the quick path's `wire.Light` has the same methods: no import of multiprocessing
+    from multiprocessing.connection import Connection
+
+    from codevm.service.wire import Light
 
 # modules whose classes may be built from a message
 _ALLOWED_MODULES = frozenset({"codevm.api", "codevm.config", "codevm.errors",
@@ -60,11 +64,11 @@ class _Unpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"{module}.{name} may not travel between codevm processes")
 
 
-def send(conn: Connection, message: tuple) -> None:
+def send(conn: Connection | Light, message: tuple) -> None:
     conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
 
 
-def receive(conn: Connection) -> Any:
+def receive(conn: Connection | Light) -> Any:
     """The next message; EOFError when the other side is gone or sends what is not ours."""
     data = conn.recv_bytes()
     try:
