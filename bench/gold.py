@@ -31,7 +31,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 from codevm.indexers.chunker import extract
-from codevm.indexers.languages import EXTENSIONS
+from codevm.indexers.languages import detect_language
 
 # the languages whose edited functions are found: SWE-bench's protocol counts Python's
 PYTHON = frozenset({"python"})
@@ -99,15 +99,11 @@ def definitions(source: str) -> list[tuple[int, int, str]]:
     return out
 
 
-def language_of(path: str) -> str:
-    return EXTENSIONS.get(path[path.rfind("."):].lower(), "") if "." in path.rsplit("/", 1)[-1] else ""
-
-
 def extracted_definitions(path: str, source: str) -> list[tuple[int, int, str]]:
     """(first line, last line, qualified name) of each function and method that codevm's
     extractor finds, innermost first (the first that holds a line is its owner)."""
     data = source.encode("utf-8")
-    ex = extract(path, source, language_of(path), data, 400, 20)
+    ex = extract(path, source, detect_language(path), data, 400, 20)
     defs = {(s, e, q) for _, q, kind, s, e, _ in ex.symbols if kind in ("function", "method")}
     return sorted(defs, key=lambda d: (d[1] - d[0], d[0]))
 
@@ -115,7 +111,8 @@ def extracted_definitions(path: str, source: str) -> list[tuple[int, int, str]]:
 def edited_in_file(source: str, file_hunks: list[tuple[int, list[str]]], path: str = "") -> set[str]:
     base = source.splitlines()
     try:
-        defs = definitions(source) if language_of(path) in ("", "python") else extracted_definitions(path, source)
+        python = not path or detect_language(path) == "python"
+        defs = definitions(source) if python else extracted_definitions(path, source)
     except (SyntaxError, ValueError):
         return set()
 
@@ -151,7 +148,7 @@ def edited_functions(git_dir: Path, instance: dict, languages: Collection[str] =
     lines the instance's fix changes (in files of `languages`: Python's by default)."""
     out: set[str] = set()
     for path, file_hunks in hunks(instance["patch"]).items():
-        if language_of(path) not in languages:
+        if detect_language(path) not in languages:
             continue
         shown = subprocess.run(["git", f"--git-dir={git_dir}", "show", f"{instance['commit']}:{path}"],
                                capture_output=True)

@@ -36,8 +36,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from gold import CODE_LANGUAGES, edited_functions, language_of  # noqa: E402
+from gold import CODE_LANGUAGES, edited_functions  # noqa: E402
 from localization import DATA, mirror_for  # noqa: E402
+
+from codevm.indexers.languages import detect_language  # noqa: E402
 
 # repositories outside SWE-bench, of several sizes, domains and languages: Python first
 # (the ranker's training set), then Go, Rust, JavaScript/TypeScript, Java, C and Ruby
@@ -61,6 +63,7 @@ TRAILER = re.compile(r"^\s*(signed-off-by|co-authored-by|reviewed-by|acked-by|cc
 NOT_SOURCE = re.compile(r"(^|/)(tests?|testing|docs?|examples?|benchmarks?|benches|scripts?|tools|\.github|"
                         r"__tests__|spec|testdata|fixtures?|vendor|third_party)(/|$)|"
                         r"(^|/)(test_[^/]*|[^/]*_test|conftest|setup|noxfile|tasks)\.py$|"
+                        r"(^|/)(Rakefile|Gemfile|Vagrantfile|[^/]*\.gemspec|[^/]*\.rake)$|"
                         r"(_tests?\.\w+|\.(test|spec)\.[cm]?[jt]sx?|Tests?\.java|_spec\.rb|\.d\.ts)$")
 
 
@@ -99,7 +102,7 @@ def commits(git_dir: Path, why: Counter) -> list[dict]:
 
 def family(path: str) -> str:
     """A source file's language, TypeScript's dialects as one (a .ts and a .tsx change together)."""
-    language = language_of(path)
+    language = detect_language(path)
     return "typescript" if language == "tsx" else language
 
 
@@ -116,7 +119,7 @@ def keep(commit: dict, why: Counter) -> list[str] | None:
         why["message too short"] += 1
         return None
     source = [(a, r, p) for a, r, p in commit["files"]
-              if language_of(p) in CODE_LANGUAGES and not NOT_SOURCE.search(p)]
+              if detect_language(p) in CODE_LANGUAGES and not NOT_SOURCE.search(p)]
     if not 1 <= len(source) <= MAX_SOURCE_FILES:
         why["no or too many source files"] += 1
         return None
@@ -176,6 +179,7 @@ def main() -> None:
         raise SystemExit(f"{', '.join(refused)}: SWE-bench Lite repositories are for evaluation only")
     why: Counter = Counter()
     counts: dict[str, int] = {}
+    languages: Counter = Counter()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w") as out:
         for repo in repos:
@@ -187,7 +191,7 @@ def main() -> None:
             for row in rows:
                 out.write(json.dumps(row) + "\n")
             counts[repo] = len(rows)
-    languages = Counter(json.loads(x)["language"] for x in args.out.read_text().splitlines())
+            languages.update(row["language"] for row in rows)
     print(json.dumps({"pairs": sum(c for c in counts.values() if c > 0), "per_language": dict(languages.most_common()),
                       "per_repository": counts,
                       "left_out": dict(why.most_common()), "out": str(args.out),

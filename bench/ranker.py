@@ -109,12 +109,15 @@ def summary(examples: list[Example], order_of) -> dict[str, float]:
     return {k: round(sum(f[k] for f in figures) / max(len(figures), 1), 4) for k in figures[0]} if figures else {}
 
 
-def model_order(e: Example, model: Model) -> list[int]:
-    """The candidates as `model` alone orders them."""
+def scores(e: Example, model: Model) -> list[float]:
     import numpy as np
 
-    scores = model.score(np.array(e.x, dtype=np.float64)) if e.x else []
-    return [cid for _, cid in sorted(zip(scores, e.ids, strict=True), key=lambda p: -p[0])]
+    return list(model.score(np.array(e.x, dtype=np.float64))) if e.x else []
+
+
+def model_order(e: Example, model: Model) -> list[int]:
+    """The candidates as `model` alone orders them."""
+    return [cid for _, cid in sorted(zip(scores(e, model), e.ids, strict=True), key=lambda p: -p[0])]
 
 
 def by_hand(e: Example) -> list[int]:
@@ -127,10 +130,7 @@ def by_hand(e: Example) -> list[int]:
 
 def blend_order(e: Example, model: Model) -> list[int]:
     """What the pager pages in with the learned ranker `model` (pager.blend)."""
-    import numpy as np
-
-    scores = model.score(np.array(e.x, dtype=np.float64)) if e.x else []
-    return [cid for cid, _ in blend(e.ids, e.x, list(scores), {cid: e.chunks[cid].path for cid in e.ids})]
+    return [cid for cid, _ in blend(e.ids, e.x, scores(e, model), {cid: e.chunks[cid].path for cid in e.ids})]
 
 
 def evaluate(args: argparse.Namespace) -> None:
@@ -190,25 +190,18 @@ def train(args: argparse.Namespace) -> None:
     if drift > 1e-6:
         raise SystemExit(f"the exported model scores differ from LightGBM's by {drift}")
 
-    def by_model(e: Example) -> list[int]:
-        return model_order(e, shipped)
-
-    def blended(e: Example) -> list[int]:
-        return blend_order(e, shipped)
-
     packaged = Model.load(MODEL_FILE)  # the model codevm ships now: what a new one replaces
 
-    def blended_packaged(e: Example) -> list[int]:
-        return blend_order(e, packaged)
+    def orders(examples: list[Example]) -> dict[str, dict[str, float]]:
+        return {"hand": summary(examples, by_hand), "model": summary(examples, lambda e: model_order(e, shipped)),
+                "blend": summary(examples, lambda e: blend_order(e, shipped)),
+                "shipped_blend": summary(examples, lambda e: blend_order(e, packaged))}
 
     importance = sorted(zip(feature_names(), model.booster_.feature_importance("gain"), strict=True),
                         key=lambda p: -p[1])
     out = {"train_pairs": len(train_ex), "train_candidates": len(y), "holdout": args.holdout,
            "heldout_pairs": len(held_all), "lite_instances": len(lite_ex),
-           "heldout": {"hand": summary(held_all, by_hand), "model": summary(held_all, by_model),
-                       "blend": summary(held_all, blended), "shipped_blend": summary(held_all, blended_packaged)},
-           "lite": {"hand": summary(lite_ex, by_hand), "model": summary(lite_ex, by_model),
-                    "blend": summary(lite_ex, blended), "shipped_blend": summary(lite_ex, blended_packaged)},
+           "heldout": orders(held_all), "lite": orders(lite_ex),
            "top_features": [[n, round(float(g), 1)] for n, g in importance[:12]]}
     out["exported_max_drift"] = drift
     if args.save:

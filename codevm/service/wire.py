@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import select
 import socket
 import struct
 import sys
@@ -65,8 +66,6 @@ class Light:
         return bytes(data)
 
     def poll(self, timeout: float = 0.0) -> bool:
-        import select
-
         return bool(select.select([self._sock], [], [], timeout)[0])
 
     def close(self) -> None:
