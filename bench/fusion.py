@@ -20,7 +20,7 @@ sys.path.insert(0, str(HERE))
 
 from gold import edited_gold  # noqa: E402
 from localization import DATA, accuracy, edited_accuracy, fused_items, mirror_for, ranks  # noqa: E402
-from paging import PAGING, Kept, covered  # noqa: E402
+from paging import PAGING, Kept  # noqa: E402
 
 from codevm.config import Settings  # noqa: E402
 from codevm.retrieval.fusion import SIGNALS  # noqa: E402
@@ -41,7 +41,7 @@ def score(rows: list[dict], data: dict[str, dict], weights: dict[str, float],
     edited = edited_accuracy(rows, data, weights, ("fusion",))["fusion"]
     paged: dict[str, list[bool]] = {"function": [], "edited": []}
     for pages, inst in kept:  # the pager's 8k working sets, as bench/paging.py makes them
-        for what, ok in covered(pages.pager(8000, weights), pages.kinds, inst).items():
+        for what, ok in pages.covered(pages.pager(8000, weights), inst).items():
             if what in paged and ok is not None:
                 paged[what].append(ok)
     return {**accuracy(out), **{f"edited_{k}": v for k, v in edited.items()},

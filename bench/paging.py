@@ -50,13 +50,18 @@ BUDGETS = (2000, 4000, 8000, 16000)
 ALONE_DEPTH = 300  # chunks of each signal alone that fill a budget (of the deepest kept)
 
 
-def covered(pages: list[Page], kinds: dict[str, str], instance: dict) -> dict[str, bool | None]:
+def covered(pages: list[Page], kinds: dict[str, str], instance: dict,
+            holds: dict[str, list[str]] | None = None) -> dict[str, bool | None]:
     """Whether the working set holds the gold files, the gold functions and the edited
-    functions (None: the fix edits no function that exists)."""
+    functions (None: the fix edits no function that exists). A whole page (a long
+    definition, a class) holds the symbols of `holds[its key]` too: a class paged in
+    whole holds its methods."""
     paths = {p.path for p in pages}
     have = set()
     for p in pages:
         have.add(f"{p.path}::{p.symbol}")
+        if p.verbatim:
+            have.update(f"{p.path}::{symbol}" for symbol in (holds or {}).get(p.key, ()))
         if kinds.get(p.key) == "module" or p.start_line == 1:
             have.add(f"{p.path}::imports")
     edited = instance["edited_functions"]
@@ -82,6 +87,35 @@ class Kept:
             self.pages[int(cid)] = Page(f"chunk:{cid}", path, start, end, "\n" * (lines - 1), tokens, symbol)
             self.kinds[f"chunk:{cid}"] = kind
         self.text = {cid for cid, page in self.pages.items() if self.kinds[page.key] in TEXT_KINDS}
+        # HeuristicPager.prefetch's whole pages: of each part of a long definition (and a
+        # class's outline), and of each method's class (when two of its methods are paged)
+        self.holds: dict[str, list[str]] = {}
+        self.wholes = self._whole_pages(row["wholes"])
+        self.classes = self._whole_pages(row["classes"])
+
+    def _whole_pages(self, kept: dict[str, list]) -> dict[int, Page]:
+        out = {}
+        for cid, (key, symbol, start, end, tokens, lines, holds) in kept.items():
+            out[int(cid)] = Page(key, self.pages[int(cid)].path, start, end, "\n" * (lines - 1), tokens, symbol)
+            self.holds[key] = holds
+        return out
+
+    def working_set(self, candidates: list[Candidate], budget: int) -> list[Page]:
+        """What HeuristicPager.prefetch makes of `candidates`: the fill, then the fill again
+        with the whole definitions of the parts it took, and the class of two or more
+        methods it took."""
+        first = {int(p.key.partition(":")[2]) for p in fill(candidates, self.pages, budget)}
+        wholes = {cid: self.wholes[cid] for cid in first if cid in self.wholes}
+        classes: dict[str, list[int]] = {}
+        for cid in sorted(first & self.classes.keys()):
+            classes.setdefault(self.classes[cid].key, []).append(cid)
+        for methods in classes.values():
+            for cid in methods if len(methods) > 1 else ():
+                wholes.setdefault(cid, self.classes[cid])
+        return fill(candidates, self.pages, budget, wholes=wholes)
+
+    def covered(self, pages: list[Page], instance: dict) -> dict[str, bool | None]:
+        return covered(pages, self.kinds, instance, self.holds)
 
     def pager(self, budget: int, w: dict[str, float], prior: float = FILE_PRIOR) -> list[Page]:
         """What HeuristicPager.prefetch pages in: the fusion of each signal's top
@@ -89,7 +123,7 @@ class Kept:
         k = min(1000, 2 * search_depth(budget))
         paths = {cid: p.path for cid, p in self.pages.items()}
         fused = fused_ranking(self.signals[signal_depth(k)], w, self.text, paths)[:k]
-        return fill(with_file_prior(fused, paths, prior), self.pages, budget)
+        return self.working_set(with_file_prior(fused, paths, prior), budget)
 
     def alone(self, name: str, budget: int) -> list[Page]:
         """One signal's ranking alone filling the budget."""
@@ -107,13 +141,40 @@ def kept_signals(engine: Engine, instance: dict, budgets: tuple[int, ...] = BUDG
     pages = engine.pager.page_map(ids)
     kinds = dict(engine.store.cursor().execute(
         f"SELECT id, kind FROM chunks WHERE id IN ({', '.join(map(str, ids)) or 'NULL'})").fetchall())
+    wholes = engine.pager.whole_pages(pages)
+    classes = engine.pager.class_pages(ids)
+    holds = held_symbols(engine, list(wholes.values()) + list(classes.values()))
     return {
         "id": instance["id"],
         "signals": {str(d): {name: [[cid, score] for cid, score, _ in ranked.items]
                              for name, ranked in signals.items()} for d, signals in by_depth.items()},
         "chunks": {str(cid): [p.path, p.symbol, kinds[cid], p.start_line, p.end_line, p.tokens,
                               p.text.count("\n") + 1]
-                   for cid, p in pages.items()}}
+                   for cid, p in pages.items()},
+        "wholes": {str(cid): whole_row(p, holds) for cid, p in wholes.items()},
+        "classes": {str(cid): whole_row(p, holds) for cid, p in classes.items()}}
+
+
+def whole_row(page: Page, holds: dict[tuple[str, int, int], list[str]]) -> list:
+    return [page.key, page.symbol, page.start_line, page.end_line, page.tokens, page.text.count("\n") + 1,
+            holds.get((page.path, page.start_line, page.end_line), [])]
+
+
+def held_symbols(engine: Engine, pages: list[Page]) -> dict[tuple[str, int, int], list[str]]:
+    """(path, start, end) of each page -> the symbols of the chunks within its lines."""
+    spans = sorted({(p.path, p.start_line, p.end_line) for p in pages})
+    if not spans:
+        return {}
+    out: dict[tuple[str, int, int], list[str]] = {}
+    for path, start, end, symbol in engine.store.cursor().execute(
+            "SELECT DISTINCT s.path, s.start_line, s.end_line, c.qualified_name FROM "
+            "(SELECT unnest(?::VARCHAR[]) AS path, unnest(?::INTEGER[]) AS start_line, "
+            "unnest(?::INTEGER[]) AS end_line) s JOIN chunks c ON c.path = s.path "
+            "AND c.start_line >= s.start_line AND c.end_line <= s.end_line AND c.qualified_name <> '' "
+            "ORDER BY 1, 2, 3, 4", [[p for p, _, _ in spans], [a for _, a, _ in spans],
+                                    [b for _, _, b in spans]]).fetchall():
+        out.setdefault((path, start, end), []).append(symbol)
+    return out
 
 
 def evaluate(engine: Engine, instance: dict) -> dict:
@@ -125,7 +186,7 @@ def evaluate(engine: Engine, instance: dict) -> dict:
     differ = 0
     # the fusion's pager (ranker = "fusion"; bench/ranker.py measures the learned order),
     # with no relevance floor, as the kept rankings make it
-    fusion = HeuristicPager(engine.store, engine.retriever, engine.pager.estimator)
+    fusion = HeuristicPager(engine.store, engine.retriever, engine.pager.estimator, read=engine.pager.read)
     for budget in BUDGETS:
         started = time.perf_counter()
         live = fusion.prefetch(question, budget, floor=0.0)
@@ -139,7 +200,7 @@ def evaluate(engine: Engine, instance: dict) -> dict:
 PAGING = Bench(
     "paging-signals", lambda inst, engine: evaluate(engine, inst),
     lambda row: f"kept rankings differ from the live pager at {row['kept_differs']} budgets",
-    lambda row: "chunks" in row and len(next(iter(row["chunks"].values()), [0] * 7)) == 7)
+    lambda row: "chunks" in row and "classes" in row)
 
 
 def summary(results: list[dict], instances: dict[str, dict], w: dict[str, float]) -> dict[str, object]:
@@ -152,7 +213,7 @@ def summary(results: list[dict], instances: dict[str, dict], w: dict[str, float]
         for budget in BUDGETS:
             runs = [("pager", kept.pager(budget, w))] + [(n, kept.alone(n, budget)) for n in SIGNALS]
             for name, pages in runs:
-                for what, ok in covered(pages, kept.kinds, inst).items():
+                for what, ok in kept.covered(pages, inst).items():
                     if ok is not None:
                         found.setdefault(f"{name}_{what}_{budget}", []).append(ok)
     out: dict[str, object] = {"instances": len(results), "weights": w,

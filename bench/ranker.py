@@ -33,11 +33,11 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from localization import DATA, Bench, bench_arguments, run_instances, selected  # noqa: E402
-from paging import Kept, covered, kept_signals  # noqa: E402
+from paging import Kept, kept_signals  # noqa: E402
 
 from codevm.config import Settings  # noqa: E402
 from codevm.memory.budget import candidates_for  # noqa: E402
-from codevm.memory.pager import Candidate, blend, fill, with_file_prior  # noqa: E402
+from codevm.memory.pager import Candidate, blend, with_file_prior  # noqa: E402
 from codevm.retrieval.fusion import Scored, weights  # noqa: E402
 from codevm.retrieval.ranker import MODEL_FILE, ChunkInfo, Model, export, feature_names, features  # noqa: E402
 from codevm.retrieval.retriever import signal_depth  # noqa: E402
@@ -46,7 +46,7 @@ BUDGET = 8000
 FILE_LABEL = 1  # the label of a chunk of a changed file outside the edited functions
 DEPTH = signal_depth(min(1000, 2 * candidates_for(BUDGET)))
 ROWS = Bench("ranker-rows", lambda inst, engine: kept_signals(engine, inst, (BUDGET,)),
-             lambda row: f"{len(row['chunks'])} chunks kept", lambda row: "chunks" in row)
+             lambda row: f"{len(row['chunks'])} chunks kept", lambda row: "chunks" in row and "classes" in row)
 
 
 def load(path: Path) -> dict[str, dict]:
@@ -95,9 +95,9 @@ class Example:
             if info.symbol and name not in symbols:
                 symbols.append(name)
         gold_files = set(self.inst["gold_files"])
-        pages = fill([Candidate(cid, 1.0 - i / (len(order) + 1), "") for i, cid in enumerate(order)],
-                     self.kept.pages, BUDGET)
-        paged = covered(pages, self.kept.kinds, {**self.inst, "edited_functions": sorted(self.edited)})["edited"]
+        pages = self.kept.working_set([Candidate(cid, 1.0 - i / (len(order) + 1), "") for i, cid in enumerate(order)],
+                                      BUDGET)
+        paged = self.kept.covered(pages, {**self.inst, "edited_functions": sorted(self.edited)})["edited"]
         return {"file_acc@1": float(bool(files) and files[0] in gold_files),
                 "file_acc@5": float(gold_files <= set(files[:5])),
                 "edited_function_acc@10": float(bool(self.edited) and self.edited <= set(symbols[:10])),
