@@ -82,6 +82,8 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             _fail(str(e))
         except KeyboardInterrupt:
             _fail("interrupted; what was committed is kept — run the command again to finish", 130)
+        except BrokenPipeError:  # `codevm ask ... | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # and Python's last flush
         except OSError as e:
             _fail(f"{e.strerror or e}{': ' + str(e.filename) if e.filename else ''}")
 

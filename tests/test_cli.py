@@ -172,6 +172,29 @@ def test_the_quick_path_leaves_to_the_full_cli_what_it_is_not_sure_of(indexed: P
     assert "src/native/server.go:13-16" in codevm(indexed, "symbol", "HandleHealth").stdout
 
 
+@pytest.mark.parametrize("service", ["true", "false"])
+def test_a_reader_that_stops_early_gets_no_error(indexed: Path, service: str) -> None:
+    """`codevm search x | head -1`, through the quick path and through the full CLI (the
+    in-process engine): the command ends quietly when its reader has gone, as `git log |
+    head` does, not with "codevm: error: Broken pipe" or Python's "Exception ignored"."""
+    for n in range(60):  # output longer than a pipe's buffer holds
+        (indexed / "src" / f"many_{n}.py").write_text(
+            "".join(f"def handler_{n}_{i}_{'with_a_long_name_' * 6}():\n    return 'handler'\n\n\n"
+                    for i in range(40)))
+    env = {**os.environ, "CODEVM_SERVICE": service}
+    stop_service(indexed)  # the in-process engine's turn (the fixture's index started one)
+    assert codevm(indexed, "index", env=env).returncode == 0
+    for args in (("search", "handler", "-k", "1000"), ("search", "handler", "-k", "1000", "--json")):
+        proc = subprocess.Popen([sys.executable, "-m", "codevm", *args], cwd=indexed, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline(), proc.stderr.read()
+        proc.stdout.close()  # the reader has what it wanted
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, (args, err)
+        assert err.decode() == "", (args, err)
+
+
 def test_lsp_over_tcp_only_on_loopback(tmp_path: Path) -> None:
     result = codevm(tmp_path, "lsp", "--tcp", "--host", "0.0.0.0", "--port", "1")
     assert result.returncode != 0 and "loopback only" in result.stderr
