@@ -194,12 +194,21 @@ def evaluate(engine: Engine, instance: dict) -> dict:
             row["pager_ms"] = round((time.perf_counter() - started) * 1000, 1)
         differ += [p.key for p in live] != [p.key for p in kept.pager(budget, engine.retriever.weights)]
     row["kept_differs"] = differ  # budgets whose kept working set is not the live one
+    if engine.pager.model is not None:  # and the learned pager's (ranker = "learned") at 8k
+        from ranker import BUDGET as LEARNED_BUDGET
+        from ranker import Example, blend_order
+
+        live = engine.pager.prefetch(question, LEARNED_BUDGET, floor=0.0)
+        kept_set = kept.working_set(blend_order(Example(row, instance, engine.retriever.weights),
+                                                engine.pager.model), LEARNED_BUDGET)
+        row["learned_differs"] = int([p.key for p in live] != [p.key for p in kept_set])
     return row
 
 
 PAGING = Bench(
     "paging-signals", lambda inst, engine: evaluate(engine, inst),
-    lambda row: f"kept rankings differ from the live pager at {row['kept_differs']} budgets",
+    lambda row: f"kept rankings differ from the live pager at {row['kept_differs']} budgets"
+                + (", and from the learned one at 8k" if row.get("learned_differs") else ""),
     lambda row: "chunks" in row and "classes" in row)
 
 
@@ -219,7 +228,8 @@ def summary(results: list[dict], instances: dict[str, dict], w: dict[str, float]
     out: dict[str, object] = {"instances": len(results), "weights": w,
                               "instances_with_edited_functions": sum(
                                   1 for r in results if instances[r["id"]]["edited_functions"]),
-                              "kept_rankings_differ_from_live": sum(r["kept_differs"] for r in results)}
+                              "kept_rankings_differ_from_live": sum(r["kept_differs"] for r in results),
+                              "learned_kept_differs_from_live_8k": sum(r.get("learned_differs", 0) for r in results)}
     out.update({key: round(sum(oks) / len(oks), 4) for key, oks in found.items()})
     if results:
         out.update({f"pager_{k}": v for k, v in latency_summary([r["pager_ms"] for r in results]).items()})

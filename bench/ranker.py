@@ -37,14 +37,15 @@ from paging import Kept, kept_signals  # noqa: E402
 
 from codevm.config import Settings  # noqa: E402
 from codevm.memory.budget import candidates_for  # noqa: E402
-from codevm.memory.pager import Candidate, blend, with_file_prior  # noqa: E402
+from codevm.memory.pager import Candidate, blended, with_file_prior  # noqa: E402
 from codevm.retrieval.fusion import Scored, weights  # noqa: E402
 from codevm.retrieval.ranker import MODEL_FILE, ChunkInfo, Model, export, feature_names, features  # noqa: E402
 from codevm.retrieval.retriever import signal_depth  # noqa: E402
 
 BUDGET = 8000
 FILE_LABEL = 1  # the label of a chunk of a changed file outside the edited functions
-DEPTH = signal_depth(min(1000, 2 * candidates_for(BUDGET)))
+PAGED = min(1000, 2 * candidates_for(BUDGET))  # the candidates the pager ranks for BUDGET
+DEPTH = signal_depth(PAGED)
 ROWS = Bench("ranker-rows", lambda inst, engine: kept_signals(engine, inst, (BUDGET,)),
              lambda row: f"{len(row['chunks'])} chunks kept", lambda row: "chunks" in row and "classes" in row)
 
@@ -83,8 +84,10 @@ class Example:
         self.y = [2 if f"{self.chunks[c].path}::{self.chunks[c].symbol}" in self.edited else
                   FILE_LABEL if self.chunks[c].path in files else 0 for c in self.ids]
 
-    def judge(self, order: list[int]) -> dict[str, float]:
-        """Figures of a ranking of this instance's candidates (chunk ids, best first)."""
+    def judge(self, ranked: list[Candidate]) -> dict[str, float]:
+        """Figures of a ranking of this instance's candidates (best first, as relevant as
+        the pager makes them: the working set's whole pages depend on it)."""
+        order = [c.chunk_id for c in ranked]
         files: list[str] = []
         symbols: list[str] = []
         for cid in order:
@@ -95,8 +98,7 @@ class Example:
             if info.symbol and name not in symbols:
                 symbols.append(name)
         gold_files = set(self.inst["gold_files"])
-        pages = self.kept.working_set([Candidate(cid, 1.0 - i / (len(order) + 1), "") for i, cid in enumerate(order)],
-                                      BUDGET)
+        pages = self.kept.working_set(ranked, BUDGET)
         paged = self.kept.covered(pages, {**self.inst, "edited_functions": sorted(self.edited)})["edited"]
         return {"file_acc@1": float(bool(files) and files[0] in gold_files),
                 "file_acc@5": float(gold_files <= set(files[:5])),
@@ -115,22 +117,24 @@ def scores(e: Example, model: Model) -> list[float]:
     return list(model.score(np.array(e.x, dtype=np.float64))) if e.x else []
 
 
-def model_order(e: Example, model: Model) -> list[int]:
-    """The candidates as `model` alone orders them."""
-    return [cid for _, cid in sorted(zip(scores(e, model), e.ids, strict=True), key=lambda p: -p[0])]
+def model_order(e: Example, model: Model) -> list[Candidate]:
+    """The candidates as `model` alone orders them (relevance falling with the rank)."""
+    order = [cid for _, cid in sorted(zip(scores(e, model), e.ids, strict=True), key=lambda p: -p[0])][:PAGED]
+    return [Candidate(cid, 1.0 - i / (len(order) + 1), "") for i, cid in enumerate(order)]
 
 
-def by_hand(e: Example) -> list[int]:
-    """The order the pager pages in with `ranker = "fusion"`: the hand-weighted fusion,
-    with the file prior."""
+def by_hand(e: Example) -> list[Candidate]:
+    """What the pager pages in with `ranker = "fusion"`: the hand-weighted fusion's top
+    PAGED, with the file prior."""
     fused_at = feature_names().index("fused_score")
-    fused = [Scored(cid, row[fused_at], "") for cid, row in zip(e.ids, e.x, strict=True)]
-    return [c.chunk_id for c in with_file_prior(fused, {cid: e.chunks[cid].path for cid in e.ids})]
+    fused = sorted((Scored(cid, row[fused_at], "") for cid, row in zip(e.ids, e.x, strict=True)),
+                   key=lambda s: (-s.score, s.chunk_id))[:PAGED]
+    return with_file_prior(fused, {cid: e.chunks[cid].path for cid in e.ids})
 
 
-def blend_order(e: Example, model: Model) -> list[int]:
-    """What the pager pages in with the learned ranker `model` (pager.blend)."""
-    return [cid for cid, _ in blend(e.ids, e.x, scores(e, model), {cid: e.chunks[cid].path for cid in e.ids})]
+def blend_order(e: Example, model: Model) -> list[Candidate]:
+    """What the pager pages in with the learned ranker `model` (pager.blended)."""
+    return blended(e.ids, e.x, scores(e, model), {cid: e.chunks[cid].path for cid in e.ids}, PAGED)
 
 
 def evaluate(args: argparse.Namespace) -> None:

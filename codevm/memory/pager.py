@@ -126,6 +126,16 @@ def joined(pages: list[Page]) -> list[Page]:
     return pages if len(out) == len(pages) else [p for _, p in sorted(out, key=lambda p: p[0])]
 
 
+def blended(cids: list[int], rows: list[list[float]], scores: list[float], paths: dict[int, str],
+            k: int, reasons: dict[int, str] | None = None) -> list[Candidate]:
+    """The top `k` candidates of `blend`, each as relevant as 1 / (1 + (its rank sum - the
+    best one) / BLEND_SCALE)."""
+    order = blend(cids, rows, scores, paths)[:k]
+    best = order[0][1] if order else 0
+    return [Candidate(cid, round(1.0 / (1.0 + (total - best) / BLEND_SCALE), 4), (reasons or {}).get(cid, ""))
+            for cid, total in order]
+
+
 def blend(cids: list[int], rows: list[list[float]], scores: list[float],
           paths: dict[int, str]) -> list[tuple[int, int]]:
     """(chunk id, rank sum), best first: each candidate's rank by the learned ranker's
@@ -187,10 +197,7 @@ class HeuristicPager:
         if not cids:
             return [], {}
         scores = self.model.score(np.array(rows, dtype=np.float64))
-        order = blend(cids, rows, list(scores), {cid: chunks[cid].path for cid in cids})[:k]
-        best = order[0][1]
-        return [Candidate(cid, round(1.0 / (1.0 + (total - best) / BLEND_SCALE), 4), reasons[cid])
-                for cid, total in order], pages
+        return blended(cids, rows, list(scores), {cid: chunks[cid].path for cid in cids}, k, reasons), pages
 
     def _on_disk(self, outline: Page) -> str | None:
         """The lines an outline page spans, from the file, if the outline's first line is
