@@ -6,9 +6,9 @@ bench/localization.py, sharing its cache); the issue text is the question. At bu
 2k, 4k, 8k and 16k tokens for the working set it reports the share of instances whose
 gold files (a chunk of each) and gold functions (each one's chunk; `imports` = a
 module-level chunk or the first chunk of the file) are in the working set, for the heuristic
-pager with the fusion of every retrieval signal (`ranker = "fusion"`; the learned order that
-`codevm ask` uses by default is measured by bench/ranker.py) and, in the same run,
-for each signal alone filling the same budget (`lexical` is plain search). `edited` counts
+pager with the fusion of every retrieval signal (`pager`, `ranker = "fusion"`), for the
+learned pager that `codevm ask` uses by default (`learned`, the shipped model) and, in the
+same run, for each signal alone filling the same budget (`lexical` is plain search). `edited` counts
 the functions that each fix edits (bench/gold.py), over the instances that edit one.
 
 Each row keeps the signals' rankings and the size of each chunk's page, and the working
@@ -35,7 +35,7 @@ from codevm.config import Settings  # noqa: E402
 from codevm.engine import Engine  # noqa: E402
 from codevm.memory.budget import candidates_for as search_depth  # noqa: E402
 from codevm.memory.context import Page  # noqa: E402
-from codevm.memory.pager import FILE_PRIOR, Candidate, HeuristicPager, fill, with_file_prior  # noqa: E402
+from codevm.memory.pager import FILE_PRIOR, Candidate, HeuristicPager, blended, fill, with_file_prior  # noqa: E402
 from codevm.retrieval.fusion import (  # noqa: E402
     SIGNALS,
     TEXT_KINDS,
@@ -44,6 +44,7 @@ from codevm.retrieval.fusion import (  # noqa: E402
     fused_ranking,
     weights,  # noqa: E402
 )
+from codevm.retrieval.ranker import MODEL_FILE, ChunkInfo, Model, features  # noqa: E402
 from codevm.retrieval.retriever import signal_depth  # noqa: E402
 
 BUDGETS = (2000, 4000, 8000, 16000)
@@ -51,17 +52,17 @@ ALONE_DEPTH = 300  # chunks of each signal alone that fill a budget (of the deep
 
 
 def covered(pages: list[Page], kinds: dict[str, str], instance: dict,
-            holds: dict[str, list[str]] | None = None) -> dict[str, bool | None]:
+            holds: dict[tuple[str, int, int], list[str]] | None = None) -> dict[str, bool | None]:
     """Whether the working set holds the gold files, the gold functions and the edited
     functions (None: the fix edits no function that exists). A whole page (a long
-    definition, a class) holds the symbols of `holds[its key]` too: a class paged in
-    whole holds its methods."""
+    definition, a class) holds the symbols of `holds[(its key, first line, last line)]`
+    too: a class paged in whole holds its methods (not its first part alone)."""
     paths = {p.path for p in pages}
     have = set()
     for p in pages:
         have.add(f"{p.path}::{p.symbol}")
         if p.verbatim:
-            have.update(f"{p.path}::{symbol}" for symbol in (holds or {}).get(p.key, ()))
+            have.update(f"{p.path}::{symbol}" for symbol in (holds or {}).get((p.key, p.start_line, p.end_line), ()))
         if kinds.get(p.key) == "module" or p.start_line == 1:
             have.add(f"{p.path}::imports")
     edited = instance["edited_functions"]
@@ -89,7 +90,7 @@ class Kept:
         self.text = {cid for cid, page in self.pages.items() if self.kinds[page.key] in TEXT_KINDS}
         # HeuristicPager.prefetch's whole pages: of each part of a long definition (and a
         # class's outline), and of each method's class (when two of its methods are paged)
-        self.holds: dict[str, list[str]] = {}
+        self.holds: dict[tuple[str, int, int], list[str]] = {}
         self.wholes = self._whole_pages(row["wholes"])
         self.classes = self._whole_pages(row["classes"])
 
@@ -97,7 +98,7 @@ class Kept:
         out = {}
         for cid, (key, symbol, start, end, tokens, lines, holds) in kept.items():
             out[int(cid)] = Page(key, self.pages[int(cid)].path, start, end, "\n" * (lines - 1), tokens, symbol)
-            self.holds[key] = holds
+            self.holds[(key, start, end)] = holds
         return out
 
     def working_set(self, candidates: list[Candidate], budget: int) -> list[Page]:
@@ -124,6 +125,24 @@ class Kept:
         paths = {cid: p.path for cid, p in self.pages.items()}
         fused = fused_ranking(self.signals[signal_depth(k)], w, self.text, paths)[:k]
         return self.working_set(with_file_prior(fused, paths, prior), budget)
+
+    def chunk_info(self) -> dict[int, ChunkInfo]:
+        """What the learned ranker reads of each chunk (codevm/retrieval/ranker.py)."""
+        return {cid: ChunkInfo(p.path, p.symbol, self.kinds[p.key], p.tokens, p.text.count("\n") + 1)
+                for cid, p in self.pages.items()}
+
+    def learned(self, budget: int, w: dict[str, float], model: Model) -> list[Page]:
+        """What the learned pager (ranker = "learned") pages in: HeuristicPager.learned's
+        order of the signals' candidates, as deep as it ranks them for `budget`."""
+        import numpy as np
+
+        k = min(1000, 2 * search_depth(budget))
+        chunks = self.chunk_info()
+        ids, x = features(self.signals[signal_depth(k)], chunks, w)
+        if not ids:
+            return []
+        scores = list(model.score(np.array(x, dtype=np.float64)))
+        return self.working_set(blended(ids, x, scores, {cid: chunks[cid].path for cid in ids}, k), budget)
 
     def alone(self, name: str, budget: int) -> list[Page]:
         """One signal's ranking alone filling the budget."""
@@ -216,11 +235,13 @@ def summary(results: list[dict], instances: dict[str, dict], w: dict[str, float]
     """Shares of instances with their gold in the working set, under weights `w`; `edited`
     (the functions that the fix edits, bench/gold.py) over the instances that edit one."""
     found: dict[str, list[bool]] = {}
+    model = Model.load(MODEL_FILE)  # the learned pager's (the default); `pager` is the fusion's
     for row in results:
         kept = Kept(row)
         inst = instances[row["id"]]
         for budget in BUDGETS:
-            runs = [("pager", kept.pager(budget, w))] + [(n, kept.alone(n, budget)) for n in SIGNALS]
+            runs = [("pager", kept.pager(budget, w)), ("learned", kept.learned(budget, w, model))] + [
+                (n, kept.alone(n, budget)) for n in SIGNALS]
             for name, pages in runs:
                 for what, ok in kept.covered(pages, inst).items():
                     if ok is not None:

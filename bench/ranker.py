@@ -39,7 +39,7 @@ from codevm.config import Settings  # noqa: E402
 from codevm.memory.budget import candidates_for  # noqa: E402
 from codevm.memory.pager import Candidate, blended, with_file_prior  # noqa: E402
 from codevm.retrieval.fusion import Scored, weights  # noqa: E402
-from codevm.retrieval.ranker import MODEL_FILE, ChunkInfo, Model, export, feature_names, features  # noqa: E402
+from codevm.retrieval.ranker import MODEL_FILE, Model, export, feature_names, features  # noqa: E402
 from codevm.retrieval.retriever import signal_depth  # noqa: E402
 
 BUDGET = 8000
@@ -76,8 +76,7 @@ class Example:
         self.kept = Kept(row)
         self.inst = inst
         signals = self.kept.signals[DEPTH] if DEPTH in self.kept.signals else self.kept.signals[max(self.kept.signals)]
-        self.chunks = {cid: ChunkInfo(p.path, p.symbol, self.kept.kinds[p.key], p.tokens,
-                                      p.text.count("\n") + 1) for cid, p in self.kept.pages.items()}
+        self.chunks = self.kept.chunk_info()
         self.ids, self.x = features(signals, self.chunks, w)
         self.edited = set(inst.get("edited_functions") or inst.get("gold_functions") or [])
         files = set(inst["gold_files"])
