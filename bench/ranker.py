@@ -212,7 +212,7 @@ def train(args: argparse.Namespace) -> None:
         # rows and LightGBM's scores of them: a test checks that the numpy evaluator agrees
         data["checks"] = [[row, float(score)] for row, score in zip(sample[::25].tolist(), expected[::25], strict=True)]
         data["trained_on"] = {"pairs": len(train_ex), "repositories": sorted({e.inst["repo"] for e in train_ex}),
-                              "holdout": args.holdout, "trees": args.trees}
+                              "holdout": args.holdout, "trees": args.trees, "file_label": FILE_LABEL}
         args.save.write_text(json.dumps(data, separators=(",", ":")))
         out["saved"] = str(args.save)
     print(json.dumps(out))
