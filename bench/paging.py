@@ -214,12 +214,8 @@ def evaluate(engine: Engine, instance: dict) -> dict:
         differ += [p.key for p in live] != [p.key for p in kept.pager(budget, engine.retriever.weights)]
     row["kept_differs"] = differ  # budgets whose kept working set is not the live one
     if engine.pager.model is not None:  # and the learned pager's (ranker = "learned") at 8k
-        from ranker import BUDGET as LEARNED_BUDGET
-        from ranker import Example, blend_order
-
-        live = engine.pager.prefetch(question, LEARNED_BUDGET, floor=0.0)
-        kept_set = kept.working_set(blend_order(Example(row, instance, engine.retriever.weights),
-                                                engine.pager.model), LEARNED_BUDGET)
+        live = engine.pager.prefetch(question, 8000, floor=0.0)
+        kept_set = kept.learned(8000, engine.retriever.weights, engine.pager.model)
         row["learned_differs"] = int([p.key for p in live] != [p.key for p in kept_set])
     return row
 

@@ -174,8 +174,8 @@ def run_task(root: str, files: list[TaskFile], limits: Limits, out_prefix: str) 
                 # the index text is terms (identifier characters, lowercased) and spaces: a
                 # JSON string as it is, without the encoder's pass over each character (the
                 # longest field, 5% of a parsing process's instructions went to encoding)
-                lines.append(f'{row_json[:-1]}, "lex": "{lex}"}}' if '"' not in lex and "\\" not in lex
-                             else row_json[:-1] + ', "lex": ' + dumps(lex) + "}")
+                lex_json = f'"{lex}"' if '"' not in lex and "\\" not in lex else dumps(lex)
+                lines.append(f'{row_json[:-1]}, "lex": {lex_json}}}')
             if lines:
                 f_chunks.write("\n".join(lines) + "\n")
             result.n_chunks += len(ex.chunks)
