@@ -15,7 +15,12 @@ or its last two parts; the sources codevm lists do not count), identifier recall
 share of the code identifiers named in the reference answer that the answer names),
 the share of malformed or echoed replies, model calls, prompt tokens as the server
 counted them (and from its prompt cache), seconds to the first token and per question.
-Plus a memory check: facts told in one session, asked for in a new one.
+Plus a memory check: facts told in one session, asked for in a new one; and sessions
+(`--sessions N`): each repository's first N questions asked one after another in one
+session, as `codevm ask` does by default, and hand-written chains (CHAINS): follow-ups
+("and where is it called?"), and a question close to the one before it. A session's answers
+are judged as above and by how much of each repeats an earlier answer of the session
+(`copied`: the share of its five-word runs found in one; 0.5 or more counts as a copy).
 
 The model: an OpenAI-compatible server (`--model-url`; ../shared/tools/local-model/
 serves Qwen2.5-Coder-1.5B with llama.cpp). Every request and response goes through a
@@ -74,12 +79,30 @@ def _code_hash(*names: str, extra: str = "") -> str:
 # (pager-first: its two prompt texts, the context's layout and the pager's choice of pages)
 PROMPT_CODE = {"pager": _code_hash("context.py", "pager.py", extra=PAGER_INSTRUCTIONS + PAGER_CLOSING),
                "tools": _code_hash("ask.py", "agent.py", "context.py", "functions.py", "replies.py",
-                                   "pager.py")}
+                                   "pager.py"),
+               "session": _code_hash("ask.py", "context.py", "conversation.py", "pager.py",
+                                     extra=PAGER_INSTRUCTIONS + PAGER_CLOSING)}
 CLOSED = """You are an assistant that answers questions about the {repo} codebase.
 Cite the code you mean as path:start-end. Be brief and exact."""
 CLOSED_CLOSING = "Answer in a few sentences, citing the path:lines of the code you mean."
 _IDENT = re.compile(r"`([^`\n]{2,80})`|\b(?:[A-Za-z_]\w*\.)+[A-Za-z_]\w*\b|\b_*[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b"
                     r"|\b[A-Z][a-z0-9]+(?:[A-Z][a-z0-9]*)+\b")
+# questions asked one after another in one session, each with the files that answer it
+# (none: not judged): follow-ups, and a question close to the one before it
+CHAINS = {
+    "pallets/flask": [
+        [("Where is the session cookie saved to the response?", []),
+         ("And where is that called during a request?", ["src/flask/app.py"])],
+        [("How does Flask decide which URL rule matches a request, and where is the view function called?", []),
+         ("Where does Flask register a blueprint's URL rules on the app?", ["src/flask/sansio/blueprints.py"])],
+    ],
+    "psf/requests": [
+        [("Where is the body of a prepared request encoded?", []),
+         ("And which function sends it over the connection?", ["src/requests/adapters.py"])],
+        [("How does a Session follow redirects?", []),
+         ("Where are the cookies of a session merged into a prepared request?", ["src/requests/cookies.py"])],
+    ],
+}
 FACTS = [  # (told in one session, asked in a new one, the words the answer must hold)
     ("remember that we call the app factory make_app", "what do we call the app factory?", "make_app"),
     ("remember that the release manager is Ana Souza", "who is the release manager?", "Ana Souza"),
@@ -161,6 +184,20 @@ def cites_reference(answer: str, gold_files: list[str]) -> bool:
         if path in answer or (len(parts) >= 2 and "/".join(parts[-2:]) in answer):
             return True
     return False
+
+
+def _runs(text: str, n: int = 5) -> set[tuple[str, ...]]:
+    words = re.findall(r"\w+", text.lower())
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def copied(answer: str, earlier: list[str]) -> float | None:
+    """The share of the answer's five-word runs that an earlier answer holds (None: too short)."""
+    runs = _runs(answer)
+    if not runs or not earlier:
+        return None
+    seen = set().union(*(_runs(e) for e in earlier))
+    return len(runs & seen) / len(runs)
 
 
 def identifiers(text: str) -> set[str]:
@@ -252,6 +289,8 @@ def main() -> None:
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--budget", type=int, default=4096, help="tokens of main context (num_ctx)")
     ap.add_argument("--facts", type=int, default=10)
+    ap.add_argument("--sessions", type=int, default=0,
+                    help="questions per repository asked one after another in one session")
     ap.add_argument("--mirrors", type=Path, default=Path("/work/.mirror"))
     ap.add_argument("--work", type=Path, default=HERE / ".cache" / "answers-work")
     ap.add_argument("--cache", type=Path, default=HERE / ".cache")
@@ -338,13 +377,66 @@ def main() -> None:
                            "identifier_recall": identifier_recall(row["answer"], q["answer"])}
                     results[config].append(row)
     memory = memory_check(args, settings, cache, cache_file, recorder) if args.facts else None
+    sessions = session_check(args, settings, cache, cache_file, recorder, questions) if args.sessions else None
     print(json.dumps({
         "model": args.model, "server": args.model_url, "budget": args.budget,
         "machine": {"cores": os.cpu_count(), "load_before": [round(x, 2) for x in load_before],
                     "load_after": [round(x, 2) for x in os.getloadavg()]},
         "configs": {c: summarise(rows) for c, rows in results.items()},
         "model_check": checks or None,
-        "memory": memory}))
+        "memory": memory, "sessions": sessions}))
+
+
+def session_check(args: argparse.Namespace, settings: Settings, cache: dict, cache_file: Path,
+                  recorder: Recorder, questions: list[dict]) -> dict:
+    """Questions asked one after another in one session (pager-first), and follow-ups."""
+    chains = []
+    for repo in REPOS:
+        chosen = [q for q in questions if q["repo"] == repo][: args.sessions]
+        chains.append((repo, [(q["id"], q["query"], q["gold_files"], q["answer"]) for q in chosen]))
+        for i, chain in enumerate(CHAINS[repo]):
+            chains.append((repo, [(f"{repo}#chain{i}.{n}", query, files, "")
+                                  for n, (query, files) in enumerate(chain)]))
+    code = PROMPT_CODE["session"]
+    rows: list[dict] = []
+    for repo, chain in chains:
+        key = hashlib.sha256(json.dumps(["session", [c[0] for c in chain], args.model, args.budget, code]
+                                        ).encode()).hexdigest()[:24]
+        cached = cache.get(key)
+        if cached is None:
+            answers = []
+            with Engine(args.work / repo.replace("/", "__"),
+                        Settings(**{**settings.__dict__, "ask_mode": "pager"})) as engine:
+                for n, (qid, query, _, _) in enumerate(chain):
+                    recorder.tag = f"{qid}|session"
+                    started = time.monotonic()
+                    answer = engine.ask(query, new_session=n == 0, budget=args.budget).answer
+                    answers.append(answer)
+                    print(f"{qid} session: {time.monotonic() - started:.0f}s {answer[:80]!r}",
+                          file=sys.stderr, flush=True)
+            cached = {"key": key, "chain": [c[0] for c in chain], "answers": answers}
+            with cache_file.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(cached) + "\n")
+            cache[key] = cached
+        for n, ((qid, _, files, reference), answer) in enumerate(zip(chain, cached["answers"])):
+            if not files and not reference:  # a chain's opening question: not judged
+                continue
+            rows.append({"id": qid, "position": n, "follow_up": "#chain" in qid,
+                         "cites": cites_reference(answer, files),
+                         "identifier_recall": identifier_recall(answer, reference) if reference else None,
+                         "copied": copied(answer, cached["answers"][:n]), "answer": answer[:160]})
+    later = [r for r in rows if r["position"] > 0 and r["copied"] is not None]
+    recalls = [r["identifier_recall"] for r in rows if r["identifier_recall"] is not None and not r["follow_up"]]
+    return {
+        "questions": sum(1 for r in rows if not r["follow_up"]),
+        "cites_reference_file": round(statistics.mean(r["cites"] for r in rows if not r["follow_up"]), 3),
+        "identifier_recall": round(statistics.mean(recalls), 3) if recalls else None,
+        "after_an_answer": len(later),
+        "copied_mean": round(statistics.mean(r["copied"] for r in later), 3) if later else None,
+        "copies": sum(1 for r in later if r["copied"] >= 0.5),
+        "chains_cite": f"{sum(r['cites'] for r in rows if r['follow_up'])}/"
+                           f"{sum(1 for r in rows if r['follow_up'])}",
+        "details": rows}
 
 
 def memory_check(args: argparse.Namespace, settings: Settings, cache: dict, cache_file: Path,
