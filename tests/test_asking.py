@@ -61,15 +61,52 @@ def test_pager_first_is_one_call_with_the_pages_after_a_stable_prefix(
     last = one[-1]["content"]
     assert "def total_area" in last and last.rstrip().endswith(PAGER_CLOSING)  # the request last
     assert last.index("def total_area") < last.index("Question: How is the total area of the shapes")
-    # the follow-up: the same prefix (system, then the first turn), the pages read with the
-    # question before it, the answer's length capped from the answer reserve
-    assert two[0] == one[0] and two[1]["content"] == "How is the total area of the shapes computed?"
-    assert two[2] == {"role": "assistant", "content": first.answer}
-    assert "def total_area" in two[-1]["content"]
+    # the follow-up: the same prefix, then the first turn as a record: its question and the
+    # code its answer cited, not the answer's words (a reply of the model's own to copy);
+    # the pages read with the question before it; the answer's length capped from the
+    # answer reserve
+    assert len(two) == 2 and two[0]["content"].startswith(one[0]["content"])
+    recap = two[0]["content"][len(one[0]["content"]):]
+    assert "- How is the total area of the shapes computed?\n  (answered with src/py/shapes.py:21-23)" in recap
+    assert "sums the areas" not in recap
+    assert "def total_area" in two[-1]["content"] and "Question: and where is it called?" in two[-1]["content"]
     assert second.calls[0].prompt_tokens is not None
     body = requests[0]
     limit = body["options"]["num_predict"] if "options" in body else body["max_tokens"]
     assert limit == Settings().answer_reserve
+
+
+def test_a_question_that_stands_alone_is_paged_by_its_own_words(project: Path, fake: FakeOllama) -> None:
+    fake.script = [{"content": "`total_area` sums the areas (src/py/shapes.py:21-23)."},
+                   {"content": "Routes.resolveRoute strips the slash."}, {"content": "In src/py/app.py."}]
+    with _engine(project, ollama_host=fake.host) as engine:
+        engine.ask("How is the total area of the shapes computed?")
+        alone = engine.ask("How does the Scala router resolve a route path?")
+        follow_up = engine.ask("and where is it called?")
+    assert any(p.path == "src/jvm/Routes.scala" for p in alone.pages)
+    assert not any(p.path == "src/py/shapes.py" for p in alone.pages)  # not the question before it
+    assert any(p.path == "src/jvm/Routes.scala" for p in follow_up.pages)
+
+
+def test_follow_ups_are_told_from_questions_that_stand_alone() -> None:
+    from codevm.memory.ask import is_follow_up, paging_query
+    from codevm.memory.context import ContextMessage
+
+    for question in ("and where is it called?", "What about the tests?", "Also, which class owns it?",
+                     "what does it return?", "Where is that defined?", "how is this used", "Why?"):
+        assert is_follow_up(question), question
+    for question in ("Where does Flask register a blueprint's URL rules on the app?", "what is total_area?",
+                     "How does the session interface make sure that a cookie is only sent when it changed?",
+                     "Android versions?", ""):
+        assert not is_follow_up(question), question
+    turns = [ContextMessage("user", "Where is the session cookie saved?", 9),
+             ContextMessage("assistant", "In [src/flask/sessions.py:351-399], `save_session` sets it "
+                                         "(see `SecureCookieSessionInterface`).", 20),
+             ContextMessage("user", "And where is that called during a request?", 10)]
+    assert paging_query("And where is that called during a request?", turns[:2]) == (
+        "Where is the session cookie saved?\nsave_session SecureCookieSessionInterface\n"
+        "And where is that called during a request?")
+    assert paging_query("Where are blueprints registered?", turns[:2]) == "Where are blueprints registered?"
 
 
 def test_a_cited_path_the_project_lacks_is_given_the_path_of_the_page_it_means(

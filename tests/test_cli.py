@@ -272,4 +272,4 @@ def test_chat_keeps_a_session_with_slash_commands(indexed: Path) -> None:
     assert "First answer." in result.stdout and "Second answer." in result.stdout
     assert "main context" in result.stdout
     second = fake.chat_requests()[1]["body"]["messages"]
-    assert any(m["content"] == "what is Circle?" for m in second)  # the same session
+    assert "- what is Circle?" in second[0]["content"]  # the same session

@@ -391,7 +391,7 @@ def test_chat_streams_its_answer_and_continues_its_session(project: Path) -> Non
             assert second["session_id"] == first["session_id"]
             assert "".join(notes("codevm/answer", "s2", "text")) == second["answer"]
             follow_up = fake.chat_requests()[-1]["body"]["messages"]
-            assert {"role": "assistant", "content": first["answer"]} in follow_up
+            assert "- How is the total area computed?" in follow_up[0]["content"]  # the earlier turn
         finally:
             lsp.close()
 

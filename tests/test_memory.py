@@ -150,7 +150,7 @@ def test_memory_survives_a_new_process(project: Path, fake: FakeOllama) -> None:
         again = engine.ask("And now?")  # continues the latest session
         assert again.session_id == first.session_id
         sent = fake.chat_requests()[-1]["body"]["messages"]
-        assert any(m["content"] == "Where is total_area?" for m in sent)
+        assert "- Where is total_area?\n  (answered with src/py/shapes.py:21-23)" in sent[0]["content"]
         assert "Shapes live in src/py." in sent[0]["content"]
 
 
@@ -205,6 +205,19 @@ def test_the_heuristic_pager_follows_tracebacks_and_named_identifiers(project: P
         pages = engine.pager.pages(candidates, budget=600)
         assert sum(p.tokens for p in pages) <= 600
         assert pages[0].symbol == "total_area" and pages[0].reason.startswith("traceback")
+
+
+def test_a_question_about_callers_pages_the_callers_first(project: Path) -> None:
+    with Engine(project) as engine:
+        engine.index()
+        pages = engine.pager.prefetch("Where is total_area called?", 600)
+        assert (pages[0].path, pages[0].symbol, pages[0].reason) == ("src/py/app.py", "main", "calls total_area")
+        assert any(p.symbol == "total_area" for p in pages)  # and what it calls
+        pages = engine.pager.prefetch("who calls `Circle.area`?", 600)
+        assert (pages[0].symbol, pages[0].reason) == ("total_area", "calls area")
+        # an issue report says "called" in passing: its words decide
+        report = "When total_area is called with " + "a list of many shapes and " * 10 + "it fails."
+        assert not any(p.reason.startswith("calls ") for p in engine.pager.prefetch(report, 600))
 
 
 def test_a_class_outline_does_not_hide_its_methods_from_the_pager() -> None:

@@ -4,7 +4,8 @@ Two modes (setting `ask_mode`; "auto" takes what `codevm model check` recorded):
 
 - pager-first (the default): the heuristic pager fills the working set for the question
   (and, for a follow-up, the turn before it); notes that match are added; the model
-  answers in one call, with no function schemas to read or copy. Small models (1.5B-7B)
+  answers in one call, with no function schemas to read or copy, the earlier turns a
+  record in its instructions rather than replies of its own to copy. Small models (1.5B-7B)
   answer best this way. "Remember that ..." is saved as a note without the model.
 - tools: the MemGPT loop; the model pages code and uses memory through function calls.
 
@@ -27,7 +28,7 @@ from codevm.db.store import Store
 from codevm.errors import CodevmError, InvalidArgument, ModelMissing, ModelUnavailable
 from codevm.memory.agent import INSTRUCTIONS, Agent
 from codevm.memory.budget import Budget, TokenEstimator
-from codevm.memory.context import ContextMessage, MainContext, Page
+from codevm.memory.context import ContextMessage, MainContext, Page, answer_code
 from codevm.memory.conversation import SUMMARY_PROMPT, Conversation
 from codevm.memory.core import CoreMemory
 from codevm.memory.functions import TOOL_NAMES, TOOLS, MemoryFunctions, Reader, call_schema, describe_tools
@@ -62,6 +63,36 @@ PAGER_CLOSING = ('Answer in a few sentences. Start with "In <path>:<lines>," nam
 _REMEMBER = re.compile(
     r"^\s*(?:please\s+)?(?:remember|note|keep in mind|don'?t forget|do not forget)"
     r"(?:\s+that\b|\s*:|\s*,)\s*(?P<fact>.+?)\s*$", re.IGNORECASE | re.DOTALL)
+
+
+# "and where is it called?", "what about the tests?"; "what does it return?"
+_CONNECTIVE = re.compile(r"^\W*(?:and|also|but|so|then|or|what about|how about|what else|where else)\b",
+                         re.IGNORECASE)
+_POINTS_BACK = re.compile(r"\b(?:it|its|this|that|these|those|they|them|their|there|same|above)\b",
+                          re.IGNORECASE)
+SHORT_QUESTION = 10  # words: a question this short that points back leans on the turn before
+
+
+def is_follow_up(question: str) -> bool:
+    """Whether a question leans on the turn before it: it starts with a connective, it is
+    one word, or it is short and points back ("what does it return?"). One that stands alone ("Where does
+    Flask register a blueprint's URL rules?") is paged by its own words."""
+    words = len(question.split())
+    if _CONNECTIVE.match(question) or words == 1:  # "why?"
+        return True
+    return words <= SHORT_QUESTION and bool(_POINTS_BACK.search(question))
+
+
+def paging_query(question: str, messages: list[ContextMessage]) -> str:
+    """What the pager searches for a question: a follow-up with the question before it and
+    the code its answer named (in "and where is that called?", "that" is in the answer)."""
+    if not is_follow_up(question):
+        return question
+    turns = [m for m in messages if m.role in ("user", "assistant") and m.content.strip()]
+    asked = [m.content for m in turns if m.role == "user"][-1:]
+    answered = [m.content for m in turns if m.role == "assistant"][-1:]
+    named = [c.strip("`") for a in answered for c in answer_code(a) if c.startswith("`")]
+    return "\n".join(asked + [" ".join(named)] * bool(named) + [question])
 
 
 def fact_to_remember(question: str) -> str | None:
@@ -180,12 +211,10 @@ class _Question:
                on_status: Callable[[str], None] | None) -> AskResult:
         memory, context, limits = self.memory, self.context, self.limits
         pager_first = self.mode == "pager"
-        earlier = [m.content for m in context.messages if m.role == "user"][-1:]
+        query = paging_query(question, context.messages) if pager_first else question
         self.record("user", question)
         result = self.result(question, notice)
-        # the heuristic pager fills the working set's share before the model sees anything;
-        # a follow-up ("and where is it called?") is read with the question before it
-        query = "\n".join(earlier + [question]) if pager_first else question
+        # the heuristic pager fills the working set's share before the model sees anything
         for page in memory.pager.prefetch(query, max(0, limits.pages - context.working_set.tokens),
                                           set(context.working_set.pages), self.estimator):
             page.last_used = context.working_set.clock

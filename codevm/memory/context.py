@@ -8,6 +8,7 @@ recent messages. Their tokens are counted by the Budget (budget.py).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 from codevm.api import ContextReport, CoreBlock, SectionReport
@@ -120,15 +121,27 @@ class ContextMessage:
 
 
 
+_CITED = re.compile(r"(?<![\w/.-])(?:[\w.-]+/)*[\w-][\w.-]*\.\w+:\d+(?:-\d+)?")
+_NAMED = re.compile(r"`([^`\n]{2,80})`")
+ANSWER_CODE = 8  # citations and names of an earlier answer kept in the record of the turn
+
+
+def answer_code(answer: str) -> list[str]:
+    """The citations (path:lines) and code names (in backticks) of an answer, in order."""
+    found = [(m.start(), m.group(0)) for m in _CITED.finditer(answer)]
+    found += [(m.start(), f"`{m.group(1)}`") for m in _NAMED.finditer(answer)]
+    return list(dict.fromkeys(text for _, text in sorted(found)))[:ANSWER_CODE]
+
+
 class MainContext:
     """The prompt, in one of two layouts:
 
     - "tools": everything the model may edit in the system message (instructions, core
       memory, the working set, the summary), then the conversation with its tool calls;
     - "pager": the stable part first, so that a server can reuse its prompt cache from
-      one question to the next (instructions, core memory, the summary, the earlier
-      turns), and what changes with each question last, in its user message: the working
-      set, the notes that match, the question.
+      one question to the next (instructions, core memory, the summary, a record of the
+      earlier turns: all in the system message), and what changes with each question last,
+      in its user message: the working set, the notes that match, the question.
     """
 
     def __init__(self, budget: Budget, instructions: str, tools: list[dict], layout: str = "tools"):
@@ -187,7 +200,8 @@ class MainContext:
             "working set": count(self._pages_text()),
             "summary": count(self._summary_text()),
             "notes": count(self._notes_text()),
-            "messages": sum(m.tokens for m in self.messages),
+            "messages": (count(self._recap_text()) + (self.messages[-1].tokens if self.messages else 0)
+                         if self.layout == "pager" else sum(m.tokens for m in self.messages)),
         }
 
     def _sections(self) -> list[str]:
@@ -204,6 +218,8 @@ class MainContext:
                 + sum(m.tokens for m in self.messages) + 8 * (len(self.messages) + 1))
 
     def used(self) -> int:
+        if self.layout == "pager":  # the earlier turns as their record, not as messages
+            return self._pager_prompt()[1]
         return self._estimate("\n\n".join(self._sections()))
 
     def pressure(self) -> bool:
@@ -225,19 +241,32 @@ class MainContext:
         messages = [{"role": "system", "content": system}] + [m.to_ollama() for m in self.messages]
         return messages, self._estimate(system)
 
+    def _recap_text(self) -> str:
+        """The earlier turns still in main context, as a record in the system message: each
+        question, and of its answer only the code it cited and named.
+
+        Not the answers' words: given them, as replies of its own or as this record,
+        Qwen2.5-Coder-1.5B wrote the next answer as a copy of the last one
+        (bench/answers.py --sessions). The answers are in recall storage."""
+        lines = []
+        for m in self.messages[:-1]:
+            if m.role == "user" and m.content.strip():
+                lines.append(f"- {' '.join(m.content.split())}")
+            elif m.role == "assistant" and lines and (code := answer_code(m.content)):
+                lines.append(f"  (answered with {', '.join(code)})")
+        if not lines:
+            return ""
+        return "## Questions asked earlier in this conversation (already answered)\n" + "\n".join(lines)
+
     def _pager_prompt(self) -> tuple[list[dict], int]:
-        system = "\n\n".join(p for p in (self.instructions, self._core_text(), self._summary_text()) if p)
-        turns = [m for m in self.messages[:-1] if m.role in ("user", "assistant") and m.content.strip()]
+        system = "\n\n".join(p for p in (self.instructions, self._core_text(), self._summary_text(),
+                                         self._recap_text()) if p)
         question = self.messages[-1].content if self.messages else ""
         last = "\n\n".join(p for p in (self._pages_text(), self._notes_text(), f"Question: {question}",
                                        self.closing) if p)
-        messages = ([{"role": "system", "content": system}]
-                    + [{"role": m.role, "content": m.content} for m in turns]
-                    + [{"role": "user", "content": last}])
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": last}]
         count = self.estimator.count
-        estimate = (count(system) + sum(m.tokens for m in turns) + count(last)
-                    + 8 * (len(messages)))
-        return messages, estimate
+        return messages, count(system) + count(last) + 8 * len(messages)
 
     # -- eviction ----------------------------------------------------------------------
     def evictable_groups(self) -> list[list[ContextMessage]]:

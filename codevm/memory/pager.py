@@ -11,6 +11,7 @@ candidates far below the best one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
@@ -19,6 +20,9 @@ from codevm.errors import CodevmError
 from codevm.memory.budget import TokenEstimator, candidates_for
 from codevm.memory.context import Page
 from codevm.retrieval.fusion import Scored
+from codevm.retrieval.graph import MAX_CALLERS
+from codevm.retrieval.lexical import TEST_PATH
+from codevm.retrieval.named import code_names
 from codevm.retrieval.ranker import ChunkInfo, Model, feature_names, features
 from codevm.retrieval.retriever import Retriever, signal_depth
 from codevm.retrieval.sql import BY_IDS
@@ -38,6 +42,14 @@ FEATURES = feature_names()
 # the fix edits in about 1 question in 14, and an outline and some methods of the class
 WHOLE_SHARE = 0.3
 CLASS_LOOKUP = 8  # chunks named like a method's class read to find the class
+# "where is save_session called?", "who calls `parse`?", "callers of Flask.route", in a
+# question (a long text, an issue report, says "called" in passing)
+ASKS_FOR_CALLERS = re.compile(r"\b(?:where|who|what|which)\b[^.?!]*\b(?:call|calls|called|invoked|invokes)\b"
+                              r"|\bcallers?\b|\bcall sites?\b", re.IGNORECASE)
+CALLER_QUESTION_WORDS = 40
+ABOUT_TESTS = re.compile(r"\b(?:tests?|testing|fixtures?|specs?)\b", re.IGNORECASE)
+CALLER_NAMES = 2  # the names of a question whose callers are paged in first
+CALLER_PAGES = 4  # callers of each paged in first
 BLEND_SCALE = 10.0  # ranks (summed) below the best at which the learned order's relevance halves
 
 
@@ -169,9 +181,34 @@ class HeuristicPager:
         if not question.strip():
             return [], {}
         if self.model is not None:
-            return self.learned(question, min(1000, 2 * k_search))
-        fused, paths = self.retriever.retrieve(question, k=min(1000, 2 * k_search))
-        return with_file_prior(fused, paths), {}
+            ranked, read = self.learned(question, min(1000, 2 * k_search))
+        else:
+            fused, paths = self.retriever.retrieve(question, k=min(1000, 2 * k_search))
+            ranked, read = with_file_prior(fused, paths), {}
+        return self.callers_first(question, ranked), read
+
+    def callers_first(self, question: str, ranked: list[Candidate]) -> list[Candidate]:
+        """For a question about who calls something ("where is `save_session` called?"),
+        the chunks that call the first names it writes like code, ahead of the rest: the
+        signals find the definition the question names, and its callers only when they
+        share its words."""
+        if len(question.split()) > CALLER_QUESTION_WORDS or not ASKS_FOR_CALLERS.search(question):
+            return ranked
+        names = [n.rsplit(".", 1)[-1] for n in code_names(question)][:CALLER_NAMES]
+        lexical = self.store.lexical
+        held = lexical.holders("calls", names, MAX_CALLERS)
+        tests = bool(ABOUT_TESTS.search(question))
+        first: dict[int, str] = {}
+        for name in names:
+            where = lexical.chunks.get(held.get(name, []))
+            # the project's own callers before its tests', or for a question about tests, after
+            callers = sorted(where, key=lambda cid: (bool(TEST_PATH.search(where[cid][0])) != tests, cid))
+            for cid in callers[:CALLER_PAGES]:
+                first.setdefault(cid, f"calls {name}")
+        if not first:
+            return ranked
+        return ([Candidate(cid, 1.0, reason) for cid, reason in first.items()]
+                + [c for c in ranked if c.chunk_id not in first])
 
     def learned(self, question: str, k: int) -> tuple[list[Candidate], dict[int, Page]]:
         """The top `k` of the signals' candidates in the order of the sum of two ranks:
@@ -254,6 +291,7 @@ class HeuristicPager:
             pages = self.page_map([c.chunk_id for c in candidates], estimator)
         else:  # the pages the learned ranker read: counted again only for another estimator
             pages = {c.chunk_id: read[c.chunk_id] for c in candidates if c.chunk_id in read}
+            pages.update(self.page_map([c.chunk_id for c in candidates if c.chunk_id not in read]))  # callers
             if estimator is not None:
                 pages = {cid: replace(p, tokens=estimator.count(p.render())) for cid, p in pages.items()}
         # the whole definitions of the parts that would be paged in without them, and the

@@ -219,16 +219,21 @@ def _literal_code(con: duckdb.DuckDBPyConnection, index: LexicalIndex, question:
     return found
 
 
+def code_names(text: str) -> list[str]:
+    """The names a text writes like code (`snake_case`, `CamelCase`, `Class.method`) and any
+    name quoted as code (`sort`, `Model.save()`), in order, at most MAX_NAMED."""
+    names: list[str] = []
+    backticked = [m.group(1) for m in _BACKTICK_NAME.finditer(text)]
+    for name in [m.group(0) for m in _CODE_IDENT.finditer(text)] + backticked:
+        if name not in names and not looks_like_path(name):
+            names.append(name)
+    return names[:MAX_NAMED]
+
+
 def _definitions(con: duckdb.DuckDBPyConnection, index: LexicalIndex, question: str) -> list[Scored]:
     """Chunks defining the identifiers a question writes like code; a rare name (one
     definition) ranks above a common one, a dotted name above a bare one."""
-    names: list[str] = []
-    # names written like code, and any name quoted as code (`sort`, `Model.save()`)
-    backticked = [m.group(1) for m in _BACKTICK_NAME.finditer(question)]
-    for name in [m.group(0) for m in _CODE_IDENT.finditer(question)] + backticked:
-        if name not in names and not looks_like_path(name):
-            names.append(name)
-    names = names[:MAX_NAMED]
+    names = code_names(question)
     if not names:
         return []
     keys: dict[str, str] = {}  # qualified or bare key -> the name as written
