@@ -265,6 +265,7 @@ class ModelCall:
     first_token_seconds: float | None = None
     seconds: float = 0.0
     truncated: bool = False
+    repeated: bool = False  # the model began repeating itself: stopped, its text cut there
 
 
 @dataclass
@@ -300,6 +301,7 @@ class AskResult:
     mode: str = "pager"  # how the model was used: pager (one answer) or tools
     cites_code: bool = False  # the answer's own text names a page's path
     truncated: bool = False  # the answer was cut at its token limit (answer_reserve)
+    repeated: bool = False  # the model began repeating itself: the answer was cut where it did
     malformed: int = 0  # replies that were no answer (an echoed schema, a stray call)
     streamed: bool = False  # the answer's text reached on_text as it came
     calls: list[ModelCall] = field(default_factory=list)

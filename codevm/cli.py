@@ -368,6 +368,9 @@ def _print_answer(result: Any, show_context: bool) -> None:
             out.print(dim(f"Sources: {', '.join(result.citations)}"))
         if result.truncated:
             err.print("codevm: the answer was cut at its length limit (raise answer_reserve for longer ones)")
+        if result.repeated:
+            err.print("codevm: the model began repeating itself: it was stopped, and its answer ends "
+                      "before the repeats (ask again, or try a larger model)")
         if not result.finished:
             err.print(f"codevm: the model did not finish within {len(result.steps)} steps: "
                       "this is what it had")

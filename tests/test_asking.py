@@ -76,6 +76,19 @@ def test_pager_first_is_one_call_with_the_pages_after_a_stable_prefix(
     assert limit == Settings().answer_reserve
 
 
+def test_a_model_that_loops_is_stopped_and_its_answer_cut_after_one_copy(
+        project: Path, fake: FakeOllama, backend: dict[str, str]) -> None:
+    # Qwen2.5-Coder-1.5B (2026-12-02) wrote this sentence thirty times, to its token limit
+    loop = 'In src/py/shapes.py:21-23, total_area sums the areas. The excerpt states: "'
+    fake.script = [{"content": loop * 30}, {"content": "A table:\n" + "| area | sum |\n" * 3 + "Done."}]
+    with _engine(project, **backend) as engine:
+        looped = engine.ask("How is the total area of the shapes computed?")
+        table = engine.ask("Show the areas as a table.", new_session=True)
+    assert looped.repeated and looped.answer == loop.rstrip()
+    assert looped.calls[0].repeated and not looped.truncated
+    assert not table.repeated and table.answer.endswith("Done.")  # short runs again and again: no loop
+
+
 def test_a_question_that_stands_alone_is_paged_by_its_own_words(project: Path, fake: FakeOllama) -> None:
     fake.script = [{"content": "`total_area` sums the areas (src/py/shapes.py:21-23)."},
                    {"content": "Routes.resolveRoute strips the slash."}, {"content": "In src/py/app.py."}]
@@ -104,7 +117,7 @@ def test_follow_ups_are_told_from_questions_that_stand_alone() -> None:
                                          "(see `SecureCookieSessionInterface`).", 20),
              ContextMessage("user", "And where is that called during a request?", 10)]
     assert paging_query("And where is that called during a request?", turns[:2]) == (
-        "Where is the session cookie saved?\nsave_session SecureCookieSessionInterface\n"
+        "save_session SecureCookieSessionInterface\nWhere is the session cookie saved?\n"
         "And where is that called during a request?")
     assert paging_query("Where are blueprints registered?", turns[:2]) == "Where are blueprints registered?"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -107,7 +108,9 @@ def test_long_conversation_is_warned_evicted_summarized_and_still_findable(
     def respond(body: dict) -> dict:
         system = body["messages"][0]["content"]
         if system.startswith("Summarise"):  # the engine asks the model for the summary
-            return {"content": "Summary: " + body["messages"][1]["content"][:300]}
+            # a summary that keeps what it is given, the earlier summary included
+            markers = re.findall(r"Question \d+ about the zebrafish_\d+ marker", body["messages"][1]["content"])
+            return {"content": "Summary: " + "; ".join(dict.fromkeys(markers))}
         return {"content": f"Answer {next(answers)}. {padding}"}
 
     fake.script = [respond] * 40

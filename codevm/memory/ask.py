@@ -92,7 +92,8 @@ def paging_query(question: str, messages: list[ContextMessage]) -> str:
     asked = [m.content for m in turns if m.role == "user"][-1:]
     answered = [m.content for m in turns if m.role == "assistant"][-1:]
     named = [c.strip("`") for a in answered for c in answer_code(a) if c.startswith("`")]
-    return "\n".join(asked + [" ".join(named)] * bool(named) + [question])
+    # the names first: what a question about callers looks up is what "it" stands for
+    return "\n".join([" ".join(named)] * bool(named) + asked + [question])
 
 
 def fact_to_remember(question: str) -> str | None:
@@ -240,7 +241,7 @@ class _Question:
             self.estimator.calibrate(estimate, reply.prompt_tokens)
             result.calls.append(ModelCall(estimate, reply.prompt_tokens, reply.cached_tokens,
                                           reply.completion_tokens, reply.first_token_seconds,
-                                          round(reply.seconds, 2), reply.truncated))
+                                          round(reply.seconds, 2), reply.truncated, reply.repeated))
             result.streamed = result.streamed or gate.shown
             return reply
 
@@ -262,6 +263,7 @@ class _Question:
                 result.malformed = outcome.malformed
                 self.correct(result)
             result.truncated = bool(result.calls) and result.calls[-1].truncated
+            result.repeated = bool(result.calls) and result.calls[-1].repeated
             memory.store.set_meta(self.factor_key, f"{self.estimator.factor:.4f}")
         except (ModelUnavailable, ModelMissing) as e:
             result.model_used, result.notice = False, str(e)

@@ -28,6 +28,7 @@ class ModelReply:
     cached_tokens: int | None = None  # of those, read from the server's prompt cache
     completion_tokens: int | None = None
     truncated: bool = False  # generation stopped at the token limit, not at its end
+    repeated: bool = False  # stopped where the text began repeating itself (cut after one copy)
     first_token_seconds: float | None = None
     seconds: float = 0.0
 
@@ -140,6 +141,26 @@ def http_failure(error: Exception, where: str, api: str, asked: str = "") -> Mod
 
 
 SPEAKS = {"ollama": "Ollama", "openai": "an OpenAI-compatible server"}
+LOOP_MIN = 32  # characters: the shortest run whose copies in a row make a loop
+LOOP_MAX = 800  # the longest
+LOOP_COPIES = 3
+LOOP_CHECK = 32  # characters of new text between two looks for a loop
+
+
+def loop_start(text: str) -> int | None:
+    """Where a text that ends in LOOP_COPIES copies of one run in a row stops saying
+    something new: the end of the run's first copy (None: it does not end so). A small model
+    can loop until its token limit (Qwen2.5-Coder-1.5B wrote one sentence about thirty
+    times over)."""
+    n = len(text)
+    for period in range(LOOP_MIN, min(LOOP_MAX, n // LOOP_COPIES) + 1):
+        tail = text[n - period:]
+        if all(text[n - (k + 1) * period: n - k * period] == tail for k in range(1, LOOP_COPIES)):
+            start = n - LOOP_COPIES * period
+            while start > 0 and text[start - 1] == text[start - 1 + period]:
+                start -= 1
+            return start + period
+    return None
 
 
 def stream_chat(http: httpx.Client, path: str, body: dict, limits: Limits, where: str,
@@ -149,6 +170,7 @@ def stream_chat(http: httpx.Client, path: str, body: dict, limits: Limits, where
     stream is done), `refuse` turns an HTTP error status into the error to raise."""
     started = time.monotonic()
     reply = ModelReply("")
+    looked = 0  # characters of the reply looked at for a loop
     try:
         with http.stream("POST", path, json=body) as response:
             if response.status_code >= 400:
@@ -159,6 +181,12 @@ def stream_chat(http: httpx.Client, path: str, body: dict, limits: Limits, where
                     for line in response.iter_lines():
                         if not read(line, reply, watchdog):
                             break
+                        if len(reply.content) - looked >= LOOP_CHECK:
+                            looked = len(reply.content)
+                            if (cut := loop_start(reply.content)) is not None:
+                                # closing the stream stops the server generating
+                                reply.content, reply.repeated = reply.content[:cut].rstrip(), True
+                                break
                     if watchdog.fired:  # the stream was closed under the loop
                         raise watchdog.timeout()
                 except (httpx.HTTPError, ValueError) as e:
