@@ -4,7 +4,8 @@ tests/fixtures/recorded/*.jsonl hold responses of Qwen2.5-Coder-1.5B (Q4_K_M) se
 llama.cpp, recorded by bench/answers.py and bench/record_cases.py through their recording
 proxy: the body of each streamed response as it came, never edited. Each is labelled by
 what the model did (`kind`); the test serves it again from the fake server and checks
-what codevm makes of it.
+what codevm makes of it. `loop` replies repeat themselves (bench/answers.py, 2026-12-02):
+one to its token limit, one that stopped by itself after its fourth copy.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 
 from codevm.config import Settings
 from codevm.engine import Engine
+from codevm.models.base import loop_start
 from tests.fake_ollama import FakeOllama
 
 RECORDED = Path(__file__).parent / "fixtures" / "recorded"
@@ -41,7 +43,7 @@ def fake() -> Iterator[FakeOllama]:
 
 
 def test_every_kind_of_reply_was_recorded() -> None:
-    assert {c["kind"] for c in CASES} >= {"answer", "truncated", "text_call", "json_call"}
+    assert {c["kind"] for c in CASES} >= {"answer", "truncated", "text_call", "json_call", "loop"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["case"] for c in CASES])
@@ -57,6 +59,12 @@ def test_a_recorded_reply(case: dict, project: Path, fake: FakeOllama) -> None:
     call = result.calls[0]
     usage = [json.loads(line[5:]) for line in case["response"].splitlines()
              if line.startswith("data:") and '"usage"' in line][-1]["usage"]
+    if case["kind"] == "loop":  # stopped at its third copy: before the server's count came
+        cut = loop_start(written)
+        assert cut is not None and result.repeated and not result.truncated
+        assert result.answer == written[:cut].strip() and len(result.answer) < len(written.strip())
+        assert written.startswith("".join(streamed)) and len("".join(streamed)) < len(written)
+        return
     assert call.prompt_tokens == usage["prompt_tokens"]  # the server's own count
     if case["kind"] in ("answer", "truncated"):
         assert result.answer == written.strip() and "".join(streamed) == written
