@@ -28,7 +28,7 @@ from codevm.db.store import Store
 from codevm.errors import CodevmError, InvalidArgument, ModelMissing, ModelUnavailable
 from codevm.memory.agent import INSTRUCTIONS, Agent
 from codevm.memory.budget import Budget, TokenEstimator
-from codevm.memory.context import ContextMessage, MainContext, Page, answer_code
+from codevm.memory.context import CITED, ContextMessage, MainContext, Page, answer_code
 from codevm.memory.conversation import SUMMARY_PROMPT, Conversation
 from codevm.memory.core import CoreMemory
 from codevm.memory.functions import TOOL_NAMES, TOOLS, MemoryFunctions, Reader, call_schema, describe_tools
@@ -37,6 +37,7 @@ from codevm.memory.pager import HeuristicPager
 from codevm.memory.recall import Recall
 from codevm.memory.replies import StreamGate, as_answer, echoes_schema, parse_call
 from codevm.models import ChatModel, ModelReply, limits_of, make_model
+from codevm.models.base import SENTENCE_END
 from codevm.project import project_path
 from codevm.retrieval.retriever import Retriever
 
@@ -75,8 +76,8 @@ SHORT_QUESTION = 10  # words: a question this short that points back leans on th
 
 def is_follow_up(question: str) -> bool:
     """Whether a question leans on the turn before it: it starts with a connective, it is
-    one word, or it is short and points back ("what does it return?"). One that stands alone ("Where does
-    Flask register a blueprint's URL rules?") is paged by its own words."""
+    one word, or it is short and points back ("what does it return?"). One that stands
+    alone ("Where does Flask register a blueprint's URL rules?") is paged by its own words."""
     words = len(question.split())
     if _CONNECTIVE.match(question) or words == 1:  # "why?"
         return True
@@ -329,8 +330,6 @@ def page_info(p: Page) -> PageInfo:
                     p.text, p.verbatim)
 
 
-_SENTENCE_END = re.compile(r"[.!?](?=\s)|\n")
-_CITED = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w-][\w.-]*\.\w+):(\d+)(?:-(\d+))?")
 
 
 def repair_citations(answer: str, pages: list[Page], exists: Callable[[str], bool]) -> tuple[str, list[str]]:
@@ -353,9 +352,9 @@ def repair_citations(answer: str, pages: list[Page], exists: Callable[[str], boo
         """The one page whose symbol's name the sentence around the match holds, if the
         sentence cites nothing else."""
         after = answer[m.end():]
-        end = _SENTENCE_END.search(after)
-        sentence = _SENTENCE_END.split(answer[: m.start()])[-1] + after[: end.start() if end else None]
-        if _CITED.search(sentence):
+        end = SENTENCE_END.search(after)
+        sentence = SENTENCE_END.split(answer[: m.start()])[-1] + after[: end.start() if end else None]
+        if CITED.search(sentence):
             return None
         found: dict[str, Page] = {}
         for p in pages:
@@ -387,7 +386,7 @@ def repair_citations(answer: str, pages: list[Page], exists: Callable[[str], boo
         corrected.append(f"{m.group(0)} is {right}")
         return right
 
-    return _CITED.sub(fix, answer), corrected
+    return CITED.sub(fix, answer), corrected
 
 
 def _cite(result: AskResult, pages: list[Page]) -> None:

@@ -121,14 +121,15 @@ class ContextMessage:
 
 
 
-_CITED = re.compile(r"(?<![\w/.-])(?:[\w.-]+/)*[\w-][\w.-]*\.\w+:\d+(?:-\d+)?")
+# a citation, path:start[-end] (groups: path, start, end)
+CITED = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w-][\w.-]*\.\w+):(\d+)(?:-(\d+))?")
 _NAMED = re.compile(r"`([^`\n]{2,80})`")
 ANSWER_CODE = 8  # citations and names of an earlier answer kept in the record of the turn
 
 
 def answer_code(answer: str) -> list[str]:
     """The citations (path:lines) and code names (in backticks) of an answer, in order."""
-    found = [(m.start(), m.group(0)) for m in _CITED.finditer(answer)]
+    found = [(m.start(), m.group(0)) for m in CITED.finditer(answer)]
     found += [(m.start(), f"`{m.group(1)}`") for m in _NAMED.finditer(answer)]
     return list(dict.fromkeys(text for _, text in sorted(found)))[:ANSWER_CODE]
 

@@ -146,15 +146,14 @@ LOOP_MIN = 32  # characters: the shortest run whose copies in a row make a loop
 LOOP_MAX = 800  # the longest
 LOOP_COPIES = 3
 LOOP_CHECK = 32  # characters of new text between two looks for a loop
-_SENTENCE_END = re.compile(r"[.!?](?=\s)|\n")
+SENTENCE_END = re.compile(r"[.!?](?=\s)|\n")  # also where ask reads a citation's sentence
 
 
 def loop_start(text: str) -> int | None:
     """Where a text that ends in LOOP_COPIES copies of one run in a row stops saying
     something new: the end of the run's first copy, moved to the nearest end of a sentence
-    (None: it does not end so). A small model
-    can loop until its token limit (Qwen2.5-Coder-1.5B wrote one sentence about thirty
-    times over)."""
+    (None: it does not end so). A small model can loop until its token limit
+    (Qwen2.5-Coder-1.5B wrote one sentence about thirty times over)."""
     n = len(text)
     for period in range(LOOP_MIN, min(LOOP_MAX, n // LOOP_COPIES) + 1):
         tail = text[n - period:]
@@ -164,7 +163,7 @@ def loop_start(text: str) -> int | None:
                 start -= 1
             # the first copy, to the end of a sentence or line nearest its own end (the copies
             # begin anywhere in a sentence)
-            ends = [m.end() for m in _SENTENCE_END.finditer(text, start + 1, start + 2 * period)]
+            ends = [m.end() for m in SENTENCE_END.finditer(text, start + 1, start + 2 * period)]
             return min(ends, key=lambda e: abs(e - start - period), default=start + period)
     return None
 
